@@ -1,0 +1,1 @@
+"""Geometry leaves: mesh loading and normalisation, mesh extraction from fields."""

@@ -1,0 +1,1 @@
+"""Renderers: pure functions from (mesh or field, cameras) to images."""
