@@ -32,6 +32,9 @@ def load_mesh(path: str | Path, process: bool = True) -> trimesh.Trimesh:
         raise InputError("mesh has no faces", path)
     if not np.all(np.isfinite(loaded.vertices)):
         raise InputError("mesh has non-finite vertex coordinates", path)
+    if process:
+        # UV and normal seams split vertices; merge them so a closed surface reads as watertight.
+        loaded.merge_vertices(merge_tex=True, merge_norm=True)
     return loaded
 
 

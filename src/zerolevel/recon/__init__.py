@@ -1,0 +1,1 @@
+"""Multi-view reconstruction methods: each wires a field, a renderer, losses and a schedule."""
