@@ -1,0 +1,1 @@
+"""Fields: what is fitted — functions from points to signed distance."""
