@@ -1,0 +1,201 @@
+"""The `zerolevel` command line: one entry point, one verb per job.
+
+Each verb parses its options, sets the thread count once, and calls library functions; bad input
+surfaces as `InputError` and becomes one line on stderr with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+EPILOG_RENDER = """examples:
+  zerolevel render -o spot_scene                       # the bundled Spot cow, 24 views at 256x256
+  zerolevel render bunny.ply -o bunny --views 48 --res 512 --layout ring --elevation 20
+"""
+EPILOG_EVAL = """examples:
+  zerolevel eval out/mesh.ply gt.obj
+  zerolevel eval out/mesh.ply gt.obj --tau 0.01 0.005 --iou 32 --json metrics.json
+"""
+EPILOG_IMPORT = """examples:
+  zerolevel import neus DiLiGenT-MV/bearPNG -o bear_scene
+  zerolevel import middlebury templeSparseRing -o temple_scene
+"""
+EPILOG_DEMO = """examples:
+  zerolevel demo -o demo_out       # render Spot, reconstruct, evaluate, write demo_out/report.html
+"""
+
+
+def default_threads() -> int:
+    """The CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def configure_torch(threads: int, seed: int) -> None:
+    """Set torch's intra- and inter-op threads once, before any work, and seed every generator."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # already set (e.g. when main() runs twice in one process, as in tests)
+        pass
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--threads", type=int, default=default_threads(),
+                        help="CPU threads for torch (default: the CPUs this process may use)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="zerolevel",
+        description="Surfaces (signed distance fields and watertight meshes) from 2D observations.")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("render", help="ground-truth scene (normals, masks, depth, shaded images) from a mesh",
+                       epilog=EPILOG_RENDER, formatter_class=formatter)
+    p.add_argument("mesh", nargs="?", help="input mesh (default: the bundled Spot cow)")
+    p.add_argument("-o", "--output", required=True, help="scene folder to write")
+    p.add_argument("--views", type=int, default=24, help="number of cameras (default: 24)")
+    p.add_argument("--res", type=int, default=256, help="image width and height in pixels (default: 256)")
+    p.add_argument("--layout", choices=["sphere", "ring"], default="sphere",
+                   help="cameras near-uniform on a sphere, or a ring around the y axis (default: sphere)")
+    p.add_argument("--distance", type=float, default=3.0, help="camera distance in unit-sphere units (default: 3)")
+    p.add_argument("--fov", type=float, default=45.0, help="horizontal field of view in degrees (default: 45)")
+    p.add_argument("--elevation", type=float, default=30.0, help="ring elevation in degrees (default: 30)")
+    p.add_argument("--supersample", type=int, default=2,
+                   help="s x s rays per pixel for anti-aliased masks (default: 2)")
+    p.add_argument("--face-normals", action="store_true", help="flat face normals instead of smooth ones")
+    p.add_argument("--normal-format", choices=["png", "npy"], default="png",
+                   help="16-bit PNG or float32 .npy normal maps (default: png)")
+    _add_common(p)
+
+    p = sub.add_parser("import", help="convert another layout (neus, middlebury) into a scene folder",
+                       epilog=EPILOG_IMPORT, formatter_class=formatter)
+    p.add_argument("format", choices=["neus", "middlebury"], help="layout of SRC")
+    p.add_argument("source", help="folder in that layout")
+    p.add_argument("-o", "--output", required=True, help="scene folder to write")
+    _add_common(p)
+
+    p = sub.add_parser("eval", help="compare a predicted mesh with the ground truth",
+                       epilog=EPILOG_EVAL, formatter_class=formatter)
+    p.add_argument("pred", help="predicted mesh")
+    p.add_argument("gt", help="ground-truth mesh")
+    p.add_argument("--tau", type=float, nargs="+", default=[0.005, 0.0025],
+                   help="F-score thresholds as fractions of the GT bounding-box diagonal (default: 0.005 0.0025)")
+    p.add_argument("--points", type=int, default=200_000, help="surface samples per mesh (default: 200000)")
+    p.add_argument("--iou", type=int, metavar="N", help="also volumetric IoU on an N^3 grid")
+    p.add_argument("--json", help="write the metrics as JSON to this file")
+    _add_common(p)
+
+    p = sub.add_parser("demo", help="the main job on the bundled example, end to end, with a report",
+                       epilog=EPILOG_DEMO, formatter_class=formatter)
+    p.add_argument("-o", "--output", required=True, help="folder for the scene, mesh and report")
+    p.add_argument("--views", type=int, default=24, help="number of views (default: 24)")
+    p.add_argument("--res", type=int, default=256, help="image resolution (default: 256)")
+    p.add_argument("--grid", type=int, default=192, help="extraction resolution (default: 192)")
+    _add_common(p)
+    return parser
+
+
+# ---------------------------------------------------------------------------- verbs
+def cmd_render(args: argparse.Namespace) -> None:
+    from .data import example_mesh_path
+    from .geometry.mesh import load_mesh
+    from .pipeline import render_scene
+
+    mesh_path = Path(args.mesh) if args.mesh else example_mesh_path()
+    _check_positive(args, "views", "res", "supersample")
+    mesh = load_mesh(mesh_path)
+    scene = render_scene(mesh, views=args.views, resolution=args.res, layout=args.layout,
+                         distance=args.distance, fov_deg=args.fov, elevation_deg=args.elevation,
+                         supersample=args.supersample, smooth=not args.face_normals,
+                         progress=not args.quiet, source=str(mesh_path))
+    scene.write(args.output, normal_format=args.normal_format)
+    print(f"wrote {args.output}: {len(scene.views)} views {args.res}x{args.res} "
+          f"({', '.join(sorted(scene.modalities()))}) of {mesh_path.name}")
+
+
+def cmd_import(args: argparse.Namespace) -> None:
+    from . import scene as scene_io
+
+    if not Path(args.source).is_dir():
+        raise InputError("no such folder", args.source)
+    importer = {"neus": scene_io.import_neus, "middlebury": scene_io.import_middlebury}[args.format]
+    scene = importer(args.source)
+    scene.write(args.output)
+    print(f"wrote {args.output}: {len(scene.views)} views ({', '.join(sorted(scene.modalities()))}) "
+          f"from {args.format} folder {args.source}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from .atomic import write_json
+    from .geometry.mesh import load_mesh
+    from .metrics import evaluate, format_table
+
+    pred, gt = load_mesh(args.pred), load_mesh(args.gt)
+    if any(t <= 0 for t in args.tau):
+        raise InputError("--tau values must be positive")
+    result = evaluate(pred, gt, taus=tuple(args.tau), n_points=args.points,
+                      iou_resolution=args.iou, seed=args.seed)
+    print(format_table(result))
+    if args.json:
+        write_json(args.json, result)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from .pipeline import run_demo
+
+    run_demo(Path(args.output), views=args.views, resolution=args.res, grid=args.grid,
+             device=args.device, progress=not args.quiet)
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        if getattr(args, name) <= 0:
+            raise InputError(f"--{name} must be positive, got {getattr(args, name)}")
+
+
+VERBS = {"render": cmd_render, "import": cmd_import, "eval": cmd_eval, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 2 bad input)."""
+    args = build_parser().parse_args(argv)
+    if args.threads <= 0:
+        print("zerolevel: error: --threads must be positive", file=sys.stderr)
+        return 2
+    configure_torch(args.threads, args.seed)
+    start = time.perf_counter()
+    try:
+        VERBS[args.verb](args)
+    except InputError as exc:
+        print(f"zerolevel {args.verb}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"zerolevel {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

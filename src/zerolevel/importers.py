@@ -1,0 +1,402 @@
+"""Importers: other multi-view layouts turned into zerolevel scenes.
+
+`import_neus` reads the NeuS / IDR layout that SuperNormal uses (`cameras_sphere.npz`, world-space
+EXR normals, masks); `import_middlebury` reads a Middlebury multi-view sequence (`*_par.txt`
+cameras, RGB images on black), with silhouettes by thresholding and a visual hull for the
+normalisation into the unit sphere.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy import ndimage
+
+from .cameras import Cameras
+from .errors import InputError
+from .images import read_image, read_mask, read_normal_map
+from .scene import Scene, View, _check_similarity, check_camera, normalize_scene, validate_normals
+
+
+# ====================================================================== NeuS / IDR / SuperNormal
+def import_neus(src: str | Path, normal_dir: str | None = None) -> Scene:
+    """Import a NeuS/IDR-layout folder (SuperNormal's DiLiGenT-MV data).
+
+    Layout: `cameras_sphere.npz` with `world_mat_i` (K[R|t], world -> pixels) and `scale_mat_i`
+    (unit sphere -> world, the same for all i); `normal_world_space_*/NN.exr` world-space float
+    normals (background 0; `normal_dir` picks the folder, `normal_world_space_GT` by default when
+    several exist); `mask/NN.png`; optional `image/NN.png`. File stems are camera indices as in
+    SuperNormal's loader; views are those with a normal map (or a mask, or every camera).
+
+    Pixel convention: NeuS and SuperNormal cast rays through integer pixel coordinates, so their
+    K has the pixel *centre* of column j at u = j; ours has it at j + 0.5, hence cx, cy += 0.5.
+    (Checked on the bundled data: rays through our pixel centres reproduce the masks exactly.)
+    Normals go to working space as n_work ~ A^T n_world, A the linear part of `to_world`.
+    """
+    root = Path(src)
+    npz_path = root / "cameras_sphere.npz"
+    if not npz_path.is_file():
+        raise InputError("no cameras_sphere.npz here: not a NeuS folder", root)
+    mats = _read_neus_cameras(npz_path)
+    folders = {"normal": _neus_normal_dir(root, normal_dir), "mask": root / "mask",
+               "image": root / "image"}
+    files = {m: _indexed_files(f, m) for m, f in folders.items() if f is not None and f.is_dir()}
+    if not files:
+        raise InputError("no normal_world_space_*/, mask/ or image/ folder", root)
+    order = sorted(next(files[m] for m in ("normal", "mask", "image") if m in files))
+    to_world = _neus_to_world(mats, order, npz_path)
+    A = to_world[:3, :3]
+    views = []
+    for index in order:
+        if index not in mats:
+            raise InputError(f"no world_mat_{index} for view {index}", npz_path)
+        views.append(_neus_view(index, mats[index][0] @ to_world, files, A))
+    _check_same_size(views, root)
+    return Scene(views, to_world)
+
+
+def _read_neus_cameras(path: Path) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: np.asarray(data[k], dtype=np.float64) for k in data.files}
+    except Exception as exc:
+        raise InputError(f"cannot read ({type(exc).__name__}: {exc})", path) from None
+    mats = {}
+    for key, world in arrays.items():
+        match = re.fullmatch(r"world_mat_(\d+)", key)
+        if not match:
+            continue
+        i = int(match.group(1))
+        scale = arrays.get(f"scale_mat_{i}", np.eye(4))
+        if world.shape not in ((4, 4), (3, 4)) or scale.shape != (4, 4):
+            raise InputError(f"world_mat_{i} / scale_mat_{i} must be 4x4", path)
+        if not (np.all(np.isfinite(world)) and np.all(np.isfinite(scale))):
+            raise InputError(f"world_mat_{i} / scale_mat_{i} have non-finite entries", path)
+        W = np.eye(4)
+        W[:world.shape[0]] = world
+        mats[i] = (W, scale)
+    if not mats:
+        raise InputError("no world_mat_i arrays", path)
+    return mats
+
+
+def _neus_normal_dir(root: Path, normal_dir: str | None) -> Path | None:
+    if normal_dir is not None:
+        folder = root / normal_dir
+        if not folder.is_dir():
+            raise InputError("no such normal folder", folder)
+        return folder
+    candidates = sorted(p for p in root.glob("normal_world_space*") if p.is_dir())
+    camera_space = sorted(p.name for p in root.glob("normal_camera_space*") if p.is_dir())
+    if not candidates and camera_space:
+        raise InputError(f"only camera-space normals {camera_space}: their axis convention is not "
+                         "defined by the layout; provide world-space normals (normal_world_space_*)", root)
+    if len(candidates) > 1 and (root / "normal_world_space_GT").is_dir():
+        return root / "normal_world_space_GT"
+    if len(candidates) > 1:
+        raise InputError(f"several normal folders {[p.name for p in candidates]}; choose one "
+                         "with normal_dir", root)
+    return candidates[0] if candidates else None
+
+
+def _indexed_files(folder: Path, modality: str) -> dict[int, Path]:
+    """{camera index: file} from files named by their index (00.exr, 000.png, ...)."""
+    exts = {"normal": (".exr", ".png", ".npy"), "mask": (".png",), "image": (".png", ".jpg")}[modality]
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.suffix.lower() in exts and p.is_file():
+            if not p.stem.isdigit():
+                raise InputError(f"{modality} files must be named by camera index (e.g. 00{p.suffix})", p)
+            files.setdefault(int(p.stem), p)
+    if not files:
+        raise InputError(f"no {'/'.join(exts)} files in the {modality} folder", folder)
+    return files
+
+
+def _neus_to_world(mats: dict, order: list[int], path: Path) -> np.ndarray:
+    used = [mats[i][1] for i in order if i in mats]
+    if not used:
+        raise InputError("no camera matches the image files", path)
+    for S in used[1:]:
+        if not np.allclose(S, used[0], rtol=1e-6, atol=1e-9 * np.abs(used[0]).max()):
+            raise InputError("scale_mat_i differ between views; zerolevel needs one normalisation",
+                             path)
+    return _check_similarity(used[0], path, "scale_mat")
+
+
+def _neus_view(index: int, P: np.ndarray, files: dict, A: np.ndarray) -> View:
+    """One view from the working-space projection P = world_mat @ scale_mat and the index's files."""
+    paths = {}
+    for modality, by_index in files.items():
+        if index not in by_index:
+            example = next(iter(by_index.values()))
+            expected = example.with_name(str(index).zfill(len(example.stem)) + example.suffix)
+            raise InputError(f"missing {modality} file for camera {index}", expected)
+        paths[modality] = by_index[index]
+    mask = read_mask(paths["mask"]) if "mask" in paths else None
+    image = read_image(paths["image"]) if "image" in paths else None
+    normal = None
+    if "normal" in paths:
+        normal = read_normal_map(paths["normal"])
+        if mask is not None and normal.shape[:2] != mask.shape:
+            raise InputError(f"normal map is {normal.shape[1]}x{normal.shape[0]} but the mask is "
+                             f"{mask.shape[1]}x{mask.shape[0]}", paths["normal"])
+        normal = _normals_to_working(validate_normals(normal, mask, paths["normal"]), A)
+    shape = next(a.shape[:2] for a in (normal, mask, image) if a is not None)
+    if image is not None and image.shape[:2] != shape:
+        raise InputError(f"image is {image.shape[1]}x{image.shape[0]}, other maps are "
+                         f"{shape[1]}x{shape[0]}", paths["image"])
+    try:
+        cam = Cameras.from_projection(P[:3], shape[1], shape[0], dtype=torch.float64)
+    except ValueError as exc:
+        raise InputError(f"camera {index}: {exc}", next(iter(paths.values()))) from None
+    K = cam.K[0].numpy().copy()
+    if abs(K[0, 1]) < 1e-9 * K[0, 0]:
+        K[0, 1] = 0.0  # round-off skew from the RQ decomposition
+    K[0, 2] += 0.5  # NeuS: pixel centre of column j at u = j; ours at j + 0.5
+    K[1, 2] += 0.5
+    name = next(iter(paths.values())).stem if paths else f"{index:03d}"
+    return View(name, K, cam.world_to_camera[0].numpy().copy(), shape[1], shape[0],
+                normal=normal, mask=mask, image=image)
+
+
+def _normals_to_working(normal: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """World normals -> working space: n_work ~ A^T n_world (inverse transpose of A^-1), unit length."""
+    out = normal.astype(np.float64) @ A  # row vectors: (A^T n)^T = n^T A
+    length = np.linalg.norm(out, axis=-1, keepdims=True)
+    return np.where(length > 0, out / np.maximum(length, 1e-300), 0.0).astype(np.float32)
+
+
+def _check_same_size(views: list[View], root: Path) -> None:
+    sizes = sorted({(v.width, v.height) for v in views})
+    if len(sizes) != 1:
+        raise InputError(f"views have different image sizes {sizes}", root)
+
+
+# ====================================================================== Middlebury multi-view
+def import_middlebury(src: str | Path, threshold: float = 0.1, grid: int = 64) -> Scene:
+    """Import a Middlebury multi-view folder (`*_par.txt` + images on a black background).
+
+    Each `_par.txt` line is `name k11..k33 r11..r33 t1 t2 t3` with P = K[R|t]. Middlebury's pixel
+    convention is assumed to be the same as NeuS's (integer pixel centres), so cx, cy += 0.5.
+    Silhouettes come from thresholding the brightest channel at `threshold` (on [0, 1]) with a small
+    morphological clean-up (`silhouette`); a visual hull carved from them on a `grid`^3 grid around
+    the point nearest to all optical axes then (1) removes mask pixels whose rays miss the hull
+    (background cloth that survives the threshold in single views) and (2) gives the bounding
+    sphere that is mapped to radius 0.9 of working space; `to_world` maps back to Middlebury units.
+
+    The default threshold 0.1 (README suggests 0.19) keeps the dark, shadowed parts of the
+    dinosaur: at 0.19 its visual hull misses ~6 mm of the object's published bounding box. The
+    temple's grey cloth-covered support is a real object seen by every view, so it passes both the
+    threshold and the hull and stays in the masks near the temple; a threshold of 0.15-0.19 drops
+    most of it (at the cost of dark parts of objects like the dinosaur).
+    """
+    par = _find_par_file(Path(src))
+    entries = _parse_par(par)
+    views = []
+    for name, K, W2C in entries:
+        image = read_image(par.parent / name)
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        K = K.copy()
+        K[0, 2] += 0.5  # integer pixel centres in Middlebury -> ours at integer + 0.5
+        K[1, 2] += 0.5
+        views.append(View(Path(name).stem, K, W2C, image.shape[1], image.shape[0],
+                          mask=silhouette(image, threshold), image=image))
+    _check_same_size(views, par.parent)
+    P = np.stack([v.K @ v.world_to_camera[:3] for v in views])
+    masks = np.stack([v.mask for v in views])
+    points, voxel = visual_hull_points(P, masks, grid)
+    if len(points) == 0:
+        raise InputError("the silhouettes share no visual hull: check the threshold", par)
+    for view, mask in zip(views, hull_silhouettes(P, points, voxel, masks)):
+        view.mask = mask
+    lo, hi = points.min(0) - voxel / 2, points.max(0) + voxel / 2
+    center = (lo + hi) / 2
+    radius = np.linalg.norm(points - center, axis=1).max() + np.sqrt(3) / 2 * voxel
+    return normalize_scene(Scene(views, np.eye(4)), center, radius / 0.9)
+
+
+def _find_par_file(src: Path) -> Path:
+    if src.is_file():
+        return src
+    if not src.is_dir():
+        raise InputError("no such folder", src)
+    found = sorted(src.glob("*_par.txt"))
+    if len(found) != 1:
+        raise InputError(f"expected one *_par.txt camera file, found {len(found)}", src)
+    return found[0]
+
+
+def _parse_par(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """[(image name, K (3, 3), world_to_camera (4, 4))] from a Middlebury `_par.txt`."""
+    try:
+        lines = [line.split() for line in path.read_text().splitlines() if line.strip()]
+        count = int(lines[0][0])
+    except (OSError, UnicodeDecodeError, IndexError, ValueError):
+        raise InputError("not a Middlebury camera file (first line must be the view count)", path) from None
+    if count < 1 or len(lines) - 1 < count:
+        raise InputError(f"declares {count} views but has {len(lines) - 1} camera lines", path)
+    entries = []
+    for number, fields in enumerate(lines[1:count + 1], start=2):
+        try:
+            values = np.array([float(f) for f in fields[1:]])
+        except ValueError:
+            values = np.empty(0)
+        if len(fields) != 22 or values.shape != (21,):
+            raise InputError(f"line {number}: expected 'name k11..k33 r11..r33 t1 t2 t3'", path)
+        W2C = np.eye(4)
+        W2C[:3, :3], W2C[:3, 3] = values[9:18].reshape(3, 3), values[18:21]
+        K = values[:9].reshape(3, 3)
+        check_camera(K, W2C, path, f"line {number}: ")
+        entries.append((fields[0], K, W2C))
+    return entries
+
+
+def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Dilation by a Euclidean disk (via the distance transform: cost independent of the radius)."""
+    if not mask.any():
+        return mask.copy()
+    return ndimage.distance_transform_edt(~mask) <= radius
+
+
+def _box_close(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Closing by a (2r+1)^2 square (separable, so fast); the image border does not erode."""
+    size = 2 * radius + 1
+    grown = ndimage.maximum_filter(mask, size=size, mode="constant", cval=False)
+    return ndimage.minimum_filter(grown, size=size, mode="nearest")
+
+
+def _box_open(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Opening by a (2r+1)^2 square: removes specks thinner than the square."""
+    size = 2 * radius + 1
+    shrunk = ndimage.minimum_filter(mask, size=size, mode="nearest")
+    return ndimage.maximum_filter(shrunk, size=size, mode="constant", cval=False)
+
+
+def silhouette(image: np.ndarray, threshold: float = 0.1, close: int = 5, open_: int = 2,
+               max_hole: float = 0.0035) -> np.ndarray:
+    """(H, W) bool foreground of an object on a dark background.
+
+    Brightest channel > threshold, then a closing (square of half-width `close`) to bridge dark
+    creases, filling of holes smaller than `max_hole` of the image area (shadows on the object;
+    larger holes are kept: they are see-through gaps such as between the temple's columns), and an
+    opening (square of half-width `open_`) to drop specks.
+    """
+    bright = image.max(-1) if image.ndim == 3 else image
+    mask = bright > threshold
+    mask = _box_close(mask, close)
+    holes = ndimage.binary_fill_holes(mask) & ~mask
+    labels, n = ndimage.label(holes)
+    if n:
+        sizes = ndimage.sum(holes, labels, np.arange(1, n + 1))
+        small = np.concatenate([[False], sizes < max_hole * mask.size])
+        mask |= small[labels]
+    return _box_open(mask, open_)
+
+
+# ---------------------------------------------------------------------- visual hull (numpy)
+def _axes_center(P: np.ndarray) -> np.ndarray:
+    """(3,) least-squares point nearest to all optical axes of (B, 3, 4) projections."""
+    A, b = np.zeros((3, 3)), np.zeros(3)
+    for Pi in P:
+        M = Pi[:, :3]
+        C = -np.linalg.solve(M, Pi[:, 3])
+        d = M[2] / np.linalg.norm(M[2])
+        Q = np.eye(3) - np.outer(d, d)
+        A, b = A + Q, b + Q @ C
+    return np.linalg.lstsq(A, b, rcond=None)[0]
+
+
+def _carve(P: np.ndarray, masks: np.ndarray, points: np.ndarray, min_seen: float = 0.5) -> np.ndarray:
+    """(N,) bool: points in front of at least `min_seen` of the cameras' images and on the
+    foreground of every image they fall in (points outside an image are not carved by it)."""
+    B, H, W = masks.shape
+    alive = np.arange(len(points))  # only points not yet carved are projected again
+    seen = np.zeros(len(points), dtype=np.int32)
+    homogeneous = np.c_[points, np.ones(len(points))].astype(np.float32)
+    for Pi, mask in zip(P.astype(np.float32), masks):
+        x = homogeneous[alive] @ Pi.T
+        z = np.where(x[:, 2] > 0, x[:, 2], np.float32(np.nan))
+        u, v = x[:, 0] / z, x[:, 1] / z
+        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)  # False for NaN (behind the camera)
+        fg = np.ones(len(alive), dtype=bool)
+        fg[inside] = mask[v[inside].astype(np.int64), u[inside].astype(np.int64)]
+        seen[alive] += inside
+        alive = alive[fg]
+    keep = np.zeros(len(points), dtype=bool)
+    keep[alive] = True
+    return keep & (seen >= np.ceil(min_seen * B))
+
+
+def _grid_points(center: np.ndarray, half: float, res: int) -> np.ndarray:
+    g = (np.arange(res) + 0.5) / res * 2 * half - half
+    return np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) + center
+
+
+def _largest_component(occupied: np.ndarray) -> np.ndarray:
+    labels, n = ndimage.label(occupied)
+    if n <= 1:
+        return occupied
+    sizes = ndimage.sum(occupied, labels, np.arange(1, n + 1))
+    return labels == 1 + int(np.argmax(sizes))
+
+
+def visual_hull_points(P: np.ndarray, masks: np.ndarray, res: int = 64) -> tuple[np.ndarray, float]:
+    """Centres of the visual hull's voxels (largest connected component), and the voxel size.
+
+    A generous cube around the point nearest to all optical axes is carved at 32^3, then a cube
+    around that hull's bounding box (plus two coarse voxels) at `res`^3.
+
+    Args:
+        P: (B, 3, 4) projections onto pixel coordinates (pixel centres at integer + 0.5).
+        masks: (B, H, W) bool silhouettes.
+    Returns:
+        points (N, 3), voxel edge length.
+    """
+    B, H, W = masks.shape
+    center = _axes_center(P)
+    distance = max(np.linalg.norm(-np.linalg.solve(Pi[:, :3], Pi[:, 3]) - center) for Pi in P)
+    focal = min(_focal(Pi) for Pi in P)
+    half = distance * np.hypot(W, H) / focal  # twice the widest image footprint at the centre
+    for level, n in enumerate((32, res)):
+        points = _grid_points(center, half, n)
+        occupied = _largest_component(_carve(P, masks, points).reshape(n, n, n)).reshape(-1)
+        voxel = 2 * half / n
+        if not occupied.any() or level == 1:
+            return points[occupied], voxel
+        lo, hi = points[occupied].min(0), points[occupied].max(0)
+        center, half = (lo + hi) / 2, (hi - lo).max() / 2 + 2 * voxel
+    raise AssertionError("unreachable")
+
+
+def _focal(Pi: np.ndarray) -> float:
+    """Smaller focal length (pixels) of a projection matrix, via its RQ-free row norms."""
+    M = Pi[:, :3] / np.linalg.norm(Pi[2, :3])
+    r3 = M[2]
+    fx = np.linalg.norm(np.cross(M[0], r3))
+    fy = np.linalg.norm(np.cross(M[1], r3))
+    return float(min(fx, fy))
+
+
+def hull_silhouettes(P: np.ndarray, points: np.ndarray, voxel: float, masks: np.ndarray) -> np.ndarray:
+    """(B, H, W) masks restricted to the visual hull's footprint in each view.
+
+    Each hull voxel centre is splatted and dilated by the voxel's projected half-diagonal, so the
+    footprint contains the hull; mask pixels outside it cannot be the object."""
+    B, H, W = masks.shape
+    out = np.zeros_like(masks)
+    homogeneous = np.c_[points, np.ones(len(points))]
+    for i, (Pi, mask) in enumerate(zip(P, masks)):
+        x = homogeneous @ Pi.T
+        z = x[:, 2]
+        u, v = x[:, 0] / z, x[:, 1] / z
+        inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
+        splat = np.zeros((H, W), dtype=bool)
+        splat[v[inside].astype(int), u[inside].astype(int)] = True
+        radius = int(np.ceil(np.sqrt(3) / 2 * voxel * _focal(Pi) / z[z > 0].min())) + 1
+        out[i] = mask & _dilate(splat, radius)
+    return out

@@ -1,0 +1,109 @@
+"""The command line: every bad input gives exit code 2 and one line naming the file; outputs are whole."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trimesh
+
+from zerolevel.cli import main
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([*argv, "-q", "--threads", "1"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, name: str) -> None:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "error" in lines[0] and name in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+@pytest.fixture
+def sphere_path(tmp_path) -> Path:
+    path = tmp_path / "sphere.ply"
+    trimesh.creation.icosphere(subdivisions=3, radius=0.5).export(path)
+    return path
+
+
+def test_render_missing_mesh(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "render", str(tmp_path / "nope.obj"), "-o", str(tmp_path / "s"))
+    assert code == 2
+    assert_one_line_error(err, "nope.obj")
+    assert not (tmp_path / "s").exists()
+
+
+def test_render_corrupt_mesh(capsys, tmp_path):
+    bad = tmp_path / "corrupt.ply"
+    bad.write_bytes(b"ply\nformat binary_little_endian 1.0\nelement vertex 99\n" + os.urandom(64))
+    code, _, err = run_cli(capsys, "render", str(bad), "-o", str(tmp_path / "s"))
+    assert code == 2
+    assert_one_line_error(err, "corrupt.ply")
+    assert not (tmp_path / "s").exists()
+
+
+def test_render_mesh_without_faces(capsys, tmp_path):
+    points_only = tmp_path / "points.obj"
+    points_only.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")
+    code, _, err = run_cli(capsys, "render", str(points_only), "-o", str(tmp_path / "s"))
+    assert code == 2
+    assert_one_line_error(err, "points.obj")
+    assert "no faces" in err
+
+
+def test_render_camera_that_sees_nothing(capsys, tmp_path, sphere_path):
+    code, _, err = run_cli(capsys, "render", str(sphere_path), "-o", str(tmp_path / "s"),
+                           "--views", "2", "--res", "8", "--distance", "5000")
+    assert code == 2
+    assert_one_line_error(err, "sphere.ply")
+    assert "see none" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_render_writes_a_scene(capsys, tmp_path, sphere_path):
+    out = tmp_path / "scene"
+    code, stdout, err = run_cli(capsys, "render", str(sphere_path), "-o", str(out), "--views", "3", "--res", "32")
+    assert code == 0, err
+    meta = json.loads((out / "scene.json").read_text())
+    assert len(meta["views"]) == 3
+    for sub in ("normal", "mask", "image", "depth"):
+        assert len(list((out / sub).iterdir())) == 3, sub
+    # the sphere of radius 0.5 is normalised into the unit sphere; to_world maps back
+    to_world = np.array(meta["to_world"])
+    assert np.isclose(np.linalg.det(to_world[:3, :3]) ** (1 / 3), 0.5 / 0.9, rtol=1e-2)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp leftovers
+
+
+def test_eval_missing_prediction(capsys, tmp_path, sphere_path):
+    code, _, err = run_cli(capsys, "eval", str(tmp_path / "pred.ply"), str(sphere_path))
+    assert code == 2
+    assert_one_line_error(err, "pred.ply")
+
+
+def test_eval_identical_meshes_json(capsys, tmp_path, sphere_path):
+    out = tmp_path / "m.json"
+    code, stdout, err = run_cli(capsys, "eval", str(sphere_path), str(sphere_path),
+                                "--json", str(out))
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["fscore"]["0.005"] > 0.99
+    assert result["tau_units"] == "gt_bbox_diagonal"
+    assert "chamfer" in stdout.lower()
+
+
+def test_console_entry_point_help():
+    env = dict(os.environ, PYTHONPATH=str(SRC))
+    for verb in ("render", "import", "eval", "demo"):
+        done = subprocess.run([sys.executable, "-m", "zerolevel", verb, "--help"], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert "examples:" in done.stdout
