@@ -107,3 +107,73 @@ def test_console_entry_point_help():
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert "examples:" in done.stdout
+
+
+# ---------------------------------------------------------------------- scene folders through the CLI
+@pytest.fixture
+def scene_dir(capsys, tmp_path, sphere_path) -> Path:
+    out = tmp_path / "scene"
+    assert run_cli(capsys, "render", str(sphere_path), "-o", str(out), "--views", "2", "--res", "24")[0] == 0
+    return out
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    from zerolevel.images import write_png
+
+    write_png(path, array)
+
+
+BAD_SCENES = {
+    "image of mismatched size": (lambda s: _write_png(s / "image" / "001.png", np.zeros((24, 30), np.uint8)),
+                                 "image/001.png"),
+    "corrupt mask": (lambda s: (s / "mask" / "000.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage"),
+                     "mask/000.png"),
+    "normal map not unit length": (
+        lambda s: _write_png(s / "normal" / "000.png", np.full((24, 24, 3), 40000, np.uint16)), "normal/000.png"),
+    "camera sees nothing": (lambda s: _write_png(s / "mask" / "001.png", np.zeros((24, 24), np.uint8)),
+                            "mask/001.png"),
+    "missing depth": (lambda s: (s / "depth" / "000.npy").unlink(), "depth/000.npy"),
+    "NaN depth": (lambda s: np.save(s / "depth" / "001.npy", np.full((24, 24), np.nan, np.float32)),
+                  "depth/001.npy"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SCENES))
+def test_info_bad_scene_exit_2_one_line(capsys, scene_dir, case):
+    damage, name = BAD_SCENES[case]
+    assert run_cli(capsys, "info", str(scene_dir))[0] == 0
+    damage(scene_dir)
+    code, _, err = run_cli(capsys, "info", str(scene_dir))
+    assert code == 2, case
+    assert_one_line_error(err, name)
+
+
+def test_import_missing_folder(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "import", "neus", str(tmp_path / "nothing"), "-o", str(tmp_path / "s"))
+    assert code == 2
+    assert_one_line_error(err, "nothing")
+
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_render_with_the_cameras_of_a_neus_folder(capsys, tmp_path):
+    """Rendering the NeuS folder's GT mesh with its own cameras reproduces its masks and normals."""
+    neus = DATA / "neus_layout_spot"
+    if not neus.is_dir():
+        pytest.skip("shared NeuS-layout data not present")
+    from zerolevel.scene import read_scene
+
+    out = tmp_path / "again"
+    code, _, err = run_cli(capsys, "render", str(neus / "mesh_Gt.ply"), "-o", str(out), "--cameras", str(neus),
+                           "--supersample", "1", "--face-normals")  # the NeuS GT has face normals
+    assert code == 0, err
+    original, again = read_scene(neus), read_scene(out)
+    np.testing.assert_allclose(again.to_world, original.to_world)
+    for a, b in zip(original.views, again.views):
+        assert a.name == b.name
+        iou = (a.mask & b.mask).sum() / (a.mask | b.mask).sum()
+        assert iou > 0.99, (a.name, iou)
+        both = a.mask & b.mask
+        cos = (a.normal[both] * b.normal[both]).sum(-1)
+        assert np.median(cos) > 0.9999

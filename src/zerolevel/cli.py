@@ -12,13 +12,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
+# numpy's OpenBLAS threads fight torch's for the same cores and make small products 100x slower
+# (measured in the ray caster); the heavy numeric work here is torch's or Embree's.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from .errors import InputError
+import numpy as np  # noqa: E402
+
+from .errors import InputError  # noqa: E402
 
 EPILOG_RENDER = """examples:
   zerolevel render -o spot_scene                       # the bundled Spot cow, 24 views at 256x256
   zerolevel render bunny.ply -o bunny --views 48 --res 512 --layout ring --elevation 20
+  zerolevel render head.obj -o head_gt --cameras DiLiGenT-MV/bearPNG    # the cameras of another scene
 """
 EPILOG_EVAL = """examples:
   zerolevel eval out/mesh.ply gt.obj
@@ -27,6 +32,10 @@ EPILOG_EVAL = """examples:
 EPILOG_IMPORT = """examples:
   zerolevel import neus DiLiGenT-MV/bearPNG -o bear_scene
   zerolevel import middlebury templeSparseRing -o temple_scene
+"""
+EPILOG_INFO = """examples:
+  zerolevel info spot_scene        # views, sizes, modalities; checks every file
+  zerolevel info DiLiGenT-MV/bearPNG
 """
 EPILOG_DEMO = """examples:
   zerolevel demo -o demo_out       # render Spot, reconstruct, evaluate, write demo_out/report.html
@@ -80,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distance", type=float, default=3.0, help="camera distance in unit-sphere units (default: 3)")
     p.add_argument("--fov", type=float, default=45.0, help="horizontal field of view in degrees (default: 45)")
     p.add_argument("--elevation", type=float, default=30.0, help="ring elevation in degrees (default: 30)")
+    p.add_argument("--cameras", metavar="SCENE",
+                   help="use the cameras (and the unit-sphere normalisation) of this scene or NeuS folder "
+                        "instead of a generated layout; the mesh must be in that scene's units")
     p.add_argument("--supersample", type=int, default=2,
                    help="s x s rays per pixel for anti-aliased masks (default: 2)")
     p.add_argument("--face-normals", action="store_true", help="flat face normals instead of smooth ones")
@@ -92,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("format", choices=["neus", "middlebury"], help="layout of SRC")
     p.add_argument("source", help="folder in that layout")
     p.add_argument("-o", "--output", required=True, help="scene folder to write")
+    p.add_argument("--threshold", type=float, default=0.1,
+                   help="middlebury: background threshold on the brightest channel, 0-1 (default: 0.1)")
+    _add_common(p)
+
+    p = sub.add_parser("info", help="check a scene folder and summarise it",
+                       epilog=EPILOG_INFO, formatter_class=formatter)
+    p.add_argument("scene", help="scene folder (or NeuS folder)")
     _add_common(p)
 
     p = sub.add_parser("eval", help="compare a predicted mesh with the ground truth",
@@ -124,25 +143,49 @@ def cmd_render(args: argparse.Namespace) -> None:
     mesh_path = Path(args.mesh) if args.mesh else example_mesh_path()
     _check_positive(args, "views", "res", "supersample")
     mesh = load_mesh(mesh_path)
-    scene = render_scene(mesh, views=args.views, resolution=args.res, layout=args.layout,
+    cameras_of = _read_scene_cameras(args.cameras) if args.cameras else None
+    scene = render_scene(mesh, cameras_of=cameras_of, views=args.views, resolution=args.res, layout=args.layout,
                          distance=args.distance, fov_deg=args.fov, elevation_deg=args.elevation,
                          supersample=args.supersample, smooth=not args.face_normals,
                          progress=not args.quiet, source=str(mesh_path))
     scene.write(args.output, normal_format=args.normal_format)
-    print(f"wrote {args.output}: {len(scene.views)} views {args.res}x{args.res} "
+    view = scene.views[0]
+    print(f"wrote {args.output}: {len(scene.views)} views {view.width}x{view.height} "
           f"({', '.join(sorted(scene.modalities()))}) of {mesh_path.name}")
 
 
+def _read_scene_cameras(path: str):
+    from .scene import read_scene
+
+    return read_scene(path, load_images=False)
+
+
 def cmd_import(args: argparse.Namespace) -> None:
-    from . import scene as scene_io
+    from .importers import import_middlebury, import_neus
 
     if not Path(args.source).is_dir():
         raise InputError("no such folder", args.source)
-    importer = {"neus": scene_io.import_neus, "middlebury": scene_io.import_middlebury}[args.format]
-    scene = importer(args.source)
+    if args.format == "neus":
+        scene = import_neus(args.source)
+    else:
+        scene = import_middlebury(args.source, threshold=args.threshold)
     scene.write(args.output)
     print(f"wrote {args.output}: {len(scene.views)} views ({', '.join(sorted(scene.modalities()))}) "
           f"from {args.format} folder {args.source}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from .scene import read_scene
+
+    scene = read_scene(args.scene)
+    sizes = sorted({(v.width, v.height) for v in scene.views})
+    scale = abs(np.linalg.det(scene.to_world[:3, :3])) ** (1 / 3)
+    coverage = [float(v.mask.mean()) for v in scene.views if v.mask is not None]
+    print(f"{args.scene}: {len(scene.views)} views, size {' '.join(f'{w}x{h}' for w, h in sizes)}")
+    print(f"  modalities   {', '.join(sorted(scene.modalities())) or 'none'}")
+    print(f"  to_world     scale {scale:.6g}, centre {np.round(scene.to_world[:3, 3], 6).tolist()}")
+    if coverage:
+        print(f"  mask cover   {min(coverage):.1%} - {max(coverage):.1%} of each image")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -173,7 +216,7 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
             raise InputError(f"--{name} must be positive, got {getattr(args, name)}")
 
 
-VERBS = {"render": cmd_render, "import": cmd_import, "eval": cmd_eval, "demo": cmd_demo}
+VERBS = {"render": cmd_render, "import": cmd_import, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,8 @@ from scipy import ndimage
 from .cameras import Cameras
 from .errors import InputError
 from .images import read_image, read_mask, read_normal_map
-from .scene import Scene, View, _check_similarity, check_camera, normalize_scene, validate_normals
+from .scene import (Scene, View, _check_similarity, check_camera, check_sees_object, normalize_scene,
+                    validate_normals)
 
 
 # ====================================================================== NeuS / IDR / SuperNormal
@@ -136,7 +137,7 @@ def _neus_view(index: int, P: np.ndarray, files: dict, A: np.ndarray) -> View:
             expected = example.with_name(str(index).zfill(len(example.stem)) + example.suffix)
             raise InputError(f"missing {modality} file for camera {index}", expected)
         paths[modality] = by_index[index]
-    mask = read_mask(paths["mask"]) if "mask" in paths else None
+    mask = check_sees_object(read_mask(paths["mask"]), paths["mask"]) if "mask" in paths else None
     image = read_image(paths["image"]) if "image" in paths else None
     normal = None
     if "normal" in paths:
@@ -205,7 +206,8 @@ def import_middlebury(src: str | Path, threshold: float = 0.1, grid: int = 64) -
         K[0, 2] += 0.5  # integer pixel centres in Middlebury -> ours at integer + 0.5
         K[1, 2] += 0.5
         views.append(View(Path(name).stem, K, W2C, image.shape[1], image.shape[0],
-                          mask=silhouette(image, threshold), image=image))
+                          mask=check_sees_object(silhouette(image, threshold), par.parent / name),
+                          image=image))
     _check_same_size(views, par.parent)
     P = np.stack([v.K @ v.world_to_camera[:3] for v in views])
     masks = np.stack([v.mask for v in views])
@@ -213,7 +215,7 @@ def import_middlebury(src: str | Path, threshold: float = 0.1, grid: int = 64) -
     if len(points) == 0:
         raise InputError("the silhouettes share no visual hull: check the threshold", par)
     for view, mask in zip(views, hull_silhouettes(P, points, voxel, masks)):
-        view.mask = mask
+        view.mask = check_sees_object(mask, par.parent / f"{view.name}.png")
     lo, hi = points.min(0) - voxel / 2, points.max(0) + voxel / 2
     center = (lo + hi) / 2
     radius = np.linalg.norm(points - center, axis=1).max() + np.sqrt(3) / 2 * voxel

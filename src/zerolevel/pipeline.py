@@ -38,18 +38,25 @@ def headlights(cameras: Cameras) -> list[list[DirectionalLight]]:
     return [[DirectionalLight(direction=d, intensity=1.0)] for d in toward_camera]
 
 
-def render_scene(mesh: trimesh.Trimesh, views: int = 24, resolution: int = 256, layout: str = "sphere",
+def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: int = 24, resolution: int = 256, layout: str = "sphere",
                  distance: float = 3.0, fov_deg: float = 45.0, elevation_deg: float = 30.0,
                  supersample: int = 2, smooth: bool = True, progress: bool = True,
                  source: str = "mesh", chunk: int = 8) -> Scene:
     """Normalise `mesh` into the unit sphere and ray-cast a ground-truth scene of it.
 
+    With `cameras_of`, the mesh is taken to be in that scene's units and rendered with its cameras
+    and normalisation; otherwise it is fitted into the unit sphere and seen by a generated layout.
     Returns a Scene in working space whose `to_world` maps back to the mesh's units. Raises
     `InputError` naming `source` when a camera sees none of the object.
     """
-    to_world = unit_sphere_transform(mesh)
+    if cameras_of is None:
+        to_world = unit_sphere_transform(mesh)
+        cameras = make_cameras(views, resolution, layout, distance, fov_deg, elevation_deg)
+    else:
+        to_world = cameras_of.to_world
+        cameras = cameras_of.cameras()
+    views = len(cameras)
     working = transform_mesh(mesh, np.linalg.inv(to_world))
-    cameras = make_cameras(views, resolution, layout, distance, fov_deg, elevation_deg)
     lights = headlights(cameras)
     outputs: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=views, desc="rendering", unit="view", disable=not progress, leave=False)
@@ -64,11 +71,11 @@ def render_scene(mesh: trimesh.Trimesh, views: int = 24, resolution: int = 256, 
     arrays = {key: np.concatenate(value) for key, value in outputs.items()}
     empty = [i for i, m in enumerate(arrays["mask"]) if not (m > 0.5).any()]
     if empty:
-        raise InputError(f"camera(s) {empty} see none of the object (distance {distance}, fov {fov_deg})",
-                         source)
-    light_dicts = [{"direction": [float(x) for x in l[0].direction], "intensity": l[0].intensity}
-                   for l in lights]
-    return Scene.from_render(cameras, arrays, to_world, light=light_dicts)
+        raise InputError(f"camera(s) {empty} see none of the object", source)
+    light_dicts = [{"direction": [float(x) for x in view_lights[0].direction],
+                    "intensity": view_lights[0].intensity} for view_lights in lights]
+    names = None if cameras_of is None else [v.name for v in cameras_of.views]
+    return Scene.from_render(cameras, arrays, to_world, names=names, light=light_dicts)
 
 
 def run_demo(output: Path, views: int = 24, resolution: int = 256, grid: int = 192,

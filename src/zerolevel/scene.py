@@ -389,7 +389,8 @@ def _load_view(root: Path, view: View, present: list[str], normal_space: str) ->
     files = {m: _find_file(root / m, view.name, m) for m in present}
     size = (view.height, view.width)
     if "mask" in files:
-        view.mask = _check_size(read_mask(files["mask"]), size, files["mask"], view)
+        view.mask = check_sees_object(_check_size(read_mask(files["mask"]), size, files["mask"], view),
+                                      files["mask"])
     if "image" in files:
         view.image = _check_size(read_image(files["image"]), size, files["image"], view)
     if "depth" in files:
@@ -397,9 +398,17 @@ def _load_view(root: Path, view: View, present: list[str], normal_space: str) ->
     if "normal" in files:
         raw = _check_size(read_normal_map(files["normal"]), size, files["normal"], view)
         normal = validate_normals(raw, view.mask, files["normal"])
+        check_sees_object(np.any(normal != 0, axis=-1), files["normal"])
         if normal_space == "camera":
             normal = (normal @ view.R.astype(np.float32)).astype(np.float32)  # R^T n per pixel
         view.normal = normal
+
+
+def check_sees_object(foreground: np.ndarray, path: Path) -> np.ndarray:
+    """Raise `InputError` when a view's (H, W) foreground is empty: its camera sees none of the object."""
+    if not foreground.any():
+        raise InputError("no foreground pixel: this camera sees none of the object", path)
+    return foreground
 
 
 def _check_size(array: np.ndarray, size: tuple[int, int], path: Path, view: View) -> np.ndarray:
