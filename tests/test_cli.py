@@ -177,3 +177,26 @@ def test_render_with_the_cameras_of_a_neus_folder(capsys, tmp_path):
         both = a.mask & b.mask
         cos = (a.normal[both] * b.normal[both]).sum(-1)
         assert np.median(cos) > 0.9999
+
+
+def test_render_with_a_fixed_light(capsys, tmp_path, sphere_path):
+    from zerolevel.scene import read_scene
+
+    out = tmp_path / "lit"
+    code, _, err = run_cli(capsys, "render", str(sphere_path), "-o", str(out), "--views", "2", "--res", "32",
+                           "--light", "0", "1", "0")
+    assert code == 0, err
+    scene = read_scene(out)
+    for view in scene.views:
+        assert view.light["direction"] == [0.0, 1.0, 0.0]
+        lit = view.mask & (view.normal[..., 1] > 0.5)
+        dark = view.mask & (view.normal[..., 1] < -0.2)
+        assert view.image[lit].mean() > view.image[dark].mean() + 0.3
+
+
+def test_eval_iou(capsys, tmp_path, sphere_path):
+    out = tmp_path / "m.json"
+    code, _, err = run_cli(capsys, "eval", str(sphere_path), str(sphere_path), "--iou", "32", "--json", str(out))
+    assert code == 0, err
+    result = json.loads(out.read_text())
+    assert result["iou"] > 0.999 and result["watertight"] == {"pred": True, "gt": True}

@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of a generated layout; the mesh must be in that scene's units")
     p.add_argument("--supersample", type=int, default=2,
                    help="s x s rays per pixel for anti-aliased masks (default: 2)")
+    p.add_argument("--light", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="one directional light for every view, pointing towards the light in world space "
+                        "(default: a headlight per view)")
     p.add_argument("--face-normals", action="store_true", help="flat face normals instead of smooth ones")
     p.add_argument("--normal-format", choices=["png", "npy"], default="png",
                    help="16-bit PNG or float32 .npy normal maps (default: png)")
@@ -146,7 +149,7 @@ def cmd_render(args: argparse.Namespace) -> None:
     cameras_of = _read_scene_cameras(args.cameras) if args.cameras else None
     scene = render_scene(mesh, cameras_of=cameras_of, views=args.views, resolution=args.res, layout=args.layout,
                          distance=args.distance, fov_deg=args.fov, elevation_deg=args.elevation,
-                         supersample=args.supersample, smooth=not args.face_normals,
+                         supersample=args.supersample, smooth=not args.face_normals, light=args.light,
                          progress=not args.quiet, source=str(mesh_path))
     scene.write(args.output, normal_format=args.normal_format)
     view = scene.views[0]

@@ -17,7 +17,7 @@ from tqdm import tqdm
 from .cameras import Cameras
 from .errors import InputError
 from .geometry.mesh import transform_mesh, unit_sphere_transform
-from .render.raycast import DirectionalLight, render_mesh
+from .render.raycast import DirectionalLight, MeshRayCaster, render_mesh
 from .scene import Scene
 
 
@@ -41,11 +41,14 @@ def headlights(cameras: Cameras) -> list[list[DirectionalLight]]:
 def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: int = 24, resolution: int = 256, layout: str = "sphere",
                  distance: float = 3.0, fov_deg: float = 45.0, elevation_deg: float = 30.0,
                  supersample: int = 2, smooth: bool = True, progress: bool = True,
-                 source: str = "mesh", chunk: int = 8) -> Scene:
+                 light: tuple[float, float, float] | None = None, source: str = "mesh",
+                 chunk: int = 8) -> Scene:
     """Normalise `mesh` into the unit sphere and ray-cast a ground-truth scene of it.
 
-    With `cameras_of`, the mesh is taken to be in that scene's units and rendered with its cameras
-    and normalisation; otherwise it is fitted into the unit sphere and seen by a generated layout.
+    Shaded images are lit by `light` (a direction towards the light along the mesh's axes, the same
+    for every view) or, by default, by a headlight per view. With `cameras_of`, the mesh is taken to
+    be in that scene's units and rendered with its cameras and normalisation; otherwise it is fitted
+    into the unit sphere and seen by a generated layout.
     Returns a Scene in working space whose `to_world` maps back to the mesh's units. Raises
     `InputError` naming `source` when a camera sees none of the object.
     """
@@ -56,14 +59,18 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
         to_world = cameras_of.to_world
         cameras = cameras_of.cameras()
     views = len(cameras)
-    working = transform_mesh(mesh, np.linalg.inv(to_world))
-    lights = headlights(cameras)
+    caster = MeshRayCaster(transform_mesh(mesh, np.linalg.inv(to_world)))  # one BVH for all views
+    if light is None:
+        lights = headlights(cameras)
+    else:
+        if not np.all(np.isfinite(light)) or not np.any(light):
+            raise InputError(f"--light must be a finite non-zero direction, got {list(light)}")
+        lights = [[DirectionalLight(direction=np.asarray(light, dtype=np.float64))]] * views
     outputs: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=views, desc="rendering", unit="view", disable=not progress, leave=False)
     for start in range(0, views, chunk):
         index = slice(start, min(start + chunk, views))
-        out = render_mesh(working, cameras[index], smooth=smooth, supersample=supersample,
-                          lights=lights[index])
+        out = caster.render(cameras[index], smooth=smooth, supersample=supersample, lights=lights[index])
         for key, value in out.items():
             outputs.setdefault(key, []).append(value)
         bar.update(index.stop - index.start)

@@ -1,0 +1,33 @@
+"""Visual hull: carving from silhouettes contains the object and hugs convex shapes."""
+
+import numpy as np
+import torch
+import trimesh
+
+from zerolevel.cameras import Cameras
+from zerolevel.geometry.extract import marching_cubes
+from zerolevel.recon.visual_hull import VisualHullField
+from zerolevel.render.raycast import render_mesh
+
+
+def test_visual_hull_of_a_sphere_is_close_to_the_sphere():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
+    cameras = Cameras.sphere(20, distance=3.0, fov_deg=40, width=96, height=96)
+    masks = torch.as_tensor(render_mesh(sphere, cameras, supersample=2)["mask"])
+    field = VisualHullField(cameras, masks)
+    # points of the sphere are inside (or on) the hull; points well outside are carved away
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(500, 3, generator=g), dim=-1)
+    assert (field(0.57 * dirs) < 0).all()
+    assert (field(0.75 * dirs) > 0).all()
+    mesh = marching_cubes(field, 96)
+    radii = np.linalg.norm(mesh.vertices, axis=1)
+    assert abs(np.median(radii) - 0.6) < 0.015  # 20 views carve a sphere to within ~a pixel
+    assert radii.min() > 0.6 - 0.02
+
+
+def test_points_behind_or_outside_every_camera_are_carved():
+    cameras = Cameras.look_at(torch.tensor([[0.0, 0.0, 3.0]]), width=32, height=32)
+    field = VisualHullField(cameras, torch.ones(1, 32, 32))
+    values = field(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 4.0], [5.0, 0.0, 0.0]]))
+    assert values.tolist() == [-0.5, 0.5, 0.5]
