@@ -114,8 +114,8 @@ def main() -> None:
 
     notes = (f"Wall-clock seconds for the whole call (field evaluation, marching cubes, vertex "
              f"merge): median of 3 runs when one takes under 10 s, else one run ('runs'); "
-             f"torch {torch.__version__} with {args.threads} intra-op threads, on a shared machine: "
-             f"provisional. Narrow band defaults: lipschitz 1.5, block_size 4, coarse_resolution 16. "
+             f"torch {torch.__version__} with {args.threads} intra-op threads. "
+             f"Narrow band defaults: lipschitz 1.5, block_size 4, coarse_resolution 16. "
              f"'same as dense': equal face counts and sorted vertices equal within 1e-6. "
              f"mlp: |x| - 0.5 + MLP 3-64-64-1 (softplus), max |grad f| = {gradient:.3f} on 200k "
              f"uniform samples. "

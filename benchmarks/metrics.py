@@ -111,7 +111,7 @@ def main() -> None:
         print(f"{row[0]:<58} {row[2]:>18} {row[3]:8.3f} s")
     notes = (f"{THREADS} threads (OMP_NUM_THREADS for pykdtree; numpy/Embree as configured), wall-clock "
              f"seconds, median of {runs} runs except the two per-point occupancy rows (1 run). "
-             "Shared 2-core machine: figures are provisional. Goal: Chamfer + F-score < 2 s at 200k points.")
+             "Goal: Chamfer + F-score < 2 s at 200k points.")
     write_report("metrics", "Evaluation metrics: speed", "python benchmarks/metrics.py",
                  ["measure", "data", "size", "seconds"], rows, notes=notes)
 
