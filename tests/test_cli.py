@@ -200,3 +200,14 @@ def test_eval_iou(capsys, tmp_path, sphere_path):
     assert code == 0, err
     result = json.loads(out.read_text())
     assert result["iou"] > 0.999 and result["watertight"] == {"pred": True, "gt": True}
+
+
+def test_eval_iou_of_an_open_mesh_warns_in_one_line(capsys, tmp_path, sphere_path):
+    sphere = trimesh.load(sphere_path)
+    open_mesh = tmp_path / "open.ply"
+    trimesh.Trimesh(sphere.vertices, sphere.faces[:-10]).export(open_mesh)
+    code, stdout, err = run_cli(capsys, "eval", str(open_mesh), str(sphere_path), "--iou", "16")
+    assert code == 0
+    warning_lines = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning_lines) == 1 and "not watertight" in warning_lines[0] and "prediction" in warning_lines[0]
+    assert "iou" in stdout.lower()

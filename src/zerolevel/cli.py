@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 # numpy's OpenBLAS threads fight torch's for the same cores and make small products 100x slower
@@ -199,8 +200,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
     pred, gt = load_mesh(args.pred), load_mesh(args.gt)
     if any(t <= 0 for t in args.tau):
         raise InputError("--tau values must be positive")
-    result = evaluate(pred, gt, taus=tuple(args.tau), n_points=args.points,
-                      iou_resolution=args.iou, seed=args.seed)
+    with warnings.catch_warnings(record=True) as caught:  # e.g. "not watertight": one line each
+        warnings.simplefilter("always")
+        result = evaluate(pred, gt, taus=tuple(args.tau), n_points=args.points,
+                          iou_resolution=args.iou, seed=args.seed)
+    for warning in caught:
+        print(f"zerolevel eval: warning: {warning.message}", file=sys.stderr)
     print(format_table(result))
     if args.json:
         write_json(args.json, result)
