@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Union
 
 import numpy as np
@@ -112,8 +113,6 @@ class MeshRayCaster:
         self.faces = np.asarray(mesh.faces, dtype=np.int64)
         if not np.all(np.isfinite(self.vertices)):
             raise InputError("mesh has non-finite vertex coordinates")
-        self.face_normals = np.asarray(mesh.face_normals, dtype=np.float64)
-        self.vertex_normals = np.asarray(mesh.vertex_normals, dtype=np.float64)
         # Embree works in float32: centre and scale the mesh to O(1) coordinates for precision.
         lo, hi = self.vertices.min(axis=0), self.vertices.max(axis=0)
         self._offset = 0.5 * (lo + hi)
@@ -134,6 +133,19 @@ class MeshRayCaster:
             _EmbreeTriangleMesh(scene=self._scene, vertices=scaled, indices=self.faces.astype(np.int32))
         else:
             self._fallback = trimesh.ray.ray_triangle.RayMeshIntersector(mesh)
+
+    # Normals are computed on first use: casting rays for visibility alone (the differentiable
+    # rasteriser rebuilds a caster every call) does not need them, and trimesh's vertex normals
+    # cost more than the BVH build itself (0.5 s vs 0.2 s for 330k faces).
+    @cached_property
+    def face_normals(self) -> np.ndarray:
+        """(F, 3) float64 unit normals by the faces' winding (trimesh's; zero for degenerate faces)."""
+        return np.asarray(self.mesh.face_normals, dtype=np.float64)
+
+    @cached_property
+    def vertex_normals(self) -> np.ndarray:
+        """(V, 3) float64 vertex normals (trimesh's, for smooth shading)."""
+        return np.asarray(self.mesh.vertex_normals, dtype=np.float64)
 
     @property
     def uses_embree(self) -> bool:
@@ -164,6 +176,32 @@ class MeshRayCaster:
         idx, tri, b, dist = self._cast(origins, directions)
         face[idx], bary[idx], distance[idx] = tri, b, dist
         return RayHits(face, bary, distance)
+
+    def first_hit_faces(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
+        """Index of the first face each ray hits, -1 on a miss: visibility only.
+
+        The cheapest query (no hit points, barycentrics or distances: ~5x faster than `intersect`
+        on 65k rays), for callers that recompute the hits themselves (`raster.rasterize`).
+
+        Args:
+            origins, directions: (N, 3) world space, any float dtype; directions of any length.
+        Returns:
+            (N,) int64 face indices, -1 where the ray misses.
+        """
+        origins = np.asarray(origins).reshape(-1, 3)
+        directions = np.asarray(directions).reshape(-1, 3)
+        if origins.shape != directions.shape:
+            raise ValueError(f"origins {origins.shape} and directions {directions.shape} differ")
+        if len(origins) == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self._scene is not None:
+            scaled = ((origins - self._offset) * self._scale).astype(np.float32)
+            prim = self._scene.run(scaled, np.ascontiguousarray(directions, dtype=np.float32))
+            return np.asarray(prim, dtype=np.int64)
+        face = np.full(len(origins), -1, dtype=np.int64)
+        ray, tri, _, _ = self._cast(origins, directions)
+        face[ray] = tri
+        return face
 
     def _cast(self, origins: np.ndarray, directions: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
