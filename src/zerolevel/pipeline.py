@@ -17,7 +17,8 @@ from tqdm import tqdm
 from .cameras import Cameras
 from .errors import InputError
 from .geometry.mesh import transform_mesh, unit_sphere_transform
-from .render.raycast import DirectionalLight, MeshRayCaster, render_mesh
+from .render.lights import DirectionalLight
+from .render.raycast import MeshRayCaster, render_mesh
 from .scene import Scene
 
 

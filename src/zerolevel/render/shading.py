@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from .raycast import LightSpec, _light_arrays
+from .lights import LightSpec, light_arrays
 
 
 def lambertian(normals: Tensor, light_dirs: Tensor, intensities: Tensor, ambient: float = 0.1,
@@ -50,6 +50,6 @@ def light_tensors(lights: LightSpec, cameras: Cameras) -> tuple[Tensor, Tensor]:
     Returns:
         directions: (B, L, 3) unit vectors towards the lights; intensities: (B, L) (0 = padding).
     """
-    dirs, inten = _light_arrays(lights, cameras.to(device="cpu", dtype=torch.float64))
+    dirs, inten = light_arrays(lights, cameras.to(device="cpu", dtype=torch.float64))
     return (torch.as_tensor(dirs, dtype=cameras.dtype, device=cameras.device),
             torch.as_tensor(inten, dtype=cameras.dtype, device=cameras.device))

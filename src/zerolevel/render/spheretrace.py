@@ -43,7 +43,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from .raycast import LightSpec
+from .lights import LightSpec
 from .shading import lambertian, light_tensors
 
 __all__ = ["sphere_trace", "render_sdf", "march", "ray_sphere_interval", "field_gradient",
