@@ -10,10 +10,14 @@ $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# torch first: the exact pin takes the local CPU build; then the package with its test extras.
+# torch first: the exact pin takes the local CPU build; then the package with its test extras;
+# then the compiled kernels.
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
+	@# build the hash-grid CPU kernel now (g++, cached) rather than in the middle of a first fit
+	$(PY) -c "from zerolevel.fields.hashgrid import compiled_kernel_available as ok; \
+	print('hash-grid kernel:', 'built' if ok() else 'not built (falls back to PyTorch)')"
 	touch $(STAMP)
 
 install: $(STAMP)
