@@ -37,12 +37,35 @@ KNOWN = {"renderer", "case", "forward_s", "forward_backward_s", "notes"}
 def _fmt(value) -> str | float:
     if value is None:
         return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
     if isinstance(value, float):
         return round(value, 4) if value < 10 else round(value, 1)
     return value
 
 
+def _normalise(part: str, row: dict) -> dict:
+    """Map the few part-specific row layouts onto the common keys."""
+    row = dict(row)
+    for old, new in (("forward s", "forward_s"), ("forward+backward s", "forward_backward_s")):
+        if old in row:
+            row[new] = row.pop(old)
+    if part == "hashgrid":
+        seconds, rate = row.pop("seconds"), row.pop("points_per_s")
+        row["renderer"] = f"hash encoding ({row.pop('backend')})"
+        row["case"] = f"{row.pop('op')}, {row.pop('points')} points"
+        row["forward_s"] = seconds.get("forward")
+        row["forward_backward_s"] = seconds.get("forward_backward", seconds.get("step"))
+        if isinstance(rate, dict):
+            row["points/s"] = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in rate.items())
+        if "forward_backward_points" in seconds:
+            row["fwd+bwd incl. point gradients s"] = seconds["forward_backward_points"]
+        row.pop("threads", None)
+    return row
+
+
 def _row(part: str, row: dict) -> list:
+    row = _normalise(part, row)
     extra = "; ".join(f"{k}={_fmt(v)}" for k, v in row.items() if k not in KNOWN)
     notes = "; ".join(x for x in (row.get("notes", ""), extra) if x)
     return [row.get("renderer", part), row.get("case", ""), _fmt(row.get("forward_s")),
