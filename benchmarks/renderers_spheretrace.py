@@ -75,7 +75,7 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256,
     target_normal = torch.as_tensor(gt["normal"])
     target_mask = torch.as_tensor(gt["mask"])
 
-    rows = []
+    rows = [_mitsuba_scene_row(threads, repeats, size)]
     for resolution in resolutions:
         start = time.perf_counter()
         grid = DenseGridSDF.from_mesh(mesh, resolution)
@@ -109,6 +109,37 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256,
                       f"loss on normals + soft mask; grid built from the mesh in {build:.1f} s"),
         })
     return rows
+
+
+def _mitsuba_scene_row(threads: int, repeats: int, size: int) -> dict:
+    """The scene `renderers_mitsuba.py` renders: a 64^3 grid of a 0.6 sphere, camera at distance 3."""
+    import torch
+
+    from zerolevel.cameras import Cameras
+    from zerolevel.fields.analytic import SphereSDF
+    from zerolevel.fields.grid import DenseGridSDF
+    from zerolevel.render.spheretrace import render_sdf
+
+    grid = DenseGridSDF.from_function(SphereSDF(radius=0.6), 64)
+    cams = Cameras.look_at((0.0, 0.0, 3.0), fov_deg=45, width=size, height=size)
+
+    def forward(soft: bool = True):
+        with torch.no_grad():
+            return render_sdf(grid, cams, soft=soft)
+
+    def forward_backward():
+        grid.zero_grad(set_to_none=True)
+        out = render_sdf(grid, cams)
+        loss = ((out["image"] - 0.5) ** 2).mean() + ((out["soft_mask"] - 0.5) ** 2).mean()
+        loss.backward()
+
+    fwd, _ = _median_time(forward, repeats)
+    display, _ = _median_time(lambda: forward(soft=False), repeats)
+    fwd_bwd, _ = _median_time(forward_backward, repeats)
+    return {"renderer": "spheretrace", "case": f"64^3 grid of a sphere (Mitsuba's scene), {size}^2, 1 ray/pixel",
+            "forward_s": round(fwd, 4), "forward_backward_s": round(fwd_bwd, 4),
+            "notes": (f"{threads} threads, median of {repeats}; forward without the soft silhouette "
+                      f"(display render, soft=False): {display:.4f} s; loss on image + soft mask")}
 
 
 def _batch_row(grid, mesh, resolution: int, threads: int, repeats: int) -> dict:

@@ -434,3 +434,14 @@ def test_headlight_image_is_the_cosine(spot):
     cos = -(out["normal"] * cams.forward[:, None, None, :]).sum(-1)
     torch.testing.assert_close(out["image"][hit], cos[hit].clamp(0, 1), atol=1e-6, rtol=0)
     assert math.isclose(float(out["image"][~hit].abs().sum()), 0.0)
+
+
+def test_soft_false_skips_only_the_silhouette():
+    field = SphereSDF(radius=0.5)
+    cams = Cameras.look_at((0.0, 0.3, 2.5), width=24, height=20)
+    with torch.no_grad():
+        full = render_sdf(field, cams)
+        display = render_sdf(field, cams, soft=False)
+    assert "soft_mask" in full and "soft_mask" not in display and "min_sdf" not in display
+    for key in ("mask", "depth", "normal", "image"):
+        assert torch.equal(full[key], display[key]), key

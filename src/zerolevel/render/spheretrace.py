@@ -67,7 +67,7 @@ _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0
 def sphere_trace(field: Field, origins: Tensor, directions: Tensor, *, radius: float = 1.0,
                  max_steps: int = 64, epsilon: float = 1e-4, relax: float = 1.0,
                  normal_mode: NormalMode = "auto", fd_step: float | Tensor | None = None,
-                 back: bool = False, soft_k: float = DEFAULT_SOFT_K, soft_steps: int = 6,
+                 back: bool = False, soft: bool = True, soft_k: float = DEFAULT_SOFT_K, soft_steps: int = 6,
                  soft_band: float = 6.0, guard: float = 0.05) -> dict[str, Tensor]:
     """Sphere-trace rays into a signed distance field; outputs differentiable w.r.t. the field.
 
@@ -87,6 +87,8 @@ def sphere_trace(field: Field, origins: Tensor, directions: Tensor, *, radius: f
         fd_step: central-difference step, scalar or (3,) per axis; default the field's
             `voxel_size` if it has one, else 1e-3.
         back: also trace the last crossing (exit point) of each ray that hits.
+        soft: compute the soft silhouette (min_sdf, soft_mask): the mask term of training; renders
+            for display can skip it (it costs about a third of a forward pass).
         soft_k: sharpness k of the soft silhouette sigmoid(-k f_min), 1 / world units.
         soft_steps: golden-section steps refining the argmin of f along rays near the surface.
         soft_band: refine only rays with |soft_k * f_min| < soft_band, i.e. where the soft mask
@@ -101,7 +103,7 @@ def sphere_trace(field: Field, origins: Tensor, directions: Tensor, *, radius: f
           normal (...,3) unit outward normal grad f / |grad f| at the hit, 0 on misses;
           min_sdf (...) the minimum of f along the ray (see module docs); for rays that miss the
             bounding sphere a constant lower bound, (closest approach to the centre) - radius;
-          soft_mask (...) sigmoid(-soft_k * min_sdf) in (0, 1), >= ~0.5 where mask;
+          soft_mask (...) sigmoid(-soft_k * min_sdf) in (0, 1), >= ~0.5 where mask (with soft);
           steps (...) int64 field evaluations of the march (0 for rays missing the sphere);
           with `back`: back_mask, back_distance, back_position, back_normal likewise for the
             exit point (outward normal, so it faces away from the camera).
@@ -119,8 +121,9 @@ def sphere_trace(field: Field, origins: Tensor, directions: Tensor, *, radius: f
     with torch.set_grad_enabled(differentiable):
         out = _surface(field, o, d, front["hit"], front["t"], mode, step, guard)
         out["steps"] = front["steps"]
-        out.update(_soft_silhouette(field, o, d, front, far, meets, radius, soft_k, soft_steps,
-                                    soft_band))
+        if soft:
+            out.update(_soft_silhouette(field, o, d, front, far, meets, radius, soft_k, soft_steps,
+                                        soft_band))
         if back:
             back_hit, back_t = _trace_back(field, o.detach(), d.detach(), front, far, max_steps,
                                            epsilon, relax, radius)
@@ -148,7 +151,7 @@ def render_sdf(field: Field, cameras: Cameras, *, lights: LightSpec = None, ambi
             (B, N, 2) per view.
         ray_chunk: most rays per `sphere_trace` call (None: all at once).
         **trace_options: keyword arguments of `sphere_trace` (radius, max_steps, epsilon, relax,
-            normal_mode, fd_step, back, soft_k, soft_steps, soft_band, guard).
+            normal_mode, fd_step, back, soft, soft_k, soft_steps, soft_band, guard).
     Returns:
         dict with leading shape S = (B, H, W) for whole images or (B, N) with `uv`:
           every output of `sphere_trace` (mask, distance, position, normal, min_sdf, soft_mask,
