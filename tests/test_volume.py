@@ -356,3 +356,15 @@ def test_hash_grid_parameters_get_correct_gradients():
         return (out["normal"][..., 0] * 0.7 - out["normal"][..., 2]).sum() + out["opacity"].square().sum()
 
     assert_parameter_gradients_match(field, loss, rel=1e-4, abs_=1e-7)
+
+
+def test_dfd_patch_that_misses_the_sphere_is_finite():
+    """A patch whose rays all miss the bounding sphere has an empty interval: no NaN, no inf."""
+    field = SphereSDF(CENTER, RADIUS)
+    field.radius.requires_grad_(True)
+    cams = Cameras.look_at([[0.0, 0.0, 3.0]], fov_deg=90, width=64, height=64)
+    out = volume_render_patches(field, cams, torch.tensor([[0, 0], [30, 30]]), 3, variance=SHARP,
+                                n_samples=16, gradient="dfd")
+    assert torch.isfinite(out["normal"]).all() and out["opacity"][0, 0].abs().max() == 0
+    (out["normal"].sum() + out["opacity"].sum()).backward()
+    assert torch.isfinite(field.radius.grad).all()

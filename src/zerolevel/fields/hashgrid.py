@@ -576,6 +576,10 @@ class HashGridSDF(nn.Module):
         dims = [3 + self.encoding.output_dim] + [hidden_dim] * n_hidden_layers + [1]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.activation = nn.Softplus(beta=100)
+        levels = self.encoding.levels
+        self.register_buffer("level_of_feature", torch.arange(levels.n_levels).repeat_interleave(levels.n_features),
+                             persistent=False)
+        self.active_levels = levels.n_levels
         with torch.no_grad():
             for i, layer in enumerate(self.layers):
                 if i == len(self.layers) - 1:
@@ -588,6 +592,11 @@ class HashGridSDF(nn.Module):
                         layer.weight[:, 3:] = 0.0
             if refit_sphere:
                 self._refit_last_layer()
+
+    def set_active_levels(self, n: int) -> None:
+        """Use only the `n` coarsest levels (the finer ones' features are zeroed): coarse-to-fine
+        training activates levels progressively (Neuralangelo, SuperNormal)."""
+        self.active_levels = max(1, min(int(n), self.encoding.levels.n_levels))
 
     def _refit_last_layer(self, n_points: int = 4096, ridge: float = 1e-3) -> None:
         """Least-squares last-layer weights so that the output is |x| - radius on the unit ball."""
@@ -605,7 +614,10 @@ class HashGridSDF(nn.Module):
 
     def hidden(self, points: torch.Tensor) -> torch.Tensor:
         """(N, 3) points -> (N, hidden_dim) activations of the last hidden layer."""
-        h = torch.cat([points, self.encoding(points).to(points.dtype)], dim=-1)
+        features = self.encoding(points).to(points.dtype)
+        if self.active_levels < self.encoding.levels.n_levels:
+            features = features * (self.level_of_feature < self.active_levels).to(features.dtype)
+        h = torch.cat([points, features], dim=-1)
         for layer in self.layers[:-1]:
             h = self.activation(layer(h))
         return h

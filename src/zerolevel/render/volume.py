@@ -293,12 +293,20 @@ def dfd_gradient(sdf: Tensor, points: Tensor) -> Tensor:
     ray = points[..., 1:, :, :, :] - points[..., :-1, :, :, :]
     right = _neighbour_difference(points[..., :-1, :, :, :], dim=-2)
     down = _neighbour_difference(points[..., :-1, :, :, :], dim=-3)
+    # A patch whose rays all miss the bounding sphere has an empty interval: its planes coincide
+    # and the ray step is 0. Its weights are 0, but an inf here would turn 0 * inf into NaN, so
+    # lengths are floored and the missing ray direction replaced by the image-plane normal.
+    tiny = torch.finfo(points.dtype).tiny ** 0.5
     derivatives = torch.stack([
-        (sdf[..., 1:, :, :] - sdf[..., :-1, :, :]) / ray.norm(dim=-1),
-        _neighbour_difference(sdf[..., :-1, :, :], dim=-1) / right.norm(dim=-1),
-        _neighbour_difference(sdf[..., :-1, :, :], dim=-2) / down.norm(dim=-1)], dim=-1)
-    unit = torch.stack([ray[..., -1, :, :, :], right[..., -1, :, :, :], down[..., -1, :, :, :]], dim=-2)
-    inverse = torch.linalg.inv(unit / unit.norm(dim=-1, keepdim=True))  # (..., k, k, 3, 3)
+        (sdf[..., 1:, :, :] - sdf[..., :-1, :, :]) / ray.norm(dim=-1).clamp_min(tiny),
+        _neighbour_difference(sdf[..., :-1, :, :], dim=-1) / right.norm(dim=-1).clamp_min(tiny),
+        _neighbour_difference(sdf[..., :-1, :, :], dim=-2) / down.norm(dim=-1).clamp_min(tiny)], dim=-1)
+    rows = [ray[..., -1, :, :, :], right[..., -1, :, :, :], down[..., -1, :, :, :]]
+    rows = [r / r.norm(dim=-1, keepdim=True).clamp_min(tiny) for r in rows]
+    across = torch.linalg.cross(rows[1], rows[2])
+    empty = rows[0].norm(dim=-1, keepdim=True) < 0.5
+    rows[0] = torch.where(empty, across / across.norm(dim=-1, keepdim=True).clamp_min(tiny), rows[0])
+    inverse = torch.linalg.inv(torch.stack(rows, dim=-2))  # (..., k, k, 3, 3)
     return (inverse.unsqueeze(-5) * derivatives.unsqueeze(-2)).sum(-1)
 
 
