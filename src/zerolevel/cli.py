@@ -34,6 +34,11 @@ EPILOG_IMPORT = """examples:
   zerolevel import neus DiLiGenT-MV/bearPNG -o bear_scene
   zerolevel import middlebury templeSparseRing -o temple_scene
 """
+EPILOG_FIT = """examples:
+  zerolevel fit spot_scene -o spot_fit                     # SuperNormal on normals + masks
+  zerolevel fit spot_scene -o spot_fit --budget 120 --gt spot.obj
+  zerolevel fit spot_scene -o spot_fit --resume            # continue an interrupted fit
+"""
 EPILOG_INFO = """examples:
   zerolevel info spot_scene        # views, sizes, modalities; checks every file
   zerolevel info DiLiGenT-MV/bearPNG
@@ -112,6 +117,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="middlebury: background threshold on the brightest channel, 0-1 (default: 0.1)")
     _add_common(p)
 
+    p = sub.add_parser("fit", help="multi-view reconstruction of a scene folder (or NeuS folder)",
+                       epilog=EPILOG_FIT, formatter_class=formatter)
+    p.add_argument("scene", help="scene folder (or NeuS folder)")
+    p.add_argument("-o", "--output", required=True, help="folder for mesh.ply, checkpoint.pt, log.jsonl")
+    p.add_argument("--method", default="supernormal", choices=["supernormal"],
+                   help="supernormal: hash-grid SDF, NeuS patch volume rendering, DFD (default)")
+    p.add_argument("--iters", type=int, default=1000, help="iterations in all (default: 1000)")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much optimisation time")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
+    p.add_argument("--resolution", type=int, default=256, help="marching-cubes resolution (default: 256)")
+    p.add_argument("--gt", metavar="MESH", help="ground-truth mesh in the scene's input units: adds metrics")
+    _add_common(p)
+
     p = sub.add_parser("info", help="check a scene folder and summarise it",
                        epilog=EPILOG_INFO, formatter_class=formatter)
     p.add_argument("scene", help="scene folder (or NeuS folder)")
@@ -178,6 +196,15 @@ def cmd_import(args: argparse.Namespace) -> None:
           f"from {args.format} folder {args.source}")
 
 
+def cmd_fit(args: argparse.Namespace) -> None:
+    from .pipeline import run_fit
+
+    _check_positive(args, "iters", "resolution")
+    run_fit(args.scene, Path(args.output), method=args.method, iters=args.iters, budget_s=args.budget,
+            resume=args.resume, resolution=args.resolution, gt_path=args.gt, device=args.device,
+            seed=args.seed, progress=not args.quiet)
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .scene import read_scene
 
@@ -224,7 +251,7 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
             raise InputError(f"--{name} must be positive, got {getattr(args, name)}")
 
 
-VERBS = {"render": cmd_render, "import": cmd_import, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}
+VERBS = {"render": cmd_render, "import": cmd_import, "fit": cmd_fit, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,12 +261,17 @@ def main(argv: list[str] | None = None) -> int:
         print("zerolevel: error: --threads must be positive", file=sys.stderr)
         return 2
     configure_torch(args.threads, args.seed)
+    from .recon.loop import DivergedError
+
     start = time.perf_counter()
     try:
         VERBS[args.verb](args)
     except InputError as exc:
         print(f"zerolevel {args.verb}: error: {exc}", file=sys.stderr)
         return 2
+    except DivergedError as exc:  # not bad input: the optimisation failed; say so in one line
+        print(f"zerolevel {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"zerolevel {args.verb}: interrupted", file=sys.stderr)
         return 130

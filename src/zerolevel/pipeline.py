@@ -142,3 +142,76 @@ def run_demo(output: Path, views: int = 24, resolution: int = 256, grid: int = 1
     ])
     print(f"wrote {output}/mesh.ply, {output}/report.html")
     return metrics
+
+
+FIT_METHODS = ("supernormal",)
+
+
+def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", iters: int = 1000,
+            budget_s: float | None = None, resume: bool = False, resolution: int = 256,
+            gt_path: str | Path | None = None, device: str = "cpu", seed: int = 0,
+            progress: bool = True) -> dict:
+    """Fit a scene folder (or NeuS folder) and write `output/mesh.ply` in the input's units, with
+    `checkpoint.pt`, `log.jsonl` and a summary; with `gt_path`, also `metrics.json`.
+
+    Returns a summary dict (iterations, seconds, stopped, losses, metrics when a GT is given).
+    Raises `InputError` for a bad scene, `recon.loop.DivergedError` when the fit diverges.
+    """
+    from .atomic import atomic_path, write_json
+    from .geometry.mesh import load_mesh
+    from .metrics import evaluate
+    from .recon.checks import check_scene
+    from .recon.loop import LoopConfig, run_loop
+    from .recon.supernormal import SuperNormal
+    from .scene import read_scene
+
+    if method not in FIT_METHODS:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
+    gt = load_mesh(gt_path) if gt_path else None  # fail on a bad GT before a long fit
+    scene = read_scene(scene_path)
+    warnings_ = check_scene(scene, str(scene_path))
+    for line in warnings_:
+        print(f"warning: {line}")
+    output.mkdir(parents=True, exist_ok=True)
+    fitter = SuperNormal(scene, iters, device=device, seed=seed, source=str(scene_path))
+    result = run_loop(fitter, output, LoopConfig(iters=iters, budget_s=budget_s, progress=progress),
+                      resume=resume)
+    t0 = time.perf_counter()
+    mesh = fitter.extract(resolution, progress=progress)
+    with atomic_path(output / "mesh.ply") as tmp:
+        mesh.export(tmp)
+    summary = {"method": method, "iterations": result.iterations, "seconds": round(result.seconds, 2),
+               "stopped": result.stopped, "losses": result.losses,
+               "extraction_seconds": round(time.perf_counter() - t0, 2), "resolution": resolution}
+    if gt is not None:
+        summary["metrics"] = evaluate(mesh, gt, seed=seed)
+        write_json(output / "metrics.json", summary["metrics"])
+    write_json(output / "summary.json", summary)
+    report = _write_fit_report(output, scene, mesh, summary, fitter.config, scene_path)
+    print(result.summary())
+    print(f"wrote {output / 'mesh.ply'} and {report}")
+    return summary
+
+
+def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary: dict, config,
+                      scene_path) -> Path:
+    """The fit's report: input normals beside the result rendered from the same views, losses, settings."""
+    from dataclasses import asdict
+
+    from .recon.fit_report import write_fit_report
+
+    shown = list(np.linspace(0, len(scene.views) - 1, min(6, len(scene.views))).round().astype(int))
+    rendered = render_mesh(transform_mesh(mesh, np.linalg.inv(scene.to_world)), scene.cameras()[shown])
+    settings = {"scene": str(scene_path), "method": summary["method"], "views": len(scene.views),
+                "modalities": ", ".join(sorted(scene.modalities())), **asdict(config)}
+    timings = {"iterations": summary["iterations"], "optimisation (s)": summary["seconds"],
+               "stopped by": summary["stopped"], "extraction (s)": summary["extraction_seconds"]}
+    metrics = summary.get("metrics")
+    flat = None
+    if metrics is not None:
+        flat = {"chamfer": metrics["chamfer"], **{f"F-score @ {t}": v for t, v in metrics["fscore"].items()},
+                "normal consistency": metrics["normal_consistency"]}
+    return write_fit_report(output, title=f"zerolevel fit ({summary['method']})", scene=scene,
+                            rendered_normals=list(rendered["normal"]), rendered_masks=list(rendered["mask"] > 0.5),
+                            view_indices=shown, settings=settings, timings=timings, metrics=flat,
+                            log_path=output / "log.jsonl")
