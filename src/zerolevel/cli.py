@@ -44,7 +44,8 @@ EPILOG_INFO = """examples:
   zerolevel info DiLiGenT-MV/bearPNG
 """
 EPILOG_DEMO = """examples:
-  zerolevel demo -o demo_out       # render Spot, reconstruct, evaluate, write demo_out/report.html
+  zerolevel demo -o demo_out       # render Spot, fit it (SuperNormal), evaluate, write demo_out/report.html
+  zerolevel demo -o demo_out --budget 60
 """
 
 
@@ -150,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_DEMO, formatter_class=formatter)
     p.add_argument("-o", "--output", required=True, help="folder for the scene, mesh and report")
     p.add_argument("--views", type=int, default=24, help="number of views (default: 24)")
-    p.add_argument("--res", type=int, default=256, help="image resolution (default: 256)")
+    p.add_argument("--res", type=int, default=128, help="image resolution (default: 128)")
+    p.add_argument("--iters", type=int, default=400, help="fit iterations (default: 400)")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop the fit after this much time")
     p.add_argument("--grid", type=int, default=192, help="extraction resolution (default: 192)")
     _add_common(p)
     return parser
@@ -241,8 +244,9 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from .pipeline import run_demo
 
-    run_demo(Path(args.output), views=args.views, resolution=args.res, grid=args.grid,
-             device=args.device, progress=not args.quiet)
+    _check_positive(args, "views", "res", "iters", "grid")
+    run_demo(Path(args.output), views=args.views, resolution=args.res, iters=args.iters,
+             budget_s=args.budget, grid=args.grid, device=args.device, progress=not args.quiet)
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:

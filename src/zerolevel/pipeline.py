@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import trimesh
 from tqdm import tqdm
 
@@ -86,62 +85,28 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
     return Scene.from_render(cameras, arrays, to_world, names=names, light=light_dicts)
 
 
-def run_demo(output: Path, views: int = 24, resolution: int = 256, grid: int = 192,
-             device: str = "cpu", progress: bool = True) -> dict:
-    """The main job on the bundled Spot cow: render views, reconstruct, evaluate, report.
+def run_demo(output: Path, views: int = 24, resolution: int = 128, iters: int = 400,
+             budget_s: float | None = None, grid: int = 192, device: str = "cpu",
+             progress: bool = True) -> dict:
+    """The main job on the bundled Spot cow: render a scene, fit it with SuperNormal, evaluate, report.
 
-    Until the differentiable methods land, the reconstruction is the silhouette visual hull.
-    Writes `output/scene/`, `output/mesh.ply` (in the mesh's own units), `output/metrics.json`,
-    `output/views.png` and `output/report.html`; returns the metrics.
+    Writes `output/scene/` (the rendered ground truth) and, from `run_fit`, `output/mesh.ply` (in
+    the mesh's own units), `checkpoint.pt`, `log.jsonl`, `metrics.json` and `report.html`; returns
+    the metrics.
     """
-    from .atomic import atomic_path, write_json
     from .data import example_mesh_path
-    from .geometry.extract import marching_cubes
     from .geometry.mesh import load_mesh
-    from .metrics import evaluate, format_table
-    from .recon.visual_hull import VisualHullField
-    from .report import contact_sheet, metrics_table_html, normals_to_rgb, write_html_report, write_png
+    from .metrics import format_table
 
-    timings = {}
-    t0 = time.perf_counter()
     gt_path = example_mesh_path()
-    gt = load_mesh(gt_path)
-    scene = render_scene(gt, views=views, resolution=resolution, progress=progress, source=str(gt_path))
+    scene = render_scene(load_mesh(gt_path), views=views, resolution=resolution, progress=progress,
+                         source=str(gt_path))
     scene.write(output / "scene")
-    timings["render (s)"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    cameras = scene.cameras(device=device)
-    masks = torch.as_tensor(np.stack([v.mask for v in scene.views]), device=device)
-    field = VisualHullField(cameras, masks)
-    mesh = marching_cubes(field, grid, bounds=((-1, -1, -1), (1, 1, 1)), device=device,
-                          keep_largest_component=True, to_world=scene.to_world, progress=progress)
-    with atomic_path(output / "mesh.ply") as tmp:
-        mesh.export(tmp)
-    timings["visual hull + extraction (s)"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    metrics = evaluate(mesh, gt, seed=0)
-    write_json(output / "metrics.json", metrics)
-    timings["evaluation (s)"] = time.perf_counter() - t0
-    print(format_table(metrics))
-
-    normals = [normals_to_rgb(v.normal, v.mask) for v in scene.views]
-    shown = scene.cameras()[:6]
-    predicted = render_mesh(transform_mesh(mesh, np.linalg.inv(scene.to_world)), shown)
-    sheet = contact_sheet(normals[:6] + [normals_to_rgb(n, m > 0.5)
-                                         for n, m in zip(predicted["normal"], predicted["mask"])])
-    write_png(output / "views.png", sheet)
-    flat = {"method": "visual hull from silhouettes", "views": views, "resolution": resolution,
-            "grid": grid, "chamfer": metrics["chamfer"],
-            **{f"F-score @ {t}": v for t, v in metrics["fscore"].items()},
-            "normal consistency": metrics["normal_consistency"], **timings}
-    write_html_report(output / "report.html", "zerolevel demo: Spot from silhouettes", [
-        ("Summary", metrics_table_html(flat)),
-        ("Ground-truth normal maps (top) and the reconstruction rendered from the same views (bottom)", sheet),
-    ])
-    print(f"wrote {output}/mesh.ply, {output}/report.html")
-    return metrics
+    summary = run_fit(output / "scene", output, iters=iters, budget_s=budget_s, resolution=grid,
+                      gt_path=gt_path, device=device, progress=progress)
+    print(format_table(summary["metrics"]))
+    print(f"open {output / 'report.html'} to see the result")
+    return summary["metrics"]
 
 
 FIT_METHODS = ("supernormal",)
