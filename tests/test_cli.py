@@ -102,7 +102,7 @@ def test_eval_identical_meshes_json(capsys, tmp_path, sphere_path):
 
 def test_console_entry_point_help():
     env = dict(os.environ, PYTHONPATH=str(SRC))
-    for verb in ("render", "import", "eval", "demo"):
+    for verb in ("render", "import", "info", "fit", "extract", "eval", "demo"):
         done = subprocess.run([sys.executable, "-m", "zerolevel", verb, "--help"], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

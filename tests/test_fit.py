@@ -42,6 +42,22 @@ def test_short_fit_reaches_a_modest_fscore(small_scene, tmp_path, capsys):
     assert code == 0
     assert json.loads((out / "summary.json").read_text())["iterations"] == 70
 
+    # the checkpoint re-meshes to the same surface the fit wrote (same field, same resolution)
+    again = tmp_path / "again.ply"
+    assert main(["extract", str(out / "checkpoint.pt"), "-o", str(again), "--resolution", "64", "-q"]) == 0
+    fitted, extracted = load_mesh(out / "mesh.ply"), load_mesh(again)
+    assert len(extracted.faces) == len(fitted.faces)
+    assert np.allclose(np.sort(extracted.vertices, axis=0), np.sort(fitted.vertices, axis=0), atol=1e-5)
+
+
+def test_extract_refuses_a_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    bad = tmp_path / "checkpoint.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code = main(["extract", str(bad), "-o", str(tmp_path / "m.ply"), "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "checkpoint.pt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.ply").exists()
+
 
 def test_fit_refuses_flipped_normals(small_scene, tmp_path, capsys):
     scene = read_scene(small_scene)
@@ -53,3 +69,32 @@ def test_fit_refuses_flipped_normals(small_scene, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "face away" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out" / "mesh.ply").exists()
+
+
+@pytest.mark.parametrize("keep", [{"mask"}, {"normal"}])
+def test_fits_with_masks_only_or_normals_only(small_scene, keep):
+    from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
+
+    scene = read_scene(small_scene)
+    for view in scene.views:
+        view.normal = view.normal if "normal" in keep else None
+        view.mask = view.mask if "mask" in keep else None
+        view.image = view.depth = None
+    method = SuperNormal(scene, iters=10, config=SuperNormalConfig(patches_per_iter=32))
+    first = method.step(0)
+    assert set(first) == keep | {"eikonal", "inv_s"}
+    for i in range(1, 6):
+        last = method.step(i)
+    term = next(iter(keep))
+    assert np.isfinite(last[term]) and last[term] < first[term] * 1.5  # runs and does not blow up
+
+
+def test_nothing_to_fit_is_refused(small_scene):
+    from zerolevel.errors import InputError
+    from zerolevel.recon.supernormal import SuperNormal
+
+    scene = read_scene(small_scene)
+    for view in scene.views:
+        view.normal = view.mask = None
+    with pytest.raises(InputError, match="nothing to fit"):
+        SuperNormal(scene, iters=10)

@@ -39,6 +39,9 @@ EPILOG_FIT = """examples:
   zerolevel fit spot_scene -o spot_fit --budget 120 --gt spot.obj
   zerolevel fit spot_scene -o spot_fit --resume            # continue an interrupted fit
 """
+EPILOG_EXTRACT = """examples:
+  zerolevel extract spot_fit/checkpoint.pt -o spot_512.ply --resolution 512
+"""
 EPILOG_INFO = """examples:
   zerolevel info spot_scene        # views, sizes, modalities; checks every file
   zerolevel info DiLiGenT-MV/bearPNG
@@ -131,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", metavar="MESH", help="ground-truth mesh in the scene's input units: adds metrics")
     _add_common(p)
 
+    p = sub.add_parser("extract", help="mesh from a fitted field (a fit's checkpoint) at a chosen resolution",
+                       epilog=EPILOG_EXTRACT, formatter_class=formatter)
+    p.add_argument("checkpoint", help="checkpoint.pt written by zerolevel fit")
+    p.add_argument("-o", "--output", required=True, help="mesh file to write (.ply, .obj, ...)")
+    p.add_argument("--resolution", type=int, default=256, help="marching-cubes resolution (default: 256)")
+    _add_common(p)
+
     p = sub.add_parser("info", help="check a scene folder and summarise it",
                        epilog=EPILOG_INFO, formatter_class=formatter)
     p.add_argument("scene", help="scene folder (or NeuS folder)")
@@ -208,6 +218,15 @@ def cmd_fit(args: argparse.Namespace) -> None:
             seed=args.seed, progress=not args.quiet)
 
 
+def cmd_extract(args: argparse.Namespace) -> None:
+    from .pipeline import run_extract
+
+    _check_positive(args, "resolution")
+    mesh = run_extract(args.checkpoint, args.output, resolution=args.resolution, device=args.device,
+                       progress=not args.quiet)
+    print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces")
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from .scene import read_scene
 
@@ -255,7 +274,8 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
             raise InputError(f"--{name} must be positive, got {getattr(args, name)}")
 
 
-VERBS = {"render": cmd_render, "import": cmd_import, "fit": cmd_fit, "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}
+VERBS = {"render": cmd_render, "import": cmd_import, "fit": cmd_fit, "extract": cmd_extract,
+         "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -180,3 +180,30 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
                             rendered_normals=list(rendered["normal"]), rendered_masks=list(rendered["mask"] > 0.5),
                             view_indices=shown, settings=settings, timings=timings, metrics=flat,
                             log_path=output / "log.jsonl")
+
+
+def run_extract(checkpoint: str | Path, output: str | Path, resolution: int = 256, device: str = "cpu",
+                progress: bool = True) -> trimesh.Trimesh:
+    """Mesh a fitted field from a fit's `checkpoint.pt` at `resolution`, in the input's units."""
+    from .atomic import atomic_path
+    from .geometry.extract import marching_cubes_narrow_band
+    from .recon.loop import load_checkpoint
+    from .recon.supernormal import field_from_state
+
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise InputError("no such file", checkpoint)
+    try:
+        state = load_checkpoint(checkpoint)["method"]
+        if state.get("method") != "supernormal":
+            raise KeyError("method")
+    except Exception as exc:  # not a zerolevel fit checkpoint, or a corrupt one
+        raise InputError(f"not a zerolevel fit checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
+    field, to_world = field_from_state(state, device)
+    mesh = marching_cubes_narrow_band(field, resolution, device=device, keep_largest_component=True,
+                                      to_world=to_world, progress=progress)
+    if len(mesh.faces) == 0:
+        raise InputError("the fitted field has no surface inside the unit sphere", checkpoint)
+    with atomic_path(output) as tmp:
+        mesh.export(tmp)
+    return mesh

@@ -16,9 +16,10 @@ fit with the terms they have.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import trimesh
 
@@ -158,7 +159,9 @@ class SuperNormal:
         return mesh
 
     def state_dict(self) -> dict[str, Any]:
-        return {"field": self.field.state_dict(), "variance": self.variance.state_dict(),
+        return {"method": "supernormal", "config": asdict(self.config),
+                "to_world": np.asarray(self.scene.to_world).tolist(),
+                "field": self.field.state_dict(), "variance": self.variance.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
                 "active_levels": self.field.active_levels}
 
@@ -169,3 +172,11 @@ class SuperNormal:
         self.generator.set_state(state["generator"])
         self.field.set_active_levels(state["active_levels"])
 
+
+def field_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[HashGridSDF, np.ndarray]:
+    """The fitted field and the scene's `to_world` from a SuperNormal state (a checkpoint's "method")."""
+    config = SuperNormalConfig(**state["config"])
+    field = HashGridSDF(radius=config.init_radius, n_hidden_layers=1, encoding=HashGridEncoding.supernormal(),
+                        refit_sphere=False).to(device)
+    field.load_state_dict(state["field"])
+    return field, np.asarray(state["to_world"], dtype=np.float64)
