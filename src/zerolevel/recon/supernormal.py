@@ -50,6 +50,7 @@ class SuperNormalConfig:
     levels_start: int = 4               # hash levels active at the start (coarse to fine) ...
     levels_every: int = 40              # ... one more every this many iterations
     init_radius: float = 0.6            # the SDF starts as a sphere of this radius
+    gradient: str = "dfd"               # SDF gradients: "dfd" (SuperNormal), "analytic" or "fd"
 
 
 class SuperNormal:
@@ -103,7 +104,7 @@ class SuperNormal:
         views, top_left = self._sample_patches()
         out = volume_render_patches(self.field, self.cameras[views], top_left, c.patch_size,
                                     variance=self.variance, n_samples=self.samples_per_ray(iteration),
-                                    gradient="dfd", generator=self.generator)
+                                    gradient=c.gradient, generator=self.generator)
         losses = self._losses(out, views, top_left)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
