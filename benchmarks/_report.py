@@ -100,3 +100,19 @@ def write_report(name: str, title: str, command: str, columns: list[str], rows: 
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(text)
         os.replace(tmp, path)  # atomic: a reader never sees half a table
+
+
+def median_time(fn, repeats: int) -> tuple[float, float]:
+    """Median wall-clock and process-CPU seconds of `fn()` over `repeats` calls after one warm-up
+    call (CPU seconds, summed over threads, are steadier than wall-clock on a shared machine)."""
+    import statistics
+    import time
+
+    fn()  # warm-up
+    wall, cpu = [], []
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return statistics.median(wall), statistics.median(cpu)

@@ -19,29 +19,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
+
+from _report import median_time  # benchmarks/ is on sys.path when a script there runs
 
 HERE = Path(__file__).resolve().parent
 PYTORCH3D_CPU_20K_256 = 6.4  # seconds, the issue's figure for PyTorch3D's CPU rasteriser
-
-
-def _median_time(fn, repeats: int) -> tuple[float, float]:
-    """Median wall-clock and process CPU seconds of `fn` over `repeats` calls after a warm-up.
-
-    CPU time (all threads of this process, Embree's included) is reported beside wall time
-    because a shared machine's load inflates wall time, not CPU time.
-    """
-    import numpy as np
-
-    fn()  # warm-up (and the memoised edge topology, as in a fit)
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return float(np.median(wall)), float(np.median(cpu))
 
 
 def run(threads: int = 2, repeats: int = 5, size: int = 256) -> list[dict]:
@@ -92,8 +75,8 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256) -> list[dict]:
                     x, out = forward()
                     ((w_normal * out["normal"]).sum() + (w_mask * out["mask"]).sum()).backward()
 
-                fwd, fwd_cpu = _median_time(forward, repeats)
-                fb, fb_cpu = _median_time(forward_backward, repeats)
+                fwd, fwd_cpu = median_time(forward, repeats)
+                fb, fb_cpu = median_time(forward_backward, repeats)
                 covered = int(raster.rasterize(v, f, cams).face.ge(0).sum())
                 notes = (f"{len(mesh.faces)} faces, {size}^2, 1 view, {covered} covered pixels, "
                          f"{threads} threads; CPU s: forward {fwd_cpu:.3f}, "

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
+
+from _report import median_time  # benchmarks/ is on sys.path when a script there runs
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,21 +31,6 @@ def _limit_threads(n: int) -> None:
     """Cap BLAS / OpenMP threads; effective only before numpy and torch are imported."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
-
-
-def _median_time(fn, repeats: int) -> tuple[float, float]:
-    """Median wall-clock and process CPU seconds of `fn()` over `repeats` calls after a warm-up.
-
-    CPU time is reported beside wall time because a shared machine inflates the wall clock
-    (with 1 thread, CPU time is close to what a quiet machine's wall clock shows)."""
-    fn()  # warm-up
-    wall, cpu = [], []
-    for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def run(threads: int = 2, repeats: int = 5, size: int = 256,
@@ -94,8 +80,8 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256,
             loss.backward()
 
         out = forward()
-        fwd, fwd_cpu = _median_time(forward, repeats)
-        fwd_bwd, fwd_bwd_cpu = _median_time(forward_backward, repeats)
+        fwd, fwd_cpu = median_time(forward, repeats)
+        fwd_bwd, fwd_bwd_cpu = median_time(forward_backward, repeats)
         mask = out["mask"]
         marched = out["steps"][out["steps"] > 0]
         rows.append(_batch_row(grid, mesh, resolution, threads, repeats))
@@ -133,9 +119,9 @@ def _mitsuba_scene_row(threads: int, repeats: int, size: int) -> dict:
         loss = ((out["image"] - 0.5) ** 2).mean() + ((out["soft_mask"] - 0.5) ** 2).mean()
         loss.backward()
 
-    fwd, _ = _median_time(forward, repeats)
-    display, _ = _median_time(lambda: forward(soft=False), repeats)
-    fwd_bwd, _ = _median_time(forward_backward, repeats)
+    fwd, _ = median_time(forward, repeats)
+    display, _ = median_time(lambda: forward(soft=False), repeats)
+    fwd_bwd, _ = median_time(forward_backward, repeats)
     return {"renderer": "spheretrace", "case": f"64^3 grid of a sphere (Mitsuba's scene), {size}^2, 1 ray/pixel",
             "forward_s": round(fwd, 4), "forward_backward_s": round(fwd_bwd, 4),
             "notes": (f"{threads} threads, median of {repeats}; forward without the soft silhouette "
@@ -167,8 +153,8 @@ def _batch_row(grid, mesh, resolution: int, threads: int, repeats: int) -> dict:
         with torch.no_grad():
             render_sdf(grid, cams, uv=uv)
 
-    fwd, fwd_cpu = _median_time(forward, repeats)
-    fwd_bwd, fwd_bwd_cpu = _median_time(forward_backward, repeats)
+    fwd, fwd_cpu = median_time(forward, repeats)
+    fwd_bwd, fwd_bwd_cpu = median_time(forward_backward, repeats)
     return {"renderer": "spheretrace", "case": f"spot DenseGridSDF {resolution}^3, 12288 random rays "
             "(8 views x 1536)", "resolution": "256^2", "forward_s": round(fwd, 4),
             "forward_backward_s": round(fwd_bwd, 4),

@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
+
+from _report import median_time  # benchmarks/ is on sys.path when a script there runs
 
 HERE = Path(__file__).resolve().parent
 N_SAMPLES = 64
@@ -75,19 +74,6 @@ def _fields(hashgrid: bool) -> list[tuple[str, object]]:
     except Exception as err:  # its constructor may want arguments this benchmark does not know
         print(f"skipping HashGridSDF: {err}", file=sys.stderr)
     return fields
-
-
-def _median_time(fn: Callable[[], None], repeats: int) -> tuple[float, float]:
-    """Median wall-clock and process-CPU seconds of `fn` after one warm-up call (CPU seconds, summed
-    over threads, are steadier than wall-clock on a shared machine)."""
-    fn()  # warm-up
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
-    return statistics.median(wall), statistics.median(cpu)
 
 
 def run(threads: int = 2, repeats: int = 5, hashgrid: bool = True) -> list[dict]:
@@ -161,7 +147,7 @@ def _time_mode(render, mode: str, field, variance, repeats: int
         variance.zero_grad(set_to_none=True)
         loss.backward()
 
-    return _median_time(forward, repeats), _median_time(forward_backward, repeats)
+    return median_time(forward, repeats), median_time(forward_backward, repeats)
 
 
 def main(argv: list[str] | None = None) -> None:
