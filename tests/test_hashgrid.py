@@ -277,3 +277,15 @@ def test_sdf_fits_a_box():
         opt.step()
         losses.append(loss.item())
     assert min(losses[-10:]) < 0.1 * losses[0]
+
+
+def test_weight_norm_keeps_the_initial_function():
+    small = dict(n_levels=4, n_features_per_level=2, log2_hashmap_size=10, base_resolution=4,
+                 finest_resolution=32)
+    torch.manual_seed(0)
+    plain = HashGridSDF(encoding=HashGridEncoding(**small), hidden_dim=16)
+    torch.manual_seed(0)
+    normed = HashGridSDF(encoding=HashGridEncoding(**small), hidden_dim=16, weight_norm=True)
+    x = torch.rand(200, 3) * 2 - 1
+    assert torch.allclose(plain(x), normed(x), atol=1e-6)
+    assert any("original0" in name for name, _ in normed.named_parameters())

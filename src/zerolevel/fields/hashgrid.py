@@ -568,7 +568,7 @@ class HashGridSDF(nn.Module):
 
     def __init__(self, radius: float = 0.5, hidden_dim: int = 64, n_hidden_layers: int = 2,
                  encoding: HashGridEncoding | None = None, backend: Backend = "auto",
-                 refit_sphere: bool = True):
+                 refit_sphere: bool = True, weight_norm: bool = False):
         super().__init__()
         if n_hidden_layers < 1:
             raise ValueError(f"n_hidden_layers must be at least 1, got {n_hidden_layers}")
@@ -592,6 +592,9 @@ class HashGridSDF(nn.Module):
                         layer.weight[:, 3:] = 0.0
             if refit_sphere:
                 self._refit_last_layer()
+        if weight_norm:  # NeuS / SuperNormal: weight-normalised linear layers (same function at init)
+            for layer in self.layers:
+                nn.utils.parametrizations.weight_norm(layer)
 
     def set_active_levels(self, n: int) -> None:
         """Use only the `n` coarsest levels (the finer ones' features are zeroed): coarse-to-fine
