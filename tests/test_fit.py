@@ -98,3 +98,20 @@ def test_nothing_to_fit_is_refused(small_scene):
         view.normal = view.mask = None
     with pytest.raises(InputError, match="nothing to fit"):
         SuperNormal(scene, iters=10)
+
+
+def test_a_diverging_fit_stops_with_one_line_and_exit_1(small_scene, tmp_path, capsys, monkeypatch):
+    from zerolevel.recon.supernormal import SuperNormal
+
+    real_step = SuperNormal.step
+
+    def step(self, iteration):
+        losses = real_step(self, iteration)
+        return {**losses, "normal": float("nan")} if iteration == 3 else losses
+
+    monkeypatch.setattr(SuperNormal, "step", step)
+    out = tmp_path / "out"
+    code = main(["fit", str(small_scene), "-o", str(out), "--iters", "10", "-q", "--threads", "2"])
+    err = capsys.readouterr().err
+    assert code == 1 and "diverged at iteration 4" in err and len(err.strip().splitlines()) == 1
+    assert not (out / "mesh.ply").exists()
