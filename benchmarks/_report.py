@@ -116,3 +116,9 @@ def median_time(fn, repeats: int) -> tuple[float, float]:
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
     return statistics.median(wall), statistics.median(cpu)
+
+
+def limit_threads(n: int) -> None:
+    """Cap BLAS / OpenMP threads (unless already set); effective only before numpy / torch load."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(n))

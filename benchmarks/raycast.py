@@ -13,19 +13,14 @@ supersampling, on N threads (default 2). Reports the median of a few repetitions
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 import time
 from pathlib import Path
 
+from _report import limit_threads  # benchmarks/ is on sys.path when a script there runs
+
 HERE = Path(__file__).resolve().parent
-
-
-def _limit_threads(n: int) -> None:
-    """Cap BLAS / OpenMP threads; must run before numpy is imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS"):
-        os.environ[var] = str(n)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=HERE.parents[1] / "shared" / "data" / "meshes")
     parser.add_argument("--meshes", nargs="+", default=["bunny.ply", "nefertiti.obj"])
     args = parser.parse_args(argv)
-    _limit_threads(args.threads)
+    limit_threads(args.threads)
 
     import numpy as np
     import torch

@@ -17,20 +17,13 @@ Median of a few repetitions after a warm-up. Reference point (the issue's target
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from _report import median_time  # benchmarks/ is on sys.path when a script there runs
+from _report import limit_threads, median_time  # benchmarks/ is on sys.path when a script there runs
 
 HERE = Path(__file__).resolve().parent
-
-
-def _limit_threads(n: int) -> None:
-    """Cap BLAS / OpenMP threads; effective only before numpy and torch are imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(n))
 
 
 def run(threads: int = 2, repeats: int = 5, size: int = 256,
@@ -167,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
-    _limit_threads(args.threads)
+    limit_threads(args.threads)
     for row in run(args.threads, args.repeats):
         print(" | ".join(str(v) for v in row.values()), flush=True)
 

@@ -15,22 +15,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 
-from _report import median_time  # benchmarks/ is on sys.path when a script there runs
+from _report import limit_threads, median_time  # benchmarks/ is on sys.path when a script there runs
 
 HERE = Path(__file__).resolve().parent
 N_SAMPLES = 64
 N_RAYS = 4096
 PATCH = 3  # SuperNormal's training patch size
-
-
-def _limit_threads(n: int) -> None:
-    """Cap BLAS / OpenMP threads; effective only before numpy / torch are imported."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ.setdefault(var, str(n))
 
 
 def _mlp_sdf():
@@ -83,7 +76,7 @@ def run(threads: int = 2, repeats: int = 5, hashgrid: bool = True) -> list[dict]
     forward_cpu_s, forward_backward_cpu_s (median process CPU seconds) and notes (ratios against
     `analytic` of the same field and layout). `hashgrid`: include `HashGridSDF` when it exists.
     """
-    _limit_threads(threads)
+    limit_threads(threads)
     import torch
 
     try:

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from .cameras import Cameras
 from .errors import InputError
 from .geometry.mesh import transform_mesh, unit_sphere_transform
-from .render.lights import DirectionalLight
+from .render.lights import DirectionalLight, light_arrays
 from .render.raycast import MeshRayCaster, render_mesh
 from .scene import Scene
 
@@ -30,12 +30,6 @@ def make_cameras(views: int, resolution: int, layout: str = "sphere", distance: 
         return Cameras.ring(views, elevation_deg=elevation_deg, distance=distance, fov_deg=fov_deg,
                             width=resolution, height=resolution)
     raise ValueError(f"unknown camera layout {layout!r}")
-
-
-def headlights(cameras: Cameras) -> list[list[DirectionalLight]]:
-    """One light per view shining along the view direction (from the camera onto the object)."""
-    toward_camera = (-cameras.forward).cpu().numpy().astype(np.float64)
-    return [[DirectionalLight(direction=d, intensity=1.0)] for d in toward_camera]
 
 
 def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: int = 24, resolution: int = 256, layout: str = "sphere",
@@ -60,17 +54,16 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
         cameras = cameras_of.cameras()
     views = len(cameras)
     caster = MeshRayCaster(transform_mesh(mesh, np.linalg.inv(to_world)))  # one BVH for all views
-    if light is None:
-        lights = headlights(cameras)
-    else:
+    lights = None  # a headlight per view
+    if light is not None:
         if not np.all(np.isfinite(light)) or not np.any(light):
             raise InputError(f"--light must be a finite non-zero direction, got {list(light)}")
-        lights = [[DirectionalLight(direction=np.asarray(light, dtype=np.float64))]] * views
+        lights = DirectionalLight(direction=np.asarray(light, dtype=np.float64))
     outputs: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=views, desc="rendering", unit="view", disable=not progress, leave=False)
     for start in range(0, views, chunk):
         index = slice(start, min(start + chunk, views))
-        out = caster.render(cameras[index], smooth=smooth, supersample=supersample, lights=lights[index])
+        out = caster.render(cameras[index], smooth=smooth, supersample=supersample, lights=lights)
         for key, value in out.items():
             outputs.setdefault(key, []).append(value)
         bar.update(index.stop - index.start)
@@ -79,8 +72,8 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
     empty = [i for i, m in enumerate(arrays["mask"]) if not (m > 0.5).any()]
     if empty:
         raise InputError(f"camera(s) {empty} see none of the object", source)
-    light_dicts = [{"direction": [float(x) for x in view_lights[0].direction],
-                    "intensity": view_lights[0].intensity} for view_lights in lights]
+    directions, intensities = light_arrays(lights, cameras)  # what each view was lit by, for scene.json
+    light_dicts = [{"direction": d[0].tolist(), "intensity": float(i[0])} for d, i in zip(directions, intensities)]
     names = None if cameras_of is None else [v.name for v in cameras_of.views]
     return Scene.from_render(cameras, arrays, to_world, names=names, light=light_dicts)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 
+from . import images
 from .atomic import atomic_path
 
 
@@ -51,7 +52,7 @@ def contact_sheet(images: Sequence[np.ndarray], columns: int = 6, pad: int = 2) 
 def write_png(path: str | Path, image: np.ndarray) -> None:
     """Write an image atomically as PNG."""
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, to_uint8_rgb(image) if image.dtype != np.uint16 else image, extension=".png")
+        images.write_png(tmp, to_uint8_rgb(image) if image.dtype != np.uint16 else image)
 
 
 def _png_data_uri(image: np.ndarray) -> str:
