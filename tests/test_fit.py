@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from zerolevel.cli import main
 from zerolevel.data import example_mesh_path
@@ -87,6 +88,25 @@ def test_fits_with_masks_only_or_normals_only(small_scene, keep):
         last = method.step(i)
     term = next(iter(keep))
     assert np.isfinite(last[term]) and last[term] < first[term] * 1.5  # runs and does not blow up
+
+
+def test_fit_with_occupancy_grid_resumes_exactly(small_scene, tmp_path):
+    """The skipping grid is part of the state: a run cut in two ends bit-identical to one run."""
+    from zerolevel.recon.loop import LoopConfig, run_loop
+    from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
+
+    scene = read_scene(small_scene)
+    config = SuperNormalConfig(patches_per_iter=32, occupancy_resolution=32, occupancy_every=3)
+    whole = SuperNormal(scene, iters=8, config=config)
+    run_loop(whole, tmp_path / "whole", LoopConfig(iters=8, progress=False))
+    assert 0 < whole.occupancy.occupied.float().mean() < 0.5
+    first = SuperNormal(scene, iters=8, config=config)
+    run_loop(first, tmp_path / "cut", LoopConfig(iters=4, progress=False))
+    second = SuperNormal(scene, iters=8, config=config)
+    run_loop(second, tmp_path / "cut", LoopConfig(iters=8, progress=False), resume=True)
+    assert torch.equal(second.occupancy.occupied, whole.occupancy.occupied)
+    for a, b in zip(second.field.parameters(), whole.field.parameters()):
+        assert torch.equal(a, b)
 
 
 def test_nothing_to_fit_is_refused(small_scene):

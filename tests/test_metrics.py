@@ -107,6 +107,21 @@ def test_normal_consistency_ignores_orientation_and_sees_perpendicular_planes():
     assert cross["normal_consistency"] < 0.05
 
 
+def test_seen_from_leaves_hidden_ground_truth_out_of_recall():
+    outer = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
+    inner = trimesh.creation.icosphere(subdivisions=3, radius=0.2)  # a part no camera can see
+    gt = trimesh.util.concatenate([outer, inner])
+    eyes = 3.0 * np.array([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
+    plain = metrics.surface_metrics(outer, gt, n_points=20_000, taus=(0.02,))  # above the sampling floor
+    seen = metrics.surface_metrics(outer, gt, n_points=20_000, taus=(0.02,), seen_from=eyes)
+    hidden = inner.area / gt.area
+    assert plain["recall"]["0.02"] == pytest.approx(1 - hidden, abs=0.01)
+    assert seen["recall"]["0.02"] == 1.0 and seen["precision"] == plain["precision"]
+    assert seen["gt_seen_fraction"] == pytest.approx(1 - hidden, abs=0.01)
+    with pytest.raises(InputError, match="seen"):
+        metrics.surface_metrics(outer, gt, n_points=1000, seen_from=np.zeros((0, 3)))
+
+
 def test_tau_keys_and_bad_input():
     assert metrics.tau_key(0.005) == "0.005" and metrics.tau_key(0.0025) == "0.0025"
     assert metrics.tau_key(1e-2) == "0.01"

@@ -301,3 +301,15 @@ def test_bad_input():
         box.render(Cameras.sphere(1, width=8, height=8), supersample=0)
     with pytest.raises(ValueError):
         MeshRayCaster(trimesh.creation.box(), backend="optix")
+
+
+def test_seen_from_sees_the_near_side_of_a_sphere_and_not_what_is_inside():
+    outer = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    inner = trimesh.creation.icosphere(subdivisions=2, radius=0.2)
+    caster = MeshRayCaster(trimesh.util.concatenate([outer, inner]))
+    directions = np.array([[0, 0, 1.0], [0, 0, -1.0], [0.6, 0, 0.8]])
+    points = np.concatenate([0.5 * directions, 0.2 * directions])
+    seen = caster.seen_from(points, np.array([[0.0, 0.0, 3.0]]))
+    assert seen.tolist() == [True, False, True, False, False, False]
+    seen = caster.seen_from(points, np.array([[0.0, 0.0, 3.0], [0.0, 0.0, -3.0]]))
+    assert seen.tolist() == [True, True, True, False, False, False]

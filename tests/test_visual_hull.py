@@ -6,7 +6,7 @@ import trimesh
 
 from zerolevel.cameras import Cameras
 from zerolevel.geometry.extract import marching_cubes
-from zerolevel.recon.visual_hull import VisualHullField
+from zerolevel.recon.visual_hull import VisualHullField, visual_hull_cells
 from zerolevel.render.raycast import render_mesh
 
 
@@ -31,3 +31,17 @@ def test_points_behind_or_outside_every_camera_are_carved():
     field = VisualHullField(cameras, torch.ones(1, 32, 32))
     values = field(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 4.0], [5.0, 0.0, 0.0]]))
     assert values.tolist() == [-0.5, 0.5, 0.5]
+
+
+def test_visual_hull_cells_keep_every_cell_the_object_touches():
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
+    cameras = Cameras.sphere(20, distance=3.0, fov_deg=40, width=96, height=96)
+    masks = torch.as_tensor(render_mesh(sphere, cameras, supersample=2)["mask"])
+    cells = visual_hull_cells(cameras, masks, 32)
+    axis = -1.0 + (torch.arange(32) + 0.5) / 16
+    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    radius = centres.norm(dim=-1)
+    half_diagonal = 3 ** 0.5 / 32
+    assert cells[radius < 0.6 + half_diagonal].all()          # conservative: nothing touched is carved
+    assert not cells[radius > 0.6 + 6 * half_diagonal].any()  # ... but it is a hull, not the box
+    assert cells.float().mean() < 2.0 * (radius < 0.6 + half_diagonal).float().mean()

@@ -297,6 +297,19 @@ def test_occupancy_skipping_matches_dense():
         assert (skip["normal"] - dense["normal"]).norm(dim=-1).max() < 2e-3
 
 
+def test_grow_into_keeps_cells_the_field_still_puts_outside():
+    field = SphereSDF(CENTER, RADIUS)
+    centres = OccupancyGrid.full(32).cell_centres()
+    hull = ((centres - torch.tensor(CENTER)).norm(dim=-1) < 0.8).reshape(32, 32, 32)  # a bigger ball
+    plain = update_occupancy(field, OccupancyGrid.full(32), variance=SHARP)
+    grown = update_occupancy(field, OccupancyGrid.full(32), variance=SHARP, grow_into=hull)
+    outside = (field(centres) > 0).reshape(32, 32, 32)
+    assert torch.equal(grown.occupied, plain.occupied | (hull & outside))
+    assert grown.occupied.sum() > 3 * plain.occupied.sum()
+    deep_inside = (field(centres) < -0.2).reshape(32, 32, 32)
+    assert not (grown.occupied & deep_inside).any()  # behind the surface stays skipped
+
+
 def test_empty_occupancy_grid_falls_back_to_dense():
     field, cams = SphereSDF(CENTER, RADIUS), _cameras(16)
     grid = update_occupancy(lambda p: p.norm(dim=-1) + 5.0, OccupancyGrid.full(16))  # no surface

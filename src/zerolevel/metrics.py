@@ -110,7 +110,8 @@ def tau_key(tau: float) -> str:
 
 def surface_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n_points: int = DEFAULT_POINTS,
                     taus: Sequence[float] = DEFAULT_TAUS, seed: int = 0,
-                    normalize: str | None = "gt_bbox_diagonal") -> dict:
+                    normalize: str | None = "gt_bbox_diagonal",
+                    seen_from: np.ndarray | None = None) -> dict:
     """Chamfer distance, accuracy, completeness, precision / recall / F-score and normal consistency.
 
     Both meshes are in the GT's units. With `normalize="gt_bbox_diagonal"` every distance (and tau) is
@@ -131,12 +132,18 @@ def surface_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n_points: int = 
         taus: distance thresholds, in the units `normalize` selects.
         seed: the prediction is sampled with `seed`, the GT with `seed + 1` (independent sample sets).
         normalize: "gt_bbox_diagonal" or None.
+        seen_from: optional (C, 3) eye positions in GT units (the input cameras' centres): GT
+            samples that no eye sees (inner parts of a scan, the floor of a cavity) are left out of
+            completeness, recall and the GT side of normal consistency, as DTU's observation masks
+            do: no method can recover what no input view shows. Precision still measures against
+            the whole GT.
 
     Returns:
         {"chamfer", "accuracy", "completeness", "normal_consistency": float,
          "fscore", "precision", "recall": {tau_key(tau): float},
          "tau_units": "gt_bbox_diagonal" | "gt_units", "points": n_points,
-         "gt_bbox_diagonal": float (the GT diagonal in its own units)}
+         "gt_bbox_diagonal": float (the GT diagonal in its own units)}, and with `seen_from`
+        "gt_seen_fraction": the fraction of GT samples kept.
     """
     if normalize not in ("gt_bbox_diagonal", None):
         raise ValueError(f"normalize must be 'gt_bbox_diagonal' or None, not {normalize!r}")
@@ -156,11 +163,19 @@ def surface_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n_points: int = 
     gt_points = ((gt_points - centre) * scale).astype(np.float32)
 
     to_gt, nn_gt = nearest_neighbours(gt_points, pred_points)  # prediction -> GT
+    cos_pred = np.abs(np.einsum("ij,ij->i", pred_normals, gt_normals[nn_gt]))
+    seen = None
+    if seen_from is not None:
+        from .render.raycast import MeshRayCaster
+
+        seen = MeshRayCaster(gt).seen_from(gt_points / scale + centre, seen_from)
+        if not seen.any():
+            raise InputError("no ground-truth sample is seen from the given eye positions")
+        gt_points, gt_normals = gt_points[seen], gt_normals[seen]
     to_pred, nn_pred = nearest_neighbours(pred_points, gt_points)  # GT -> prediction
 
     accuracy = float(to_gt.mean())
     completeness = float(to_pred.mean())
-    cos_pred = np.abs(np.einsum("ij,ij->i", pred_normals, gt_normals[nn_gt]))
     cos_gt = np.abs(np.einsum("ij,ij->i", gt_normals, pred_normals[nn_pred]))
     precision, recall, fscore = {}, {}, {}
     for tau in taus:
@@ -169,7 +184,7 @@ def surface_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n_points: int = 
         key = tau_key(tau)
         precision[key], recall[key] = p, r
         fscore[key] = 2.0 * p * r / (p + r) if p + r > 0 else 0.0
-    return {
+    result = {
         "chamfer": 0.5 * (accuracy + completeness),
         "accuracy": accuracy,
         "completeness": completeness,
@@ -181,6 +196,9 @@ def surface_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n_points: int = 
         "points": int(n_points),
         "gt_bbox_diagonal": diagonal,
     }
+    if seen is not None:
+        result["gt_seen_fraction"] = float(seen.mean())
+    return result
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,7 +439,7 @@ def _as_mesh(mesh: MeshLike) -> trimesh.Trimesh:
 
 def evaluate(pred_mesh: MeshLike, gt_mesh: MeshLike, taus: Sequence[float] = DEFAULT_TAUS,
              n_points: int = DEFAULT_POINTS, iou_resolution: int | None = None, seed: int = 0,
-             normalize: str | None = "gt_bbox_diagonal") -> dict:
+             normalize: str | None = "gt_bbox_diagonal", seen_from: np.ndarray | None = None) -> dict:
     """All metrics of the evaluation protocol for one prediction against its ground truth.
 
     This is what `zerolevel eval PRED GT` prints (`format_table`) and writes as JSON.
@@ -434,13 +452,16 @@ def evaluate(pred_mesh: MeshLike, gt_mesh: MeshLike, taus: Sequence[float] = DEF
         iou_resolution: if given, also the volumetric IoU on that n^3 grid over the union bounding box.
         seed: sampling seed (prediction `seed`, GT `seed + 1`).
         normalize: "gt_bbox_diagonal" (tables) or None (raw GT units).
+        seen_from: optional (C, 3) eye positions in GT units: GT parts no eye sees are left out of
+            completeness and recall (`surface_metrics`).
 
     Returns:
         `surface_metrics`' dict, plus "iou", "iou_resolution" and "watertight": {"pred": bool,
         "gt": bool} when `iou_resolution` is given.
     """
     pred, gt = _as_mesh(pred_mesh), _as_mesh(gt_mesh)
-    result = surface_metrics(pred, gt, n_points=n_points, taus=taus, seed=seed, normalize=normalize)
+    result = surface_metrics(pred, gt, n_points=n_points, taus=taus, seed=seed, normalize=normalize,
+                             seen_from=seen_from)
     if iou_resolution is not None:  # volume_iou warns about a mesh that is not watertight
         result["iou"] = volume_iou(pred, gt, resolution=int(iou_resolution))
         result["iou_resolution"] = int(iou_resolution)

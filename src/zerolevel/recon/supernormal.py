@@ -26,8 +26,9 @@ import trimesh
 from ..errors import InputError
 from ..fields.hashgrid import HashGridEncoding, HashGridSDF
 from ..geometry.extract import marching_cubes_narrow_band
-from ..render.volume import NeuSVariance, volume_render_patches
+from ..render.volume import NeuSVariance, OccupancyGrid, update_occupancy, volume_render_patches
 from ..scene import Scene
+from .visual_hull import visual_hull_cells
 
 
 @dataclass
@@ -35,23 +36,27 @@ class SuperNormalConfig:
     """Settings; defaults follow SuperNormal's released DiLiGenT-MV config where it has one."""
 
     patch_size: int = 3                 # SuperNormal: 3 x 3 patches
-    patches_per_iter: int = 256         # SuperNormal: 2048 on a GPU; CPU budget: ~2.3k rays
+    patches_per_iter: int = 1024        # SuperNormal: 2048. Rocker arm, 32 views 256^2, ~40 s: F@0.5%
+                                        # 0.92 with 256 x 800 it., 0.986 with 1024 x 300 (fixed costs per step)
     views_per_iter: int = 8             # views the patches of one iteration are drawn from
     samples_start: int = 32             # samples per ray at the start ...
     samples_end: int = 64               # ... and at the end (SuperNormal shrinks its step 1e-2 -> 1e-3)
-    lr_table: float = 1e-2              # hash table (Instant-NGP / NeuS2 rates)
-    lr_network: float = 5e-3            # MLP (measured on Spot: 5e-3 beats 1e-3 at 200 iterations)
+    lr_table: float = 3e-2              # hash table (1e-2: Instant-NGP / NeuS2; 3e-2 with 1e-2 for the MLP:
+    lr_network: float = 1e-2            # rocker arm F@0.5% 0.9995 vs 0.986 at 400 it. of 1024 patches)
     lr_variance: float = 1e-3           # NeuS variance (5e-3 lets it soften: F@0.5% 0.73 vs 0.85 at 200 it.)
-    warmup: int = 50                    # iterations of linear warm-up, then cosine decay
+    warmup: int = 20                    # iterations of linear warm-up, then cosine decay
     lr_floor: float = 0.05              # final learning rate as a fraction of the initial one
     w_mask: float = 0.5                 # mask BCE weight
     w_eikonal: float = 0.1              # eikonal weight (NeuS: 0.1)
     variance_init: float = 0.5          # SuperNormal's NeuS variance init (inv_s = e^5)
     levels_start: int = 4               # hash levels active at the start (coarse to fine) ...
-    levels_every: int = 40              # ... one more every this many iterations
+    levels_every: int = 10              # ... one more every this many iterations (40: F@0.5% -0.02) ...
+    levels_end: int = 14                # ... up to this many (SuperNormal: all 14)
     init_radius: float = 0.6            # the SDF starts as a sphere of this radius
     gradient: str = "dfd"               # SDF gradients: "dfd" (SuperNormal), "analytic" or "fd"
     weight_norm: bool = True            # weight-normalised MLP layers (SuperNormal; F@0.5% 0.91 vs 0.85 at 200 it.)
+    occupancy_resolution: int = 64      # empty-space skipping grid (SuperNormal: nerfacc's); 0: sample densely
+    occupancy_every: int = 8            # iterations between refreshes of the grid
 
 
 class SuperNormal:
@@ -81,8 +86,10 @@ class SuperNormal:
             {"params": [self.field.encoding.table], "lr": self.config.lr_table},
             {"params": list(self.field.layers.parameters()), "lr": self.config.lr_network},
             {"params": list(self.variance.parameters()), "lr": self.config.lr_variance}],
-            betas=(0.9, 0.99), eps=1e-15)
+            betas=(0.9, 0.99), eps=1e-15, fused=True)  # fused: one pass over the 15M-entry table,
+        # 6x faster than foreach on 2 cores (53 ms -> 9 ms per step: half the iteration time)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.occupancy, self.hull = self._occupancy_grids()
 
     # ------------------------------------------------------------------ schedule
     def learning_rate_factor(self, iteration: int) -> float:
@@ -100,13 +107,15 @@ class SuperNormal:
     # ------------------------------------------------------------------ one step
     def step(self, iteration: int) -> dict[str, float]:
         c = self.config
-        self.field.set_active_levels(c.levels_start + iteration // c.levels_every)
+        self.field.set_active_levels(min(c.levels_end, c.levels_start + iteration // c.levels_every))
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * self.learning_rate_factor(iteration)
+        if self.occupancy is not None and iteration % c.occupancy_every == 0:
+            update_occupancy(self.field, self.occupancy, variance=self.variance, grow_into=self.hull)
         views, top_left = self._sample_patches()
         out = volume_render_patches(self.field, self.cameras[views], top_left, c.patch_size,
                                     variance=self.variance, n_samples=self.samples_per_ray(iteration),
-                                    gradient=c.gradient, generator=self.generator)
+                                    gradient=c.gradient, generator=self.generator, occupancy=self.occupancy)
         losses = self._losses(out, views, top_left)
         total = sum(losses.values())
         self.optimizer.zero_grad(set_to_none=True)
@@ -115,6 +124,16 @@ class SuperNormal:
         report = {name: value.item() for name, value in losses.items()}
         report["inv_s"] = self.variance().item()
         return report
+
+    def _occupancy_grids(self) -> tuple[OccupancyGrid | None, torch.Tensor | None]:
+        """The empty-space skipping grid (refreshed from the field every `occupancy_every` steps)
+        and, when the scene has masks, the visual hull's cells, which stay sampled wherever the
+        field is still outside so that the surface can grow into them."""
+        r = self.config.occupancy_resolution
+        if r <= 0:
+            return None, None
+        hull = visual_hull_cells(self.cameras, self.masks, r) if self.masks is not None else None
+        return OccupancyGrid.full(r, device=self.device), hull
 
     def _sample_patches(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Random views and, per view, random k x k patches anywhere in the image."""
@@ -153,7 +172,7 @@ class SuperNormal:
     # ------------------------------------------------------------------ results
     def extract(self, resolution: int = 256, progress: bool = False) -> trimesh.Trimesh:
         """The zero level set as a mesh in the input's units (narrow band, largest component)."""
-        self.field.set_active_levels(self.field.encoding.levels.n_levels)
+        self.field.set_active_levels(self.config.levels_end)
         mesh = marching_cubes_narrow_band(self.field, resolution, device=self.device,
                                           keep_largest_component=True, to_world=self.scene.to_world,
                                           progress=progress)
@@ -166,7 +185,8 @@ class SuperNormal:
                 "to_world": np.asarray(self.scene.to_world).tolist(),
                 "field": self.field.state_dict(), "variance": self.variance.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "active_levels": self.field.active_levels}
+                "active_levels": self.field.active_levels,
+                "occupied": None if self.occupancy is None else self.occupancy.occupied.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.field.load_state_dict(state["field"])
@@ -174,6 +194,8 @@ class SuperNormal:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.field.set_active_levels(state["active_levels"])
+        if self.occupancy is not None and state.get("occupied") is not None:
+            self.occupancy.occupied = state["occupied"].to(self.device)
 
 
 def field_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[HashGridSDF, np.ndarray]:
@@ -182,4 +204,5 @@ def field_from_state(state: dict[str, Any], device: str | torch.device = "cpu") 
     field = HashGridSDF(radius=config.init_radius, n_hidden_layers=1, encoding=HashGridEncoding.supernormal(),
                         refit_sphere=False, weight_norm=config.weight_norm).to(device)
     field.load_state_dict(state["field"])
+    field.set_active_levels(config.levels_end)
     return field, np.asarray(state["to_world"], dtype=np.float64)

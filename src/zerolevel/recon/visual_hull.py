@@ -8,6 +8,8 @@ voxel faces. It is not a signed distance (only its sign is meaningful): contour 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -40,3 +42,36 @@ class VisualHullField(torch.nn.Module):
                                                    padding_mode="zeros", align_corners=False)
         coverage = coverage[:, 0, :, 0].masked_fill(depth <= 0, 0.0)
         return 0.5 - coverage.min(dim=0).values
+
+
+@torch.no_grad()
+def visual_hull_cells(cameras: Cameras, masks: Tensor, resolution: int = 64) -> Tensor:
+    """Cells of a regular grid over [-1, 1]^3 that may hold part of the object: (R, R, R) bool.
+
+    Conservative: a cell is kept when its centre projects onto the foreground of every view after
+    the view's mask is dilated by the largest image radius a cell can cover (its half-diagonal at
+    the nearest depth a cell centre has in that view), so no cell the object touches is carved.
+    Indexed [ix, iy, iz] as `render.volume.OccupancyGrid`.
+    """
+    masks = torch.as_tensor(masks, device=cameras.device)
+    if masks.shape != (len(cameras), cameras.height, cameras.width):
+        raise ValueError(f"masks {tuple(masks.shape)} do not match {cameras}")
+    axis = -1.0 + (torch.arange(resolution, device=cameras.device, dtype=cameras.dtype) + 0.5) * (2.0 / resolution)
+    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    half_diagonal = math.sqrt(3.0) / resolution
+    inside = torch.ones(len(centres), dtype=torch.bool, device=cameras.device)
+    for view in range(len(cameras)):
+        camera = cameras[view:view + 1]
+        uv, depth = camera.project(centres)
+        uv, depth = uv[0], depth[0]
+        nearest = depth.clamp_min(1e-6).min().clamp_min(half_diagonal * 2)
+        focal = camera.K[0, :2, :2].diagonal().max()
+        radius = min(int(math.ceil(float(focal * half_diagonal / (nearest - half_diagonal).clamp_min(1e-3)))),
+                     max(cameras.width, cameras.height))
+        dilated = torch.nn.functional.max_pool2d(masks[view].to(torch.float32)[None, None], 2 * radius + 1,
+                                                 stride=1, padding=radius)[0, 0] > 0.5
+        col, row = uv[:, 0].floor().long(), uv[:, 1].floor().long()
+        visible = (depth > 0) & (col >= 0) & (col < cameras.width) & (row >= 0) & (row < cameras.height)
+        hit = dilated[row.clamp(0, cameras.height - 1), col.clamp(0, cameras.width - 1)] & visible
+        inside &= hit
+    return inside.reshape(resolution, resolution, resolution)

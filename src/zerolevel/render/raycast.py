@@ -174,6 +174,35 @@ class MeshRayCaster:
         face[ray] = tri
         return face
 
+    def seen_from(self, points: np.ndarray, centres: np.ndarray, offset: float | None = None) -> np.ndarray:
+        """Which points on or near the surface an eye at any of `centres` sees, unoccluded.
+
+        A point is seen from a centre when the segment from the point (moved `offset` towards the
+        eye, so that its own surface does not occlude it) to the centre hits no face. Occlusion
+        only: image borders are not checked, and points seen exactly edge-on may go either way.
+
+        Args:
+            points: (N, 3) world space.
+            centres: (C, 3) eye positions (e.g. `Cameras.centers`), world space.
+            offset: start offset along the segment; default 1e-4 of the mesh's bounding-box diagonal.
+        Returns:
+            (N,) bool: seen from at least one centre.
+        """
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        if offset is None:
+            offset = 1e-4 * float(np.linalg.norm(self.mesh.extents))
+        seen = np.zeros(len(points), dtype=bool)
+        for centre in np.asarray(centres, dtype=np.float64).reshape(-1, 3):
+            todo = np.flatnonzero(~seen)
+            if len(todo) == 0:
+                break
+            towards = centre - points[todo]
+            length = np.linalg.norm(towards, axis=1)
+            towards /= np.maximum(length, 1e-300)[:, None]
+            hits = self.intersect(points[todo] + offset * towards, towards)
+            seen[todo] = hits.distance >= length - offset
+        return seen
+
     def _cast(self, origins: np.ndarray, directions: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """First hits of rays, compactly: only the rays that hit.

@@ -143,7 +143,7 @@ class OccupancyGrid:
 @torch.no_grad()
 def update_occupancy(field: Field, grid: OccupancyGrid, *,
                      variance: NeuSVariance | Tensor | float | None = None,
-                     chunk: int = 2**18) -> OccupancyGrid:
+                     grow_into: Tensor | None = None, chunk: int = 2**18) -> OccupancyGrid:
     """Refresh `grid` in place from the field at the cell centres, and return it.
 
     A cell is occupied when `|f(centre)| <= margin * half_diagonal + 7 / inv_s`: the first term
@@ -156,6 +156,10 @@ def update_occupancy(field: Field, grid: OccupancyGrid, *,
             device, in the dtype of the module's first parameter (else float32).
         grid: the grid to refresh.
         variance: current sharpness (a `NeuSVariance`, or inv_s); None: no sharpness band.
+        grow_into: optional (R, R, R) bool cells where the surface may still have to go (e.g. the
+            visual hull): those the field puts outside (f > 0) stay occupied too, so that rays
+            crossing them keep a gradient that pulls the surface out. Without it, a fit started
+            from a small sphere only receives gradients within the band around its current surface.
         chunk: points per field call.
     """
     dtype = next((p.dtype for p in field.parameters()), torch.float32) \
@@ -164,7 +168,10 @@ def update_occupancy(field: Field, grid: OccupancyGrid, *,
     threshold = grid.margin * grid.half_diagonal
     if variance is not None:
         threshold += _OCCUPANCY_TAIL / float(_inv_s(variance, values))
-    grid.occupied = (values.abs() <= threshold).reshape(grid.occupied.shape)
+    occupied = (values.abs() <= threshold).reshape(grid.occupied.shape)
+    if grow_into is not None:
+        occupied |= grow_into & (values > 0).reshape(grid.occupied.shape)
+    grid.occupied = occupied
     return grid
 
 
