@@ -104,9 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "instead of a generated layout; the mesh must be in that scene's units")
     p.add_argument("--supersample", type=int, default=2,
                    help="s x s rays per pixel for anti-aliased masks (default: 2)")
-    p.add_argument("--light", type=float, nargs=3, metavar=("X", "Y", "Z"),
-                   help="one directional light for every view, pointing towards the light in world space "
-                        "(default: a headlight per view)")
+    p.add_argument("--light", type=float, nargs=3, metavar=("X", "Y", "Z"), action="append",
+                   help="a directional light, pointing towards the light in world space; repeat it for "
+                        "several, view i then being lit by light i mod L (default: a headlight per view)")
     p.add_argument("--face-normals", action="store_true", help="flat face normals instead of smooth ones")
     p.add_argument("--normal-format", choices=["png", "npy"], default="png",
                    help="16-bit PNG or float32 .npy normal maps (default: png)")
@@ -125,8 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_FIT, formatter_class=formatter)
     p.add_argument("scene", help="scene folder (or NeuS folder)")
     p.add_argument("-o", "--output", required=True, help="folder for mesh.ply, checkpoint.pt, log.jsonl")
-    p.add_argument("--method", default="supernormal", choices=["supernormal"],
-                   help="supernormal: hash-grid SDF, NeuS patch volume rendering, DFD (default)")
+    p.add_argument("--method", default="supernormal", choices=["supernormal", "sdfdiff"],
+                   help="supernormal: hash-grid SDF, NeuS patch volume rendering, DFD (default); "
+                        "sdfdiff: dense SDF lattice, sphere tracing, coarse to fine")
+    p.add_argument("--schedule", choices=["plain", "greedy"],
+                   help="sdfdiff: random pixels of all views per step (plain, default) or SDFDiff's "
+                        "per-view greedy updates")
     p.add_argument("--iters", type=int, default=1000, help="iterations in all (default: 1000)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much optimisation time")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
@@ -215,7 +219,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     _check_positive(args, "iters", "resolution")
     run_fit(args.scene, Path(args.output), method=args.method, iters=args.iters, budget_s=args.budget,
             resume=args.resume, resolution=args.resolution, gt_path=args.gt, device=args.device,
-            seed=args.seed, progress=not args.quiet)
+            seed=args.seed, progress=not args.quiet, schedule=args.schedule)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ extraction, metrics, report); the CLI only parses options and calls these.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +36,13 @@ def make_cameras(views: int, resolution: int, layout: str = "sphere", distance: 
 def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: int = 24, resolution: int = 256, layout: str = "sphere",
                  distance: float = 3.0, fov_deg: float = 45.0, elevation_deg: float = 30.0,
                  supersample: int = 2, smooth: bool = True, progress: bool = True,
-                 light: tuple[float, float, float] | None = None, source: str = "mesh",
+                 light: Sequence[float] | Sequence[Sequence[float]] | None = None, source: str = "mesh",
                  chunk: int = 8) -> Scene:
     """Normalise `mesh` into the unit sphere and ray-cast a ground-truth scene of it.
 
     Shaded images are lit by `light` (a direction towards the light along the mesh's axes, the same
-    for every view) or, by default, by a headlight per view. With `cameras_of`, the mesh is taken to
+    for every view; or several, (L, 3), view i lit by light i mod L: a few known lights seen from
+    every side) or, by default, by a headlight per view. With `cameras_of`, the mesh is taken to
     be in that scene's units and rendered with its cameras and normalisation; otherwise it is fitted
     into the unit sphere and seen by a generated layout.
     Returns a Scene in working space whose `to_world` maps back to the mesh's units. Raises
@@ -56,14 +58,17 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
     caster = MeshRayCaster(transform_mesh(mesh, np.linalg.inv(to_world)))  # one BVH for all views
     lights = None  # a headlight per view
     if light is not None:
-        if not np.all(np.isfinite(light)) or not np.any(light):
-            raise InputError(f"--light must be a finite non-zero direction, got {list(light)}")
-        lights = DirectionalLight(direction=np.asarray(light, dtype=np.float64))
+        directions = np.asarray(light, dtype=np.float64).reshape(-1, 3)
+        for d in directions:
+            if not np.all(np.isfinite(d)) or not np.any(d):
+                raise InputError(f"--light must be a finite non-zero direction, got {d.tolist()}")
+        lights = [[DirectionalLight(direction=directions[i % len(directions)])] for i in range(views)]
     outputs: dict[str, list[np.ndarray]] = {}
     bar = tqdm(total=views, desc="rendering", unit="view", disable=not progress, leave=False)
     for start in range(0, views, chunk):
         index = slice(start, min(start + chunk, views))
-        out = caster.render(cameras[index], smooth=smooth, supersample=supersample, lights=lights)
+        out = caster.render(cameras[index], smooth=smooth, supersample=supersample,
+                            lights=None if lights is None else lights[index])
         for key, value in out.items():
             outputs.setdefault(key, []).append(value)
         bar.update(index.stop - index.start)
@@ -102,16 +107,17 @@ def run_demo(output: Path, views: int = 24, resolution: int = 128, iters: int = 
     return summary["metrics"]
 
 
-FIT_METHODS = ("supernormal",)
+FIT_METHODS = ("supernormal", "sdfdiff")
 
 
 def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", iters: int = 1000,
             budget_s: float | None = None, resume: bool = False, resolution: int = 256,
             gt_path: str | Path | None = None, device: str = "cpu", seed: int = 0,
-            progress: bool = True) -> dict:
+            progress: bool = True, schedule: str | None = None) -> dict:
     """Fit a scene folder (or NeuS folder) and write `output/mesh.ply` in the input's units, with
     `checkpoint.pt`, `log.jsonl` and a summary; with `gt_path`, also `metrics.json`.
 
+    `schedule` picks SDFDiff's update schedule ("plain" or "greedy"; other methods ignore it).
     Returns a summary dict (iterations, seconds, stopped, losses, metrics when a GT is given).
     Raises `InputError` for a bad scene, `recon.loop.DivergedError` when the fit diverges.
     """
@@ -120,7 +126,6 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
     from .metrics import evaluate
     from .recon.checks import check_scene
     from .recon.loop import LoopConfig, run_loop
-    from .recon.supernormal import SuperNormal
     from .scene import read_scene
 
     if method not in FIT_METHODS:
@@ -131,7 +136,8 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
     for line in warnings_:
         print(f"warning: {line}")
     output.mkdir(parents=True, exist_ok=True)
-    fitter = SuperNormal(scene, iters, device=device, seed=seed, source=str(scene_path))
+    fitter = make_fitter(method, scene, iters, device=device, seed=seed, source=str(scene_path),
+                         schedule=schedule)
     result = run_loop(fitter, output, LoopConfig(iters=iters, budget_s=budget_s, progress=progress),
                       resume=resume)
     t0 = time.perf_counter()
@@ -175,24 +181,40 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
                             log_path=output / "log.jsonl")
 
 
+def make_fitter(method: str, scene: Scene, iters: int, device: str = "cpu", seed: int = 0,
+                source: str = "scene", schedule: str | None = None):
+    """The method object of a fit (`recon.loop.Method`) by name, with its default settings."""
+    if method == "supernormal":
+        from .recon.supernormal import SuperNormal
+
+        return SuperNormal(scene, iters, device=device, seed=seed, source=source)
+    if method == "sdfdiff":
+        from .recon.sdfdiff import SDFDiff, SDFDiffConfig
+
+        config = SDFDiffConfig() if schedule is None else SDFDiffConfig(schedule=schedule)
+        return SDFDiff(scene, iters, config=config, device=device, seed=seed, source=source)
+    raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
+
+
 def run_extract(checkpoint: str | Path, output: str | Path, resolution: int = 256, device: str = "cpu",
                 progress: bool = True) -> trimesh.Trimesh:
     """Mesh a fitted field from a fit's `checkpoint.pt` at `resolution`, in the input's units."""
     from .atomic import atomic_path
     from .geometry.extract import marching_cubes_narrow_band
+    from .recon import sdfdiff, supernormal
     from .recon.loop import load_checkpoint
-    from .recon.supernormal import field_from_state
 
     checkpoint = Path(checkpoint)
     if not checkpoint.is_file():
         raise InputError("no such file", checkpoint)
     try:
         state = load_checkpoint(checkpoint)["method"]
-        if state.get("method") != "supernormal":
+        if state.get("method") not in FIT_METHODS:
             raise KeyError("method")
     except Exception as exc:  # not a zerolevel fit checkpoint, or a corrupt one
         raise InputError(f"not a zerolevel fit checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
-    field, to_world = field_from_state(state, device)
+    module = supernormal if state["method"] == "supernormal" else sdfdiff
+    field, to_world = module.field_from_state(state, device)
     mesh = marching_cubes_narrow_band(field, resolution, device=device, keep_largest_component=True,
                                       to_world=to_world, progress=progress)
     if len(mesh.faces) == 0:

@@ -1,0 +1,346 @@
+"""SDFDiff (Jiang et al., CVPR 2020): a dense SDF lattice fitted to multi-view images by
+differentiable sphere tracing, coarse to fine.
+
+The wiring of the method, nothing else: a `DenseGridSDF` initialised to a sphere, sphere-traced
+renders (`render.spheretrace`: visibility without gradients, implicit-differentiated hits, normals
+by central differences one voxel apart as SDFDiff computes them, a soft silhouette on the minimum
+SDF along each ray) compared with the views, and the losses
+
+    w_image * L1(Lambertian shading under the scene's lights, image)    where both see the object
+    + w_normal * L1(rendered normal, input normal)                       where both see the object
+    + w_mask * BCE(soft silhouette, mask)
+    + w_eikonal * mean((|grad f|^2 - 1)^2) + w_laplacian * mean((lap f)^2)   over the lattice,
+
+each image term used when every view has it (grey shaded images only: a colour photograph is not a
+Lambertian render under known lights); without masks, normal maps give the silhouettes (their
+background is (0, 0, 0)). The lattice grows through `resolutions` (SDFDiff: 8, 16, ...,
+64) by trilinear upsampling, optionally re-distanced, with the learning rate divided by 1.03 per
+level; the views are rendered at a resolution tied to the lattice's (`pixels_per_node`), so coarse
+levels see area-averaged images.
+
+Two schedules drive the updates (one loop iteration = one optimiser step):
+- "plain": each step renders `rays_per_iter` random pixels drawn from all views.
+- "greedy" (SDFDiff's): views are visited in turn, one whole view per step; a view whose loss is
+  above the mean of the previous round's losses gets up to 20 steps, the others 5; a view's turn ends
+  as soon as its loss rises (that step is not applied).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import trimesh
+from scipy import ndimage
+
+from ..cameras import Cameras
+from ..errors import InputError
+from ..fields.analytic import SphereSDF
+from ..fields.grid import DenseGridSDF
+from ..geometry.extract import marching_cubes_narrow_band
+from ..render.lights import DirectionalLight
+from ..render.shading import lambertian, light_tensors
+from ..render.spheretrace import sphere_trace
+from ..scene import Scene
+
+SCHEDULES = ("plain", "greedy")
+
+
+@dataclass
+class SDFDiffConfig:
+    """Settings; the schedule constants are SDFDiff's published ones."""
+
+    resolutions: tuple[int, ...] = (16, 24, 32, 48, 64, 96)  # lattice nodes per axis, level by level
+    level_shares: tuple[float, ...] | None = None  # fraction of the iterations per level (None: by size)
+    pixels_per_node: float = 4.0        # render resolution = min(input, pixels_per_node * lattice)
+    schedule: str = "plain"             # "plain" or "greedy"
+    rays_per_iter: int = 12288          # plain schedule: random pixels per step
+    lr: float = 0.5                     # Adam step, in voxels of the current lattice
+    lr_decay_per_level: float = 1.03    # SDFDiff divides the learning rate by 1.03 per level
+    lr_floor: float = 1.0               # ... and within a level it may decay (cosine) to this fraction
+    w_image: float = 1.0
+    image_with_normals: bool = False    # use shaded images when normal maps are there too (Spot, 16 views
+                                        # at 128^2, 100 it.: F@0.5% 0.98 normals + masks, 0.82 with images)
+    w_normal: float = 1.0
+    w_mask: float = 0.5
+    w_eikonal: float = 0.1
+    w_laplacian: float = 0.02
+    normal_mode: str = "fd"             # rendered normals: "fd" (central differences one voxel apart,
+                                        # SDFDiff) or "autograd" (the trilinear field's own gradient)
+    soft_k: float = 50.0                # soft silhouette sharpness at the first level ...
+    soft_k_per_node: float = 1.5        # ... and soft_k = max(soft_k, soft_k_per_node * lattice)
+    init_radius: float = 0.6            # the lattice starts as a sphere of this radius
+    redistance: bool = True             # re-distance the lattice after each upsampling
+    greedy_high: int = 20               # greedy: most steps of a view above the mean loss ...
+    greedy_low: int = 5                 # ... and of the others
+    ambient: float = 0.1                # shading model of the images (as `zerolevel render`)
+    extra: dict = field(default_factory=dict)  # reserved for settings of later versions
+
+
+class SDFDiff:
+    """The method object that `recon.loop.run_loop` drives (step / state_dict / load_state_dict)."""
+
+    def __init__(self, scene: Scene, iters: int, config: SDFDiffConfig | None = None,
+                 device: str | torch.device = "cpu", seed: int = 0, source: str = "scene"):
+        self.config = config or SDFDiffConfig()
+        c = self.config
+        if c.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
+        self.iters = max(1, iters)
+        self.device = torch.device(device)
+        self.scene = scene
+        modalities = scene.modalities()
+        if not {"normal", "mask", "image"} & modalities:
+            raise InputError("the scene has no normal maps, masks or shaded images in every view: "
+                             "nothing to fit", source)
+        cameras = scene.cameras(device=self.device)
+        self.full_cameras = cameras
+        self.targets = {}
+        if "mask" in modalities:
+            self.targets["mask"] = torch.as_tensor(scene.stack("mask"), device=self.device).float()
+        if "normal" in modalities:
+            self.targets["normal"] = torch.as_tensor(scene.stack("normal"), device=self.device).float()
+            if "mask" not in modalities:  # normal maps have a (0, 0, 0) background: their own silhouettes
+                self.targets["mask"] = (self.targets["normal"].norm(dim=-1) > 0.5).float()
+        if "image" in modalities and scene.views[0].image.ndim == 2 and (
+                c.image_with_normals or "normal" not in modalities):
+            self.targets["image"] = torch.as_tensor(scene.stack("image"), device=self.device).float()
+        self.lights = light_tensors(_scene_lights(scene), cameras)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        torch.manual_seed(seed)
+        self.level_starts = _level_starts(self.iters, c.resolutions, c.level_shares)
+        self.level = -1
+        self.greedy = {"view": 0, "steps": 0, "budget": 0, "last": math.inf, "losses": [], "mean": math.inf}
+        self.field = DenseGridSDF.from_function(SphereSDF((0.0, 0.0, 0.0), c.init_radius), c.resolutions[0],
+                                                device=self.device)
+        self._enter_level(0, upsample=False)
+
+    # ------------------------------------------------------------------ levels
+    def _enter_level(self, level: int, upsample: bool = True) -> None:
+        """Switch to lattice `level`: upsample (and re-distance) the field, new optimiser and targets."""
+        c = self.config
+        if upsample:
+            self.field = self.field.upsample(c.resolutions[level])
+            if c.redistance:
+                self.field.values.data = redistance(self.field.values.data, float(self.field.voxel_size.max()))
+        self.level = level
+        voxel = float(self.field.voxel_size.max())
+        lr = c.lr * voxel / c.lr_decay_per_level ** level
+        self.base_lr = lr
+        self.optimizer = torch.optim.Adam([self.field.values], lr=lr, betas=(0.9, 0.99))
+        self.cameras, self.level_targets = self._level_views(c.resolutions[level])
+        self.soft_k = max(c.soft_k, c.soft_k_per_node * c.resolutions[level])
+
+    def _level_views(self, lattice: int) -> tuple[Cameras, dict[str, torch.Tensor]]:
+        """Cameras and targets at the render resolution tied to the lattice (area-averaged images)."""
+        cams = self.full_cameras
+        width = min(cams.width, max(8, round(self.config.pixels_per_node * lattice)))
+        scale = width / cams.width
+        if scale >= 1.0:
+            return cams, dict(self.targets)
+        height = max(8, round(cams.height * scale))
+        K = cams.K.clone()
+        K[:, 0] *= width / cams.width
+        K[:, 1] *= height / cams.height
+        small = Cameras(K, cams.world_to_camera, width, height)
+        targets = {}
+        for name, value in self.targets.items():
+            image = value[:, None] if value.dim() == 3 else value.permute(0, 3, 1, 2)
+            image = F.interpolate(image, size=(height, width), mode="area")
+            targets[name] = image[:, 0] if value.dim() == 3 else image.permute(0, 2, 3, 1)
+        if "normal" in targets:  # averaged unit normals: re-normalise where the pixel is covered
+            n = targets["normal"]
+            targets["normal"] = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        return small, targets
+
+    # ------------------------------------------------------------------ one step
+    def step(self, iteration: int) -> dict[str, float]:
+        level = max(i for i, start in enumerate(self.level_starts) if start <= iteration)
+        while self.level < level:
+            self._enter_level(self.level + 1)
+        self._set_learning_rate(iteration)
+        if self.config.schedule == "greedy":
+            return self._greedy_step()
+        views, uv = self._random_pixels()
+        return self._update(views, uv)
+
+    def _set_learning_rate(self, iteration: int) -> None:
+        """Cosine decay from the level's rate to `lr_floor` of it over the level's iterations:
+        Adam moves every node by about the rate per step, so the steps that place the surface
+        coarsely would keep shaking it at the end of a level."""
+        starts = self.level_starts + [self.iters]
+        span = max(1, starts[self.level + 1] - starts[self.level])
+        progress = min(1.0, (iteration - starts[self.level]) / span)
+        floor = self.config.lr_floor
+        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * factor
+
+    def _random_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """`rays_per_iter` random pixel centres over all views: view index (N,), uv (N, 2)."""
+        cams = self.cameras
+        n = self.config.rays_per_iter
+        views = torch.randint(0, len(cams), (n,), generator=self.generator)
+        cols = torch.randint(0, cams.width, (n,), generator=self.generator)
+        rows = torch.randint(0, cams.height, (n,), generator=self.generator)
+        uv = torch.stack([cols, rows], -1).to(cams.dtype) + 0.5
+        return views.to(self.device), uv.to(self.device)
+
+    def _greedy_step(self) -> dict[str, float]:
+        """One step of SDFDiff's per-view schedule on the current view (module docstring)."""
+        g, c = self.greedy, self.config
+        cams = self.cameras
+        view = g["view"]
+        pixels = torch.stack(torch.meshgrid(torch.arange(cams.width), torch.arange(cams.height), indexing="xy"),
+                             -1).reshape(-1, 2).to(self.device, cams.dtype) + 0.5
+        views = torch.full((len(pixels),), view, device=self.device, dtype=torch.long)
+        losses, total = self._losses(views, pixels)
+        value = total.item()
+        if g["steps"] == 0:
+            g["budget"] = c.greedy_high if value > g["mean"] else c.greedy_low
+        rose = g["steps"] > 0 and value > g["last"]
+        if not rose:
+            self._apply(total)
+        g["steps"] += 1
+        g["last"] = value
+        if rose or g["steps"] >= g["budget"]:
+            g["losses"].append(value)
+            g["view"], g["steps"], g["last"] = (view + 1) % len(cams), 0, math.inf
+            if g["view"] == 0:  # a round is over: its mean is the next round's bar
+                g["mean"], g["losses"] = float(np.mean(g["losses"])), []
+        report = {name: v.item() for name, v in losses.items()}
+        report["view"] = float(view)
+        return report
+
+    def _update(self, views: torch.Tensor, uv: torch.Tensor) -> dict[str, float]:
+        losses, total = self._losses(views, uv)
+        self._apply(total)
+        return {name: v.item() for name, v in losses.items()}
+
+    def _apply(self, total: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+
+    def _losses(self, views: torch.Tensor, uv: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Render the pixels `uv` (N, 2) of `views` (N,) and compare them with the targets."""
+        c, cams = self.config, self.cameras
+        origins, directions = cams[views].rays(uv[:, None, :])
+        out = sphere_trace(self.field, origins[:, 0], directions[:, 0], soft="mask" in self.level_targets,
+                           soft_k=self.soft_k, normal_mode=c.normal_mode)
+        rows = (uv[:, 1] - 0.5).long()
+        cols = (uv[:, 0] - 0.5).long()
+        target = {name: value[views, rows, cols] for name, value in self.level_targets.items()}
+        seen = out["mask"]
+        if "mask" in target:
+            seen = seen & (target["mask"] > 0.5)
+        weight = seen.float()
+        count = weight.sum().clamp_min(1.0)
+        losses: dict[str, torch.Tensor] = {}
+        if "image" in target:
+            dirs, intensities = self.lights
+            shade = lambertian(out["normal"], dirs[views], intensities[views], c.ambient)
+            losses["image"] = c.w_image * ((shade - target["image"]).abs() * weight).sum() / count
+        if "normal" in target:
+            losses["normal"] = c.w_normal * ((out["normal"] - target["normal"]).abs().sum(-1) * weight).sum() / count
+        if "mask" in target:
+            soft = out["soft_mask"].clamp(1e-4, 1 - 1e-4)
+            losses["mask"] = c.w_mask * F.binary_cross_entropy(soft, target["mask"])
+        eikonal, laplacian = lattice_regularisers(self.field.values, float(self.field.voxel_size.max()))
+        losses["eikonal"] = c.w_eikonal * eikonal
+        losses["laplacian"] = c.w_laplacian * laplacian
+        return losses, sum(losses.values())
+
+    # ------------------------------------------------------------------ results
+    def extract(self, resolution: int = 256, progress: bool = False) -> trimesh.Trimesh:
+        """The zero level set as a mesh in the input's units (narrow band, largest component)."""
+        mesh = marching_cubes_narrow_band(self.field, resolution, device=self.device,
+                                          keep_largest_component=True, to_world=self.scene.to_world,
+                                          progress=progress)
+        if len(mesh.faces) == 0:
+            raise RuntimeError("the fitted lattice has no zero level set inside the unit sphere")
+        return mesh
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"method": "sdfdiff", "config": asdict(self.config),
+                "to_world": np.asarray(self.scene.to_world).tolist(), "level": self.level,
+                "values": self.field.values.detach().clone(), "bounds": self.field.bounds.clone(),
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "greedy": dict(self.greedy, losses=list(self.greedy["losses"]))}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.field = DenseGridSDF(state["values"].to(self.device), state["bounds"])
+        self.level = -1
+        self._enter_level(state["level"], upsample=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.greedy = dict(state["greedy"], losses=list(state["greedy"]["losses"]))
+
+
+def field_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[DenseGridSDF, np.ndarray]:
+    """The fitted lattice and the scene's `to_world` from an SDFDiff state (a checkpoint's "method")."""
+    field = DenseGridSDF(state["values"].to(device), state["bounds"])
+    return field, np.asarray(state["to_world"], dtype=np.float64)
+
+
+def lattice_regularisers(values: torch.Tensor, voxel: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """SDFDiff's regularisers over the lattice's interior nodes, by central differences:
+    eikonal mean((|grad f|^2 - 1)^2) and Laplacian smoothness mean((lap f * voxel)^2) (the
+    Laplacian in units of 1 / voxel, so that its weight does not depend on the resolution)."""
+    v = values
+    centre = v[1:-1, 1:-1, 1:-1]
+    dx = (v[2:, 1:-1, 1:-1] - v[:-2, 1:-1, 1:-1]) / (2 * voxel)
+    dy = (v[1:-1, 2:, 1:-1] - v[1:-1, :-2, 1:-1]) / (2 * voxel)
+    dz = (v[1:-1, 1:-1, 2:] - v[1:-1, 1:-1, :-2]) / (2 * voxel)
+    eikonal = ((dx.square() + dy.square() + dz.square()) - 1.0).square().mean()
+    lap = (v[2:, 1:-1, 1:-1] + v[:-2, 1:-1, 1:-1] + v[1:-1, 2:, 1:-1] + v[1:-1, :-2, 1:-1]
+           + v[1:-1, 1:-1, 2:] + v[1:-1, 1:-1, :-2] - 6 * centre) / voxel
+    return eikonal, lap.square().mean()
+
+
+@torch.no_grad()
+def redistance(values: torch.Tensor, voxel: float) -> torch.Tensor:
+    """Restore distances away from the zero level set, keeping it where it is.
+
+    Nodes next to a sign change keep their values (they place the surface); every other node gets
+    the distance to the nearest such node plus that node's own |value| (a Euclidean distance
+    transform), with its sign. Cheap (scipy), exact enough to sphere-trace by, and it undoes the
+    flattening that trilinear upsampling and smoothing leave far from the surface.
+    """
+    v = values.detach().cpu().numpy()
+    inside = v < 0
+    band = np.zeros_like(inside)
+    for axis in range(3):
+        change = np.diff(inside, axis=axis)
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+        band[tuple(lo)] |= change
+        band[tuple(hi)] |= change
+    if not band.any():
+        return values
+    distance, nearest = ndimage.distance_transform_edt(~band, return_indices=True)
+    base = np.abs(v)[tuple(nearest)]
+    magnitude = np.where(band, np.abs(v), distance * voxel + base)
+    out = np.where(inside, -magnitude, magnitude).astype(v.dtype)
+    return torch.as_tensor(out, device=values.device)
+
+
+def _level_starts(iters: int, resolutions: tuple[int, ...], shares: tuple[float, ...] | None) -> list[int]:
+    """First iteration of each level: shares of `iters` (default: proportional to resolution)."""
+    weights = np.asarray(shares if shares is not None else resolutions, dtype=np.float64)
+    if len(weights) != len(resolutions) or (weights <= 0).any():
+        raise ValueError("level_shares needs one positive share per resolution")
+    bounds = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])[:-1]
+    return [int(round(b * iters)) for b in bounds]
+
+
+def _scene_lights(scene: Scene) -> list[list[DirectionalLight] | None]:
+    """Per-view lights as the renderer takes them: a one-light list per view (a flat list of
+    lights would mean all of them in every view), None for the headlight `zerolevel render` uses."""
+    return [None if v.light is None else [DirectionalLight(v.light["direction"], v.light.get("intensity", 1.0))]
+            for v in scene.views]
