@@ -194,6 +194,26 @@ def test_render_with_a_fixed_light(capsys, tmp_path, sphere_path):
         assert view.image[lit].mean() > view.image[dark].mean() + 0.3
 
 
+def test_render_with_several_lights_cycles_them_over_the_views(capsys, tmp_path, sphere_path):
+    from zerolevel.scene import read_scene
+
+    out = tmp_path / "lit3"
+    code, _, err = run_cli(capsys, "render", str(sphere_path), "-o", str(out), "--views", "4", "--res", "32",
+                           "--light", "0", "1", "0", "--light", "1", "0", "0", "--light", "0", "0", "2")
+    assert code == 0, err
+    scene = read_scene(out)
+    expected = [[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]]
+    assert [view.light["direction"] for view in scene.views] == expected
+    for view, towards in zip(scene.views, expected):
+        lit = view.mask & ((view.normal @ np.asarray(towards)) > 0.5)
+        dark = view.mask & ((view.normal @ np.asarray(towards)) < -0.2)
+        if lit.any() and dark.any():
+            assert view.image[lit].mean() > view.image[dark].mean() + 0.3
+    code, _, err = run_cli(capsys, "render", str(sphere_path), "-o", str(tmp_path / "bad"), "--views", "2",
+                           "--res", "32", "--light", "0", "1", "0", "--light", "0", "0", "0")
+    assert code == 2 and "--light" in err and len(err.strip().splitlines()) == 1
+
+
 def test_eval_iou(capsys, tmp_path, sphere_path):
     out = tmp_path / "m.json"
     code, _, err = run_cli(capsys, "eval", str(sphere_path), str(sphere_path), "--iou", "32", "--json", str(out))
