@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--views", type=int, default=32)
     parser.add_argument("--res", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--name", default="multiview", help="results file stem (default: multiview)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -128,7 +129,7 @@ def main() -> None:
                 # every run length for the first mode; the others are compared on the shortest
                 for iters in (args.runs if index == 0 else [min(args.runs)]):
                     rows += fit_curve(name, gt, scene, method, mode, iters, args.points)
-    write_report("multiview", "Multi-view fits on rendered scenes: quality against optimisation time",
+    write_report(args.name, "Multi-view fits on rendered scenes: quality against optimisation time",
                  "python benchmarks/multiview.py " + " ".join(sys.argv[1:]), COLUMNS, rows,
                  notes=(f"{args.views} views at {args.res}^2 (normals + masks) per mesh, torch "
                         f"{torch.__version__} with {args.threads} threads; metrics per DESIGN.md with 100k "

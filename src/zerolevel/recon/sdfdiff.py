@@ -141,7 +141,7 @@ class SDFDiff:
         width = min(cams.width, max(8, round(self.config.pixels_per_node * lattice)))
         scale = width / cams.width
         if scale >= 1.0:
-            return cams, dict(self.targets)
+            return cams, _unmix_images(dict(self.targets))
         height = max(8, round(cams.height * scale))
         K = cams.K.clone()
         K[:, 0] *= width / cams.width
@@ -155,7 +155,7 @@ class SDFDiff:
         if "normal" in targets:  # averaged unit normals: re-normalise where the pixel is covered
             n = targets["normal"]
             targets["normal"] = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        return small, targets
+        return small, _unmix_images(targets)
 
     # ------------------------------------------------------------------ one step
     def step(self, iteration: int) -> dict[str, float]:
@@ -328,6 +328,18 @@ def redistance(values: torch.Tensor, voxel: float) -> torch.Tensor:
     magnitude = np.where(band, np.abs(v), distance * voxel + base)
     out = np.where(inside, -magnitude, magnitude).astype(v.dtype)
     return torch.as_tensor(out, device=values.device)
+
+
+def _unmix_images(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Shading of the object alone at silhouette pixels: an image over a black background that
+    covers a fraction m of a pixel holds m * shading (anti-aliasing, area averaging), so where the
+    mask says the pixel is mostly object the image is divided by the coverage. Without this the
+    darker rim pulls rendered normals away from the lights."""
+    if "image" in targets and "mask" in targets:
+        mask = targets["mask"]
+        unmixed = (targets["image"] / mask.clamp_min(1e-3)).clamp(0.0, 1.0)
+        targets["image"] = torch.where(mask > 0.5, unmixed, targets["image"])
+    return targets
 
 
 def _level_starts(iters: int, resolutions: tuple[int, ...], shares: tuple[float, ...] | None) -> list[int]:
