@@ -13,6 +13,7 @@ Writes results/multiview.md and .json.
 
     python benchmarks/multiview.py [--meshes spot bunny ...] [--modes dfd analytic fd]
                                    [--runs 400 2000] [--points 2]
+    python benchmarks/multiview.py --methods sdfdiff --observations shading --modes plain greedy
 """
 
 from __future__ import annotations
@@ -36,16 +37,34 @@ from _report import write_report  # noqa: E402
 SHARED = HERE.parents[1] / "shared" / "data" / "meshes"
 MESHES = {"bunny": "bunny.ply", "spot": "spot.obj", "nefertiti": "nefertiti.obj",
           "lee_perry_smith_head": "lee_perry_smith_head.obj", "rocker-arm": "rocker-arm.obj"}
-COLUMNS = ["mesh", "method", "gradient", "run iterations", "iteration", "optimisation s", "chamfer",
+COLUMNS = ["mesh", "method", "gradient / schedule", "run iterations", "iteration", "optimisation s", "chamfer",
            "F@0.5%", "F@0.25%", "normal consistency", "F@0.5% seen", "GT seen"]
 
 
+LIGHTS = ((0.5, 1.0, 0.5), (-1.0, 0.3, 0.4), (0.3, -0.2, -1.0))  # the 3 known lights of shading scenes
+MODES = {"supernormal": ("dfd", "analytic", "fd"), "sdfdiff": ("plain", "greedy")}
+
+
 def make_method(method: str, scene, iters: int, mode: str):
+    """`mode`: SuperNormal's gradient mode, or SDFDiff's schedule."""
+    from zerolevel.recon.sdfdiff import SDFDiff, SDFDiffConfig
     from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
 
     if method == "supernormal":
         return SuperNormal(scene, iters, config=SuperNormalConfig(gradient=mode))
-    raise ValueError(method)
+    return SDFDiff(scene, iters, config=SDFDiffConfig(schedule=mode))
+
+
+def make_scene(gt, observations: str, views: int, res: int):
+    """Normal maps + masks, or grey shading under 3 known lights + masks (no normals)."""
+    from zerolevel.pipeline import render_scene
+
+    if observations == "normals":
+        return render_scene(gt, views=views, resolution=res, progress=False)
+    scene = render_scene(gt, views=views, resolution=res, progress=False, light=LIGHTS)
+    for view in scene.views:
+        view.normal = view.depth = None
+    return scene
 
 
 def fit_curve(name: str, gt, scene, method: str, mode: str, iters: int, points: int) -> list[list]:
@@ -80,7 +99,7 @@ def _world_centres(scene) -> np.ndarray:
 
 def summary(rows: list[list]) -> str:
     """Markdown: per mesh and mode, s/iteration, time to F@0.5% >= 0.95, best F within 60 / 300 s."""
-    lines = ["| mesh | method | gradient | s / iteration | s to F@0.5% >= 0.95 | best F@0.5% <= 60 s "
+    lines = ["| mesh | method | gradient / schedule | s / iteration | s to F@0.5% >= 0.95 | best F@0.5% <= 60 s "
              "| best F@0.5% <= 300 s | best F@0.5% seen <= 300 s |", "|---|---|---|---|---|---|---|---|"]
     keys = dict.fromkeys((r[0], r[1], r[2]) for r in rows)
     for key in keys:
@@ -100,12 +119,14 @@ def summary(rows: list[list]) -> str:
 
 def main() -> None:
     from zerolevel.geometry.mesh import load_mesh
-    from zerolevel.pipeline import render_scene
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
-    parser.add_argument("--methods", nargs="+", default=["supernormal"], choices=["supernormal"])
-    parser.add_argument("--modes", nargs="+", default=["dfd"], choices=["dfd", "analytic", "fd"])
+    parser.add_argument("--methods", nargs="+", default=["supernormal"], choices=["supernormal", "sdfdiff"])
+    parser.add_argument("--modes", nargs="+", default=None, choices=["dfd", "analytic", "fd", "plain", "greedy"],
+                        help="SuperNormal gradient modes / SDFDiff schedules (default: dfd / plain)")
+    parser.add_argument("--observations", default="normals", choices=["normals", "shading"],
+                        help="normal maps + masks, or shading under 3 known lights + masks")
     parser.add_argument("--runs", nargs="+", type=int, default=[400, 2000],
                         help="iteration counts of the separate runs (the modes after the first: the shortest)")
     parser.add_argument("--points", type=int, default=2, help="evaluations per run")
@@ -123,15 +144,18 @@ def main() -> None:
             print(f"{path} missing; skipping {name}")
             continue
         gt = load_mesh(path)
-        scene = render_scene(gt, views=args.views, resolution=args.res, progress=False)
+        scene = make_scene(gt, args.observations, args.views, args.res)
         for method in args.methods:
-            for index, mode in enumerate(args.modes):
+            modes = [m for m in args.modes if m in MODES[method]] if args.modes else [MODES[method][0]]
+            for index, mode in enumerate(modes):
                 # every run length for the first mode; the others are compared on the shortest
                 for iters in (args.runs if index == 0 else [min(args.runs)]):
                     rows += fit_curve(name, gt, scene, method, mode, iters, args.points)
     write_report(args.name, "Multi-view fits on rendered scenes: quality against optimisation time",
                  "python benchmarks/multiview.py " + " ".join(sys.argv[1:]), COLUMNS, rows,
-                 notes=(f"{args.views} views at {args.res}^2 (normals + masks) per mesh, torch "
+                 notes=(f"{args.views} views at {args.res}^2 ("
+                        f"{'normals' if args.observations == 'normals' else 'shading under 3 known lights'}"
+                        f" + masks) per mesh, torch "
                         f"{torch.__version__} with {args.threads} threads; metrics per DESIGN.md with 100k "
                         f"points per surface, extraction at 256^3; the optimisation time excludes "
                         f"extraction and evaluation. \"F@0.5% seen\": recall only over the GT samples that "
