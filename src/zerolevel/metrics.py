@@ -159,6 +159,7 @@ def surface_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n_points: int = 
 
     pred_points, pred_normals = sample_surface(pred, n_points, seed)
     gt_points, gt_normals = sample_surface(gt, n_points, seed + 1)
+    gt_samples = gt_points  # in the GT's units, for the visibility test
     pred_points = ((pred_points - centre) * scale).astype(np.float32)
     gt_points = ((gt_points - centre) * scale).astype(np.float32)
 
@@ -168,7 +169,7 @@ def surface_metrics(pred: trimesh.Trimesh, gt: trimesh.Trimesh, n_points: int = 
     if seen_from is not None:
         from .render.raycast import MeshRayCaster
 
-        seen = MeshRayCaster(gt).seen_from(gt_points / scale + centre, seen_from)
+        seen = MeshRayCaster(gt).seen_from(gt_samples, seen_from)
         if not seen.any():
             raise InputError("no ground-truth sample is seen from the given eye positions")
         gt_points, gt_normals = gt_points[seen], gt_normals[seen]

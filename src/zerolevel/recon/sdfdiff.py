@@ -28,7 +28,7 @@ Two schedules drive the updates (one loop iteration = one optimiser step):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -81,7 +81,6 @@ class SDFDiffConfig:
     greedy_high: int = 20               # greedy: most steps of a view above the mean loss ...
     greedy_low: int = 5                 # ... and of the others
     ambient: float = 0.1                # shading model of the images (as `zerolevel render`)
-    extra: dict = field(default_factory=dict)  # reserved for settings of later versions
 
 
 class SDFDiff:
@@ -136,6 +135,7 @@ class SDFDiff:
         self.base_lr = lr
         self.optimizer = torch.optim.Adam([self.field.values], lr=lr, betas=(0.9, 0.99))
         self.cameras, self.level_targets = self._level_views(c.resolutions[level])
+        self.pixels = self.cameras.pixel_centers().reshape(-1, 2)  # a whole view, for the greedy schedule
         self.soft_k = max(c.soft_k, c.soft_k_per_node * c.resolutions[level])
 
     def _level_views(self, lattice: int) -> tuple[Cameras, dict[str, torch.Tensor]]:
@@ -198,10 +198,8 @@ class SDFDiff:
         g, c = self.greedy, self.config
         cams = self.cameras
         view = g["view"]
-        pixels = torch.stack(torch.meshgrid(torch.arange(cams.width), torch.arange(cams.height), indexing="xy"),
-                             -1).reshape(-1, 2).to(self.device, cams.dtype) + 0.5
-        views = torch.full((len(pixels),), view, device=self.device, dtype=torch.long)
-        losses, total = self._losses(views, pixels)
+        views = torch.full((len(self.pixels),), view, device=self.device, dtype=torch.long)
+        losses, total = self._losses(views, self.pixels)
         value = total.item()
         if g["steps"] == 0:
             g["budget"] = c.greedy_high if value > g["mean"] else c.greedy_low

@@ -57,7 +57,6 @@ class SuperNormalConfig:
     weight_norm: bool = True            # weight-normalised MLP layers (SuperNormal; F@0.5% 0.91 vs 0.85 at 200 it.)
     occupancy_resolution: int = 64      # empty-space skipping grid (SuperNormal: nerfacc's); 0: sample densely
     occupancy_every: int = 8            # iterations between refreshes of the grid
-    occupancy_grow_until: float = 1.0   # fraction of the iterations during which the visual hull stays sampled
 
 
 class SuperNormal:
@@ -112,9 +111,7 @@ class SuperNormal:
         for group, base in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base * self.learning_rate_factor(iteration)
         if self.occupancy is not None and iteration % c.occupancy_every == 0:
-            growing = iteration < c.occupancy_grow_until * self.iters
-            update_occupancy(self.field, self.occupancy, variance=self.variance,
-                             grow_into=self.hull if growing else None)
+            update_occupancy(self.field, self.occupancy, variance=self.variance, grow_into=self.hull)
         views, top_left = self._sample_patches()
         out = volume_render_patches(self.field, self.cameras[views], top_left, c.patch_size,
                                     variance=self.variance, n_samples=self.samples_per_ray(iteration),

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..render.volume import OccupancyGrid
 
 
 class VisualHullField(torch.nn.Module):
@@ -56,9 +57,8 @@ def visual_hull_cells(cameras: Cameras, masks: Tensor, resolution: int = 64) -> 
     masks = torch.as_tensor(masks, device=cameras.device)
     if masks.shape != (len(cameras), cameras.height, cameras.width):
         raise ValueError(f"masks {tuple(masks.shape)} do not match {cameras}")
-    axis = -1.0 + (torch.arange(resolution, device=cameras.device, dtype=cameras.dtype) + 0.5) * (2.0 / resolution)
-    centres = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-    half_diagonal = math.sqrt(3.0) / resolution
+    grid = OccupancyGrid.full(resolution, device=cameras.device)
+    centres, half_diagonal = grid.cell_centres(cameras.dtype), grid.half_diagonal
     inside = torch.ones(len(centres), dtype=torch.bool, device=cameras.device)
     for view in range(len(cameras)):
         camera = cameras[view:view + 1]
