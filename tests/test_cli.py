@@ -231,3 +231,18 @@ def test_eval_iou_of_an_open_mesh_warns_in_one_line(capsys, tmp_path, sphere_pat
     warning_lines = [line for line in err.splitlines() if "warning" in line]
     assert len(warning_lines) == 1 and "not watertight" in warning_lines[0] and "prediction" in warning_lines[0]
     assert "iou" in stdout.lower()
+
+
+def test_render_close_holes_writes_the_capped_ground_truth(capsys, tmp_path):
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.5)
+    keep = sphere.triangles_center[:, 2] > -0.45  # an open base
+    path = tmp_path / "open.ply"
+    trimesh.Trimesh(sphere.vertices, sphere.faces[keep]).export(path)
+    out = tmp_path / "scene"
+    code, stdout, err = run_cli(capsys, "render", str(path), "-o", str(out), "--views", "2", "--res", "16",
+                                "--close-holes")
+    assert code == 0, err
+    closed = trimesh.load(out / "closed_mesh.ply", process=False)
+    assert closed.is_watertight and closed.volume > 0
+    assert np.allclose(closed.bounds, trimesh.Trimesh(sphere.vertices, sphere.faces[keep]).bounds)  # mesh units
+    assert "closed_mesh.ply" in stdout

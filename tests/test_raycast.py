@@ -313,3 +313,26 @@ def test_seen_from_sees_the_near_side_of_a_sphere_and_not_what_is_inside():
     assert seen.tolist() == [True, False, True, False, False, False]
     seen = caster.seen_from(points, np.array([[0.0, 0.0, 3.0], [0.0, 0.0, -3.0]]))
     assert seen.tolist() == [True, True, True, False, False, False]
+
+
+def test_smooth_normals_keep_creases():
+    """A cylinder's flat cap keeps its exact normal under smooth shading; the side stays smooth."""
+    cylinder = trimesh.creation.cylinder(radius=0.5, height=0.6, sections=48)
+    cameras = Cameras.look_at([[0.3, 2.2, 2.2]], up=(0, 0, 1), fov_deg=30, width=64, height=64)
+    creased = render_mesh(cylinder, cameras)
+    fan = render_mesh(cylinder, cameras, crease_deg=None)  # smooths across the rim: a domed cap
+    normal, mask = creased["normal"][0], creased["mask"][0] > 0.999
+    cap = mask & (normal[..., 2] > 0.5)
+    side = mask & (np.abs(normal[..., 2]) < 0.5)
+    assert cap.sum() > 200 and side.sum() > 200
+    np.testing.assert_allclose(normal[cap], np.broadcast_to([0, 0, 1], normal[cap].shape), atol=1e-5)
+    tilt = np.degrees(np.arccos(np.clip(fan["normal"][0][cap][:, 2], -1, 1)))
+    assert tilt.max() > 20  # the fan cap's rim corners average the side's normals in
+    # on the side, normals vary smoothly around the axis (not the 48 flat facets)
+    radial = normal[side][:, :2] / np.linalg.norm(normal[side][:, :2], axis=1, keepdims=True)
+    o, d = cameras.to(dtype=torch.float64).image_rays()
+    hits = MeshRayCaster(cylinder).intersect(o.reshape(-1, 3).numpy(), d.reshape(-1, 3).numpy())
+    points = (o.reshape(-1, 3).numpy() + hits.distance[:, None] * d.reshape(-1, 3).numpy())[side.ravel()]
+    analytic = points[:, :2] / np.linalg.norm(points[:, :2], axis=1, keepdims=True)
+    # flat facets 7.5 degrees wide would be off by up to 3.75 degrees
+    assert np.degrees(np.arccos(np.clip(np.einsum("ij,ij->i", radial, analytic), -1, 1))).max() < 2.0

@@ -21,9 +21,12 @@ import numpy as np  # noqa: E402
 
 from .errors import InputError  # noqa: E402
 
+CLOSED_MESH = "closed_mesh.ply"  # `render --close-holes` writes the capped solid here, for `--gt`
+
 EPILOG_RENDER = """examples:
   zerolevel render -o spot_scene                       # the bundled Spot cow, 24 views at 256x256
   zerolevel render bunny.ply -o bunny --views 48 --res 512 --layout ring --elevation 20
+  zerolevel render bunny.ply -o bunny --close-holes    # cap the open base; bunny/closed_mesh.ply is the GT
   zerolevel render head.obj -o head_gt --cameras DiLiGenT-MV/bearPNG    # the cameras of another scene
 """
 EPILOG_EVAL = """examples:
@@ -108,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a directional light, pointing towards the light in world space; repeat it for "
                         "several, view i then being lit by light i mod L (default: a headlight per view)")
     p.add_argument("--face-normals", action="store_true", help="flat face normals instead of smooth ones")
+    p.add_argument("--crease-angle", type=float, default=60.0, metavar="DEG",
+                   help="smooth normals stay sharp across edges sharper than this (default: 60; "
+                        "180 smooths across every edge)")
+    p.add_argument("--close-holes", action="store_true",
+                   help="cap the mesh's boundary loops (open scans) and render the solid; the capped "
+                        "mesh is written as OUTPUT/closed_mesh.ply, the ground truth to evaluate against")
     p.add_argument("--normal-format", choices=["png", "npy"], default="png",
                    help="16-bit PNG or float32 .npy normal maps (default: png)")
     _add_common(p)
@@ -176,21 +185,29 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------- verbs
 def cmd_render(args: argparse.Namespace) -> None:
     from .data import example_mesh_path
-    from .geometry.mesh import load_mesh
+    from .atomic import atomic_path
+    from .geometry.mesh import close_holes, load_mesh
     from .pipeline import render_scene
 
     mesh_path = Path(args.mesh) if args.mesh else example_mesh_path()
     _check_positive(args, "views", "res", "supersample")
     mesh = load_mesh(mesh_path)
+    if args.close_holes:
+        mesh = close_holes(mesh)
     cameras_of = _read_scene_cameras(args.cameras) if args.cameras else None
     scene = render_scene(mesh, cameras_of=cameras_of, views=args.views, resolution=args.res, layout=args.layout,
                          distance=args.distance, fov_deg=args.fov, elevation_deg=args.elevation,
                          supersample=args.supersample, smooth=not args.face_normals, light=args.light,
+                         crease_deg=args.crease_angle,
                          progress=not args.quiet, source=str(mesh_path))
     scene.write(args.output, normal_format=args.normal_format)
+    if args.close_holes:
+        with atomic_path(Path(args.output) / CLOSED_MESH) as tmp:
+            mesh.export(tmp, file_type="ply")
     view = scene.views[0]
     print(f"wrote {args.output}: {len(scene.views)} views {view.width}x{view.height} "
-          f"({', '.join(sorted(scene.modalities()))}) of {mesh_path.name}")
+          f"({', '.join(sorted(scene.modalities()))}) of {mesh_path.name}"
+          + (f"; capped mesh {Path(args.output) / CLOSED_MESH}" if args.close_holes else ""))
 
 
 def _read_scene_cameras(path: str):

@@ -37,12 +37,13 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
                  distance: float = 3.0, fov_deg: float = 45.0, elevation_deg: float = 30.0,
                  supersample: int = 2, smooth: bool = True, progress: bool = True,
                  light: Sequence[float] | Sequence[Sequence[float]] | None = None, source: str = "mesh",
-                 chunk: int = 8) -> Scene:
+                 chunk: int = 8, crease_deg: float | None = 60.0) -> Scene:
     """Normalise `mesh` into the unit sphere and ray-cast a ground-truth scene of it.
 
     Shaded images are lit by `light` (a direction towards the light along the mesh's axes, the same
     for every view; or several, (L, 3), view i lit by light i mod L: a few known lights seen from
-    every side) or, by default, by a headlight per view. With `cameras_of`, the mesh is taken to
+    every side) or, by default, by a headlight per view. Smooth normals keep edges sharper than
+    `crease_deg` as creases (`MeshRayCaster`). With `cameras_of`, the mesh is taken to
     be in that scene's units and rendered with its cameras and normalisation; otherwise it is fitted
     into the unit sphere and seen by a generated layout.
     Returns a Scene in working space whose `to_world` maps back to the mesh's units. Raises
@@ -55,7 +56,7 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
         to_world = cameras_of.to_world
         cameras = cameras_of.cameras()
     views = len(cameras)
-    caster = MeshRayCaster(transform_mesh(mesh, np.linalg.inv(to_world)))  # one BVH for all views
+    caster = MeshRayCaster(transform_mesh(mesh, np.linalg.inv(to_world)), crease_deg=crease_deg)  # one BVH
     lights = None  # a headlight per view
     if light is not None:
         directions = np.asarray(light, dtype=np.float64).reshape(-1, 3)

@@ -68,18 +68,22 @@ class MeshRayCaster:
         backend: "embree" (fast, needs embreex), "trimesh" (trimesh's pure-Python ray-triangle
             tests: ~100x slower, the reference the tests compare Embree against) or "auto" (Embree
             when embreex is installed).
+        crease_deg: smooth shading does not average normals across edges sharper than this (the
+            "auto smooth" of modelling tools: the rim of a bust's flat base stays a crease instead
+            of bending the whole base into a dome); None smooths across every edge.
 
     Attributes:
         vertices: (V, 3) float64; faces: (F, 3) int64; face_normals: (F, 3) float64 unit normals by
-        the faces' winding; vertex_normals: (V, 3) float64 (trimesh's, for smooth shading).
+        the faces' winding; corner_normals: (F, 3, 3) float64 per-corner normals for smooth shading.
     """
 
-    def __init__(self, mesh: trimesh.Trimesh, backend: str = "auto"):
+    def __init__(self, mesh: trimesh.Trimesh, backend: str = "auto", crease_deg: float | None = 60.0):
         if not isinstance(mesh, trimesh.Trimesh):
             raise TypeError(f"expected a trimesh.Trimesh, got {type(mesh).__name__}")
         if len(mesh.faces) == 0:
             raise InputError("mesh has no faces to render")
         self.mesh = mesh
+        self.crease_deg = crease_deg
         self.vertices = np.asarray(mesh.vertices, dtype=np.float64)
         self.faces = np.asarray(mesh.faces, dtype=np.int64)
         if not np.all(np.isfinite(self.vertices)):
@@ -114,9 +118,16 @@ class MeshRayCaster:
         return np.asarray(self.mesh.face_normals, dtype=np.float64)
 
     @cached_property
-    def vertex_normals(self) -> np.ndarray:
-        """(V, 3) float64 vertex normals (trimesh's, for smooth shading)."""
-        return np.asarray(self.mesh.vertex_normals, dtype=np.float64)
+    def corner_normals(self) -> np.ndarray:
+        """(F, 3, 3) float64 unit normals at each face's corners, for smooth shading.
+
+        The area-weighted mean of the normals of the faces around the corner's vertex, counting
+        only faces within `crease_deg` of this face's own normal (all of them when it is None).
+        """
+        if self.crease_deg is None:
+            return np.asarray(self.mesh.vertex_normals, dtype=np.float64)[self.faces]
+        return crease_normals(self.faces, self.face_normals, np.asarray(self.mesh.area_faces, dtype=np.float64),
+                              self.crease_deg)
 
     @property
     def uses_embree(self) -> bool:
@@ -238,7 +249,7 @@ class MeshRayCaster:
         """World-space unit normals at hits, turned to face the viewer.
 
         The face normal is flipped where it points along the ray (back faces, open meshes, mixed
-        winding). A smooth normal (vertex normals interpolated with the barycentrics) is first put on
+        winding). A smooth normal (corner normals interpolated with the barycentrics) is first put on
         the same side as that flipped face normal; where it still points away from the viewer (grazing
         hits near a silhouette of a coarse mesh) its component along the ray is removed, so it becomes
         perpendicular to the ray rather than flipped; a degenerate smooth normal falls back to the
@@ -248,7 +259,7 @@ class MeshRayCaster:
             face: (M,) int64 indices of hit faces (all >= 0).
             barycentric: (M, 3) float64 weights.
             directions: (M, 3) unit ray directions.
-            smooth: interpolate vertex normals (True) or use face normals (False).
+            smooth: interpolate corner normals (True) or use face normals (False).
         Returns:
             (M, 3) float64 unit normals n with n . direction <= 0 (up to rounding).
         """
@@ -259,7 +270,7 @@ class MeshRayCaster:
         fn *= side[:, None]
         if not smooth:
             return fn
-        vn = self.vertex_normals[self.faces[face]]  # (M, 3, 3)
+        vn = self.corner_normals[face]  # (M, 3, 3)
         n = np.einsum("mk,mkj->mj", barycentric, vn)
         n *= np.where(np.einsum("ij,ij->i", n, fn) < 0, -1.0, 1.0)[:, None]
         along = np.einsum("ij,ij->i", n, directions)
@@ -290,7 +301,7 @@ class MeshRayCaster:
 
         Args:
             cameras: B cameras (any device; rays are cast on the CPU).
-            smooth: interpolated vertex normals (True) or flat face normals (False).
+            smooth: interpolated corner normals (True; see `crease_deg`) or flat face normals (False).
             supersample: sub-rays per pixel along each axis (1 = one ray through the pixel centre).
             lights: None for a headlight in every view (one light of intensity 1 with direction
                 `-cameras.forward`, i.e. from the surface towards the camera along its axis); a
@@ -430,15 +441,47 @@ def shade_lambertian(normals: np.ndarray, light_dirs: np.ndarray, light_intensit
     return np.clip(value, 0.0, 1.0)
 
 
+def crease_normals(faces: np.ndarray, face_normals: np.ndarray, face_areas: np.ndarray,
+                   crease_deg: float) -> np.ndarray:
+    """(F, 3, 3) corner normals that stay smooth across edges flatter than `crease_deg` only.
+
+    Corner (f, v) averages, weighted by area, the normals of the faces g around vertex v whose
+    normal is within `crease_deg` of f's (f itself always counts). Vectorised over the pairs of
+    corners that share a vertex: about (mean valence) x 3F pairs.
+    """
+    F = len(faces)
+    vertex = faces.ravel()
+    order = np.argsort(vertex, kind="stable")
+    sorted_vertex = vertex[order]
+    starts = np.flatnonzero(np.r_[True, sorted_vertex[1:] != sorted_vertex[:-1]])
+    sizes = np.diff(np.r_[starts, len(vertex)])
+    group = np.repeat(np.arange(len(starts)), sizes)  # group of each sorted corner
+    # every ordered pair (corner a, corner b) of the same vertex, a and b in sorted order
+    a = np.repeat(np.arange(len(vertex)), sizes[group])
+    offset = np.arange(len(a)) - np.repeat(np.cumsum(sizes[group]) - sizes[group], sizes[group])
+    b = starts[group[a]] + offset
+    face_a, face_b = order[a] // 3, order[b] // 3
+    cos = np.einsum("ij,ij->i", face_normals[face_a], face_normals[face_b])
+    keep = (cos >= np.cos(np.radians(crease_deg))) | (face_a == face_b)
+    weighted = face_normals[face_b[keep]] * face_areas[face_b[keep], None]
+    out = np.zeros((3 * F, 3))
+    corner = order[a[keep]]
+    for k in range(3):
+        out[:, k] = np.bincount(corner, weights=weighted[:, k], minlength=3 * F)
+    norm = np.linalg.norm(out, axis=1, keepdims=True)
+    out = np.where(norm > 1e-300, out / np.maximum(norm, 1e-300), face_normals[np.arange(3 * F) // 3])
+    return out.reshape(F, 3, 3)
+
+
 def render_mesh(mesh: trimesh.Trimesh | MeshRayCaster, cameras: Cameras, *, smooth: bool = True,
                 supersample: int = 1, lights: LightSpec = None, ambient: float = 0.1,
-                albedo: float = 1.0) -> dict[str, np.ndarray]:
+                albedo: float = 1.0, crease_deg: float | None = 60.0) -> dict[str, np.ndarray]:
     """Ray-cast a world-space mesh into masks, normals, depth and shaded images.
 
     Builds the Embree BVH for `mesh` (pass a `MeshRayCaster` instead to reuse one across calls) and
     calls `MeshRayCaster.render`; see there for the outputs (numpy float32: mask (B, H, W), normal
     (B, H, W, 3) world space, depth (B, H, W) camera z, image (B, H, W)) and the supersampling rules.
     """
-    caster = mesh if isinstance(mesh, MeshRayCaster) else MeshRayCaster(mesh)
+    caster = mesh if isinstance(mesh, MeshRayCaster) else MeshRayCaster(mesh, crease_deg=crease_deg)
     return caster.render(cameras, smooth=smooth, supersample=supersample, lights=lights,
                          ambient=ambient, albedo=albedo)
