@@ -40,7 +40,7 @@ SHARED = HERE.parents[1] / "shared" / "data" / "meshes"
 MESHES = {"bunny": "bunny.ply", "spot": "spot.obj", "nefertiti": "nefertiti.obj",
           "lee_perry_smith_head": "lee_perry_smith_head.obj", "rocker-arm": "rocker-arm.obj"}
 COLUMNS = ["mesh", "method", "gradient / schedule", "run iterations", "iteration", "optimisation s", "chamfer",
-           "F@0.5%", "F@0.25%", "normal consistency", "F@0.5% seen", "GT seen"]
+           "F@0.5%", "F@0.25%", "normal consistency", "F@0.5% seen", "GT seen", "final lattice"]
 
 
 LIGHTS = ((0.5, 1.0, 0.5), (-1.0, 0.3, 0.4), (0.3, -0.2, -1.0))  # the 3 known lights of shading scenes
@@ -87,9 +87,17 @@ def fit_curve(name: str, gt, scene, method: str, mode: str, iters: int, points: 
             rows.append([name, method, mode, iters, result.iterations, round(result.seconds, 1),
                          round(m["chamfer"], 5), round(m["fscore"]["0.005"], 4), round(m["fscore"]["0.0025"], 4),
                          round(m["normal_consistency"], 4), round(seen["fscore"]["0.005"], 4),
-                         round(seen["gt_seen_fraction"], 4)])
+                         round(seen["gt_seen_fraction"], 4), _lattice(fit)])
             print(rows[-1], flush=True)
     return rows
+
+
+def _lattice(fit) -> str:
+    """SDFDiff's lattice resolution at this point of the run ("-" for fields without one)."""
+    from zerolevel.fields.grid import DenseGridSDF
+
+    field = getattr(fit, "field", None)
+    return f"{field.resolution[0]}^3" if isinstance(field, DenseGridSDF) else "-"
 
 
 def _world_centres(scene) -> np.ndarray:

@@ -27,8 +27,12 @@ def test_short_fit_reaches_a_modest_fscore(small_scene, tmp_path, capsys):
                  "--gt", str(example_mesh_path()), "-q", "--threads", "2"])
     assert code == 0, capsys.readouterr().err
     for name in ("mesh.ply", "checkpoint.pt", "log.jsonl", "report.html", "report/normals.png",
-                 "report/losses.svg", "metrics.json", "summary.json"):
+                 "report/losses.svg", "report/silhouettes.png", "report/turntable.gif", "metrics.json",
+                 "summary.json"):
         assert (out / name).is_file(), name
+    ious = json.loads((out / "summary.json").read_text())["silhouette_iou"]
+    assert len(ious["per_view"]) == 8 and ious["min"] == min(ious["per_view"])
+    assert 0.8 < ious["min"] <= ious["mean"] <= 1  # the initial sphere's silhouettes score ~0.5
     metrics = json.loads((out / "metrics.json").read_text())
     # 60 iterations: far from converged but far from the initial sphere, which scores
     # F@0.5% = 0.03 and Chamfer 0.075 against Spot

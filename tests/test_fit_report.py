@@ -8,7 +8,11 @@ import imageio.v3 as iio
 import numpy as np
 
 from zerolevel.cameras import Cameras
-from zerolevel.recon.fit_report import loss_curves_svg, write_fit_report
+import trimesh
+from PIL import Image
+
+from zerolevel.recon.fit_report import (loss_curves_svg, silhouette_ious, silhouette_sheet, turntable_cameras,
+                                        turntable_frames, write_fit_report)
 from zerolevel.scene import Scene
 
 SVG = "{http://www.w3.org/2000/svg}"
@@ -72,3 +76,42 @@ def test_missing_log_and_mask_only_scene_still_give_a_report(tmp_path):
     assert "Metrics" not in path.read_text()
     svg = ET.parse(tmp_path / "report" / "losses.svg").getroot()
     assert svg.findall(f"{SVG}polyline") == []
+
+
+def test_silhouette_iou_and_sheet_colours():
+    scene = _scene(n=2)
+    full = scene.views[0].mask.astype(bool)
+    half = full.copy()
+    half[:, :8] = False  # keeps half the disc
+    extra = full | np.eye(16, dtype=bool)
+    ious = silhouette_ious(scene, [half, extra])
+    assert np.isclose(ious[0], half.sum() / full.sum())
+    assert np.isclose(ious[1], full.sum() / extra.sum())
+    sheet = silhouette_sheet(scene, [half, extra], [0, 1], columns=2)
+    colours = {tuple(c) for c in sheet.reshape(-1, 3)}
+    assert {(150, 150, 150), (220, 30, 30), (40, 80, 230), (255, 255, 255)} <= colours
+
+
+def test_turntable_circles_the_up_axis_and_shows_the_object(tmp_path):
+    scene = _scene(n=4)  # a ring about +y at elevation 30 degrees
+    cameras = turntable_cameras(scene, frames=8, size=32)
+    centres = cameras.centers.double().numpy()
+    first = scene.cameras().centers[0].double().numpy()
+    np.testing.assert_allclose(centres[0], first, atol=1e-5)
+    np.testing.assert_allclose(centres[:, 1], first[1], atol=1e-5)  # same height above the turntable
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), np.linalg.norm(first), atol=1e-5)
+    np.testing.assert_allclose(cameras.forward.double().numpy(), -centres / np.linalg.norm(centres, axis=1,
+                               keepdims=True), atol=1e-5)
+    frames = turntable_frames(trimesh.creation.icosphere(3, radius=0.8), scene, frames=8, size=32)
+    assert len(frames) == 8 and frames[0].shape == (32, 32, 3)
+    for frame in frames:  # a sphere looks the same from every side, and fills the view's middle
+        assert (frame[16, 16] < 250).all() and (frame[0, 0] == 255).all()
+        assert np.abs(frame.astype(int) - frames[0]).mean() < 2
+    rendered = [v.normal for v in scene.views[:1]]
+    write_fit_report(tmp_path, title="t", scene=scene, rendered_normals=rendered, rendered_masks=[scene.views[0].mask],
+                     view_indices=[0], settings={}, timings={}, metrics=None, log_path=tmp_path / "none.jsonl",
+                     silhouette_iou=[1.0, 0.9, 0.95, 1.0], turntable=frames)
+    page = (tmp_path / "report.html").read_text()
+    assert 'src="report/turntable.gif"' in page and "min 0.9000" in page
+    with Image.open(tmp_path / "report" / "turntable.gif") as gif:
+        assert gif.n_frames == 8

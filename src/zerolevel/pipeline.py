@@ -116,7 +116,8 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
             gt_path: str | Path | None = None, device: str = "cpu", seed: int = 0,
             progress: bool = True, schedule: str | None = None) -> dict:
     """Fit a scene folder (or NeuS folder) and write `output/mesh.ply` in the input's units, with
-    `checkpoint.pt`, `log.jsonl` and a summary; with `gt_path`, also `metrics.json`.
+    `checkpoint.pt`, `log.jsonl`, `summary.json` (with the silhouette IoU per view when the scene has
+    masks) and `report.html`; with `gt_path`, also `metrics.json`.
 
     `schedule` picks SDFDiff's update schedule ("plain" or "greedy"; other methods ignore it).
     Returns a summary dict (iterations, seconds, stopped, losses, metrics when a GT is given).
@@ -151,22 +152,29 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
     if gt is not None:
         summary["metrics"] = evaluate(mesh, gt, seed=seed)
         write_json(output / "metrics.json", summary["metrics"])
+    ious = silhouette_iou(scene, mesh)
+    if ious is not None:
+        summary["silhouette_iou"] = ious
     write_json(output / "summary.json", summary)
     report = _write_fit_report(output, scene, mesh, summary, fitter.config, scene_path)
     print(result.summary())
+    if ious is not None:
+        print(f"silhouette IoU per view: mean {ious['mean']:.4f}, min {ious['min']:.4f}")
     print(f"wrote {output / 'mesh.ply'} and {report}")
     return summary
 
 
 def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary: dict, config,
                       scene_path) -> Path:
-    """The fit's report: input normals beside the result rendered from the same views, losses, settings."""
+    """The fit's report: input views beside the result rendered from the same views, silhouette IoU
+    per view (when the scene has masks), a turntable of the result, losses, settings."""
     from dataclasses import asdict
 
-    from .recon.fit_report import write_fit_report
+    from .recon.fit_report import silhouette_sheet, turntable_frames, write_fit_report
 
+    working = transform_mesh(mesh, np.linalg.inv(scene.to_world))
     shown = list(np.linspace(0, len(scene.views) - 1, min(6, len(scene.views))).round().astype(int))
-    rendered = render_mesh(transform_mesh(mesh, np.linalg.inv(scene.to_world)), scene.cameras()[shown])
+    rendered = render_mesh(working, scene.cameras()[shown])
     settings = {"scene": str(scene_path), "method": summary["method"], "views": len(scene.views),
                 "modalities": ", ".join(sorted(scene.modalities())), **asdict(config)}
     timings = {"iterations": summary["iterations"], "optimisation (s)": summary["seconds"],
@@ -176,10 +184,33 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
     if metrics is not None:
         flat = {"chamfer": metrics["chamfer"], **{f"F-score @ {t}": v for t, v in metrics["fscore"].items()},
                 "normal consistency": metrics["normal_consistency"]}
+    ious, sheet = None, None
+    if "silhouette_iou" in summary:
+        ious = summary["silhouette_iou"]["per_view"]
+        picked = list(np.linspace(0, len(scene.views) - 1, min(8, len(scene.views))).round().astype(int))
+        sheet = silhouette_sheet(scene, list(render_mesh(working, scene.cameras()[picked])["mask"]), picked)
     return write_fit_report(output, title=f"zerolevel fit ({summary['method']})", scene=scene,
                             rendered_normals=list(rendered["normal"]), rendered_masks=list(rendered["mask"] > 0.5),
                             view_indices=shown, settings=settings, timings=timings, metrics=flat,
-                            log_path=output / "log.jsonl")
+                            log_path=output / "log.jsonl", silhouette_iou=ious, silhouettes=sheet,
+                            turntable=turntable_frames(working, scene))
+
+
+def silhouette_iou(scene: Scene, mesh: trimesh.Trimesh) -> dict | None:
+    """IoU per view of the scene's masks and the silhouettes of `mesh` (in the scene's world units,
+    as `fit` writes it), with their mean and minimum; None when the scene has no masks."""
+    from .recon.fit_report import silhouette_ious
+
+    if "mask" not in scene.modalities():
+        return None
+    working = transform_mesh(mesh, np.linalg.inv(scene.to_world))
+    cameras = scene.cameras()
+    masks = []
+    for start in range(0, len(cameras), 8):
+        masks += list(render_mesh(working, cameras[start:start + 8])["mask"])
+    ious = silhouette_ious(scene, masks)
+    return {"per_view": [round(v, 5) for v in ious], "mean": round(float(np.mean(ious)), 5),
+            "min": round(float(np.min(ious)), 5)}
 
 
 def make_fitter(method: str, scene: Scene, iters: int, device: str = "cpu", seed: int = 0,

@@ -1,10 +1,11 @@
 """The report of a fit: one HTML page with images beside it, readable offline.
 
 `write_fit_report` writes `OUT/report.html` and, under `OUT/report/`, `normals.png` (input normal
-maps of a few views above the fitted result's rendered normals) and `losses.svg` (the loss curves of
-the run's log, drawn here as plain SVG: no plotting library needed). The page references the images
-by relative paths, so the output folder can be moved or archived whole. Every file is written
-atomically.
+maps of a few views above the fitted result's rendered normals), `losses.svg` (the loss curves of
+the run's log, drawn here as plain SVG: no plotting library needed) and, when given, `silhouettes.png`
+(input masks against the result's, with the IoU of every view) and `turntable.gif` (the result
+turning about the cameras' up axis). The page references the images by relative paths, so the output
+folder can be moved or archived whole. Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import math
 from pathlib import Path
 
 import numpy as np
+import trimesh
 
 from ..atomic import atomic_path
+from ..cameras import Cameras
 from ..report import (contact_sheet, metrics_table_html, normals_to_rgb, to_uint8_rgb, write_html_report,
                       write_png)
+from ..render.raycast import DirectionalLight, render_mesh
 from ..scene import Scene
 from .loop import read_log
 
@@ -28,7 +32,9 @@ _NOT_LOSSES = ("iter", "time")
 
 def write_fit_report(out_dir: Path, *, title: str, scene: Scene, rendered_normals: list[np.ndarray],
                      rendered_masks: list[np.ndarray], view_indices: list[int], settings: dict,
-                     timings: dict, metrics: dict | None, log_path: Path) -> Path:
+                     timings: dict, metrics: dict | None, log_path: Path,
+                     silhouette_iou: list[float] | None = None, silhouettes: np.ndarray | None = None,
+                     turntable: list[np.ndarray] | None = None) -> Path:
     """Write `out_dir/report.html` with `out_dir/report/normals.png` and `out_dir/report/losses.svg`.
 
     Args:
@@ -41,6 +47,9 @@ def write_fit_report(out_dir: Path, *, title: str, scene: Scene, rendered_normal
         settings, timings: flat name -> value tables (method settings; seconds per stage).
         metrics: name -> value against ground truth, or None when there is none.
         log_path: the run's JSON-lines loss log (`recon.loop.LOG`); a missing log gives an empty plot.
+        silhouette_iou: per scene view, the IoU of the input mask and the result's silhouette.
+        silhouettes: a picture of input masks against the result's (`silhouette_sheet`).
+        turntable: frames of the result turning (`turntable_frames`), written as a looping GIF.
     Returns:
         The path of the HTML page.
     """
@@ -56,6 +65,19 @@ def write_fit_report(out_dir: Path, *, title: str, scene: Scene, rendered_normal
                     f'<img src="{REPORT_DIR}/normals.png" alt="normal maps">'),
         ("Losses", f'<img src="{REPORT_DIR}/losses.svg" alt="loss curves">'),
     ]
+    if turntable:
+        write_gif(images / "turntable.gif", turntable)
+        sections.insert(0, ("Result", f'<img src="{REPORT_DIR}/turntable.gif" alt="the result turning">'))
+    if silhouette_iou is not None:
+        ious = np.asarray(silhouette_iou, dtype=np.float64)
+        text = (f'<p>Silhouette IoU of the input masks and the result, per view: mean {ious.mean():.4f}, '
+                f'min {ious.min():.4f} (view {html.escape(scene.views[int(ious.argmin())].name)}).</p>')
+        if silhouettes is not None:
+            write_png(images / "silhouettes.png", silhouettes)
+            text += (f'<p>Grey: both; red: input only (missed); blue: result only (extra).</p>'
+                     f'<img src="{REPORT_DIR}/silhouettes.png" alt="silhouettes">')
+        rows = {scene.views[i].name: round(float(v), 4) for i, v in enumerate(ious)}
+        sections.append(("Silhouettes", text + metrics_table_html(rows)))
     if metrics:
         sections.append(("Metrics", metrics_table_html(metrics)))
     sections.append(("Settings", metrics_table_html(settings)))
@@ -77,6 +99,74 @@ def normals_sheet(scene: Scene, rendered_normals: list[np.ndarray], rendered_mas
     bottom = [normals_to_rgb(np.asarray(n), np.asarray(m) > 0.5) for n, m in zip(rendered_normals, rendered_masks)]
     top = [_resize_nearest(_input_picture(scene, i), b.shape[:2]) for i, b in zip(view_indices, bottom)]
     return contact_sheet(top + bottom, columns=len(view_indices))
+
+
+def silhouette_ious(scene: Scene, rendered_masks: list[np.ndarray]) -> list[float]:
+    """IoU of each view's input mask and the result's rendered coverage (both thresholded at 0.5)."""
+    ious = []
+    for view, rendered in zip(scene.views, rendered_masks):
+        a, b = np.asarray(view.mask) > 0.5, np.asarray(rendered) > 0.5
+        union = np.logical_or(a, b).sum()
+        ious.append(float(np.logical_and(a, b).sum() / union) if union else 1.0)
+    return ious
+
+
+def silhouette_sheet(scene: Scene, rendered_masks: list[np.ndarray], view_indices: list[int],
+                     columns: int = 4) -> np.ndarray:
+    """(rows, columns, 3) uint8 sheet of input masks against the result's: grey where both cover
+    the pixel, red where only the input does (missed), blue where only the result does (extra)."""
+    tiles = []
+    for i, rendered in zip(view_indices, rendered_masks):
+        a, b = np.asarray(scene.views[i].mask) > 0.5, np.asarray(rendered) > 0.5
+        tile = np.full(a.shape + (3,), 255, np.uint8)
+        tile[a & b] = (150, 150, 150)
+        tile[a & ~b] = (220, 30, 30)
+        tile[~a & b] = (40, 80, 230)
+        tiles.append(tile)
+    return contact_sheet(tiles, columns=columns)
+
+
+def turntable_cameras(scene: Scene, frames: int = 24, size: int = 256) -> Cameras:
+    """`frames` cameras circling the working-space origin about the input cameras' mean up axis.
+
+    They start at the first input camera's position (so its elevation above the turntable is kept)
+    and see the whole unit sphere, in which the result lies.
+    """
+    cameras = scene.cameras()
+    up = -cameras.R[:, 1, :].double().mean(0).numpy()  # OpenCV: image y points down
+    up /= max(np.linalg.norm(up), 1e-12)
+    start = cameras.centers[0].double().numpy()
+    distance = max(float(np.linalg.norm(start)), 1.5)
+    start *= distance / max(float(np.linalg.norm(start)), 1e-12)
+    angles = 2 * np.pi * np.arange(frames) / frames
+    # Rodrigues rotation of `start` about `up`
+    along = up * (start @ up)
+    across = start - along
+    eyes = (along + np.cos(angles)[:, None] * across + np.sin(angles)[:, None] * np.cross(up, across))
+    fov = 2 * np.degrees(np.arcsin(1.0 / distance)) * 1.05
+    return Cameras.look_at(eyes, up=up, fov_deg=fov, width=size, height=size)
+
+
+def turntable_frames(mesh: trimesh.Trimesh, scene: Scene, frames: int = 24, size: int = 256) -> list[np.ndarray]:
+    """Grey renders on white of a working-space `mesh` turning (`turntable_cameras`), each lit by a
+    light above and to the left of its camera, so that relief reads as it does in a studio shot."""
+    cameras = turntable_cameras(scene, frames, size)
+    R = cameras.R.double().numpy()  # rows: camera right, down, forward in world space
+    key = -R[:, 2] - 0.6 * R[:, 1] - 0.4 * R[:, 0]
+    lights = [[DirectionalLight(direction=d / np.linalg.norm(d))] for d in key]  # one per view
+    out = render_mesh(mesh, cameras, supersample=2, lights=lights, albedo=0.8, ambient=0.15)
+    grey = out["image"] + (1 - out["mask"])  # shading is premultiplied by coverage: composite on white
+    return [to_uint8_rgb(np.clip(frame, 0, 1)) for frame in grey]
+
+
+def write_gif(path: Path, frames: list[np.ndarray], seconds_per_turn: float = 4.0) -> None:
+    """Write RGB frames as a looping GIF, atomically."""
+    from PIL import Image
+
+    pictures = [Image.fromarray(frame) for frame in frames]
+    with atomic_path(path) as tmp:
+        pictures[0].save(tmp, format="GIF", save_all=True, append_images=pictures[1:], loop=0,
+                         duration=int(1000 * seconds_per_turn / len(frames)))
 
 
 def _input_picture(scene: Scene, index: int) -> np.ndarray:
