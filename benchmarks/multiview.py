@@ -16,11 +16,13 @@ Writes results/multiview.md and .json.
     python benchmarks/multiview.py [--meshes spot bunny ...] [--modes dfd analytic fd]
                                    [--runs 400 2000] [--points 2]
     python benchmarks/multiview.py --methods sdfdiff --observations shading --modes plain greedy
+    python benchmarks/multiview.py --methods tetsdf --meshes bunny spot ... makehuman --runs 300
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -34,26 +36,31 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _report import write_report  # noqa: E402
+from _report import RESULTS_DIR, write_report  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data" / "meshes"
 MESHES = {"bunny": "bunny.ply", "spot": "spot.obj", "nefertiti": "nefertiti.obj",
-          "lee_perry_smith_head": "lee_perry_smith_head.obj", "rocker-arm": "rocker-arm.obj"}
+          "lee_perry_smith_head": "lee_perry_smith_head.obj", "rocker-arm": "rocker-arm.obj",
+          "makehuman": "makehuman_base_hm08.obj"}
+DEFAULT_MESHES = ["bunny", "spot", "nefertiti", "lee_perry_smith_head", "rocker-arm"]
 COLUMNS = ["mesh", "method", "gradient / schedule", "run iterations", "iteration", "optimisation s", "chamfer",
-           "F@0.5%", "F@0.25%", "normal consistency", "F@0.5% seen", "GT seen", "final lattice"]
+           "F@0.5%", "F@0.25%", "normal consistency", "F@0.5% seen", "GT seen", "final grid"]
 
 
 LIGHTS = ((0.5, 1.0, 0.5), (-1.0, 0.3, 0.4), (0.3, -0.2, -1.0))  # the 3 known lights of shading scenes
-MODES = {"supernormal": ("dfd", "analytic", "fd"), "sdfdiff": ("plain", "greedy")}
+MODES = {"supernormal": ("dfd", "analytic", "fd"), "sdfdiff": ("plain", "greedy"), "tetsdf": ("band",)}
 
 
 def make_method(method: str, scene, iters: int, mode: str):
     """`mode`: SuperNormal's gradient mode, or SDFDiff's schedule."""
     from zerolevel.recon.sdfdiff import SDFDiff, SDFDiffConfig
     from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
+    from zerolevel.recon.tetsdf import TetSDF
 
     if method == "supernormal":
         return SuperNormal(scene, iters, config=SuperNormalConfig(gradient=mode))
+    if method == "tetsdf":
+        return TetSDF(scene, iters)
     return SDFDiff(scene, iters, config=SDFDiffConfig(schedule=mode))
 
 
@@ -87,17 +94,22 @@ def fit_curve(name: str, gt, scene, method: str, mode: str, iters: int, points: 
             rows.append([name, method, mode, iters, result.iterations, round(result.seconds, 1),
                          round(m["chamfer"], 5), round(m["fscore"]["0.005"], 4), round(m["fscore"]["0.0025"], 4),
                          round(m["normal_consistency"], 4), round(seen["fscore"]["0.005"], 4),
-                         round(seen["gt_seen_fraction"], 4), _lattice(fit)])
+                         round(seen["gt_seen_fraction"], 4), _grid_size(fit, mesh)])
             print(rows[-1], flush=True)
     return rows
 
 
-def _lattice(fit) -> str:
-    """SDFDiff's lattice resolution at this point of the run ("-" for fields without one)."""
+def _grid_size(fit, mesh) -> str:
+    """SDFDiff's lattice, or the tet grid's lattice, tetrahedra and triangles ("-" for hash grids)."""
     from zerolevel.fields.grid import DenseGridSDF
 
     field = getattr(fit, "field", None)
-    return f"{field.resolution[0]}^3" if isinstance(field, DenseGridSDF) else "-"
+    if isinstance(field, DenseGridSDF):
+        return f"{field.resolution[0]}^3"
+    grid = getattr(fit, "grid", None)
+    if grid is not None:
+        return f"{grid.resolution}^3 band: {len(grid.tets) / 1e3:.0f}k tets, {len(mesh.faces) / 1e3:.0f}k triangles"
+    return "-"
 
 
 def _world_centres(scene) -> np.ndarray:
@@ -105,6 +117,19 @@ def _world_centres(scene) -> np.ndarray:
     centres = scene.cameras().centers.double().numpy()
     to_world = np.asarray(scene.to_world, dtype=np.float64)
     return centres @ to_world[:3, :3].T + to_world[:3, 3]
+
+
+def merge_rows(name: str, rows: list[list], command: str) -> tuple[list[list], str]:
+    """The rows of an earlier results/NAME.json that `rows` do not redo, then `rows`; both commands."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.is_file():
+        return rows, command
+    old = json.loads(path.read_text())
+    redone = {tuple(r[:4]) for r in rows}
+    kept = [r + ["-"] * (len(COLUMNS) - len(r)) for r in old["rows"] if tuple(r[:4]) not in redone]
+    order = {mesh: i for i, mesh in enumerate(MESHES)}
+    merged = sorted(kept + rows, key=lambda r: order.get(r[0], len(order)))  # stable: runs keep their order
+    return merged, f"{old['command']}`, then `{command}"
 
 
 def summary(rows: list[list]) -> str:
@@ -131,9 +156,9 @@ def main() -> None:
     from zerolevel.geometry.mesh import close_holes, load_mesh
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
-    parser.add_argument("--methods", nargs="+", default=["supernormal"], choices=["supernormal", "sdfdiff"])
-    parser.add_argument("--modes", nargs="+", default=None, choices=["dfd", "analytic", "fd", "plain", "greedy"],
+    parser.add_argument("--meshes", nargs="+", default=DEFAULT_MESHES, choices=list(MESHES))
+    parser.add_argument("--methods", nargs="+", default=["supernormal"], choices=list(MODES))
+    parser.add_argument("--modes", nargs="+", default=None, choices=[m for modes in MODES.values() for m in modes],
                         help="SuperNormal gradient modes / SDFDiff schedules (default: dfd / plain)")
     parser.add_argument("--observations", default="normals", choices=["normals", "shading"],
                         help="normal maps + masks, or shading under 3 known lights + masks")
@@ -147,6 +172,9 @@ def main() -> None:
                         help="render and score the meshes as they are, not with their holes capped "
                              "(`render --close-holes`: the bunny's base is open)")
     parser.add_argument("--name", default="multiview", help="results file stem (default: multiview)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of results/NAME.json that this run does not redo (same mesh, "
+                             "method, mode and run length), so a long table can be filled in parts")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     rows = []
@@ -164,8 +192,11 @@ def main() -> None:
                 # every run length for the first mode; the others are compared on the shortest
                 for iters in (args.runs if index == 0 else [min(args.runs)]):
                     rows += fit_curve(name, gt, scene, method, mode, iters, args.points)
+    command = "python benchmarks/multiview.py " + " ".join(sys.argv[1:])
+    if args.merge:
+        rows, command = merge_rows(args.name, rows, command)
     write_report(args.name, "Multi-view fits on rendered scenes: quality against optimisation time",
-                 "python benchmarks/multiview.py " + " ".join(sys.argv[1:]), COLUMNS, rows,
+                 command, COLUMNS, rows,
                  notes=(f"{args.views} views at {args.res}^2 ("
                         f"{'normals' if args.observations == 'normals' else 'shading under 3 known lights'}"
                         f" + masks) per mesh"

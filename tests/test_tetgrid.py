@@ -82,3 +82,12 @@ def test_save_load_round_trip_and_bad_file(tmp_path):
         TetGrid.load(tmp_path / "bad.pt")
     with pytest.raises(InputError, match="no such file"):
         TetGrid.load(tmp_path / "missing.pt")
+
+
+def test_two_subdivisions_carry_values_across_band_faces():
+    grid = TetGrid.regular(6)
+    values = grid.vertices.double().norm(dim=1) - 0.5
+    for _ in range(2):  # the second refines a band grid: its vertices on the band's faces must be found
+        grid, values = grid.subdivide(values, band=1)
+    torch.testing.assert_close(values, TetGrid.regular(6).evaluate(grid.vertices, TetGrid.regular(6).vertices
+                                                                   .double().norm(dim=1) - 0.5))

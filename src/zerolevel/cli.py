@@ -41,6 +41,7 @@ EPILOG_FIT = """examples:
   zerolevel fit spot_scene -o spot_fit                     # SuperNormal on normals + masks
   zerolevel fit spot_scene -o spot_fit --budget 120 --gt spot.obj
   zerolevel fit spot_scene -o spot_fit --resume            # continue an interrupted fit
+  zerolevel fit spot_scene -o spot_fit --method tetsdf     # Wu et al.'s tet-grid SDF
 """
 EPILOG_EXTRACT = """examples:
   zerolevel extract spot_fit/checkpoint.pt -o spot_512.ply --resolution 512
@@ -134,16 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_FIT, formatter_class=formatter)
     p.add_argument("scene", help="scene folder (or NeuS folder)")
     p.add_argument("-o", "--output", required=True, help="folder for mesh.ply, checkpoint.pt, log.jsonl")
-    p.add_argument("--method", default="supernormal", choices=["supernormal", "sdfdiff"],
+    p.add_argument("--method", default="supernormal", choices=["supernormal", "sdfdiff", "tetsdf"],
                    help="supernormal: hash-grid SDF, NeuS patch volume rendering, DFD (default); "
-                        "sdfdiff: dense SDF lattice, sphere tracing, coarse to fine")
+                        "sdfdiff: dense SDF lattice, sphere tracing, coarse to fine; "
+                        "tetsdf: SDF on a tetrahedral grid, marching tetrahedra, rasterised normal maps")
     p.add_argument("--schedule", choices=["plain", "greedy"],
                    help="sdfdiff: random pixels of all views per step (plain, default) or SDFDiff's "
                         "per-view greedy updates")
     p.add_argument("--iters", type=int, default=1000, help="iterations in all (default: 1000)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much optimisation time")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
-    p.add_argument("--resolution", type=int, default=256, help="marching-cubes resolution (default: 256)")
+    p.add_argument("--resolution", type=int, default=256,
+                   help="marching-cubes resolution (default: 256; tetsdf meshes its own grid)")
     p.add_argument("--gt", metavar="MESH", help="ground-truth mesh in the scene's input units: adds metrics")
     _add_common(p)
 

@@ -108,7 +108,7 @@ def run_demo(output: Path, views: int = 24, resolution: int = 128, iters: int = 
     return summary["metrics"]
 
 
-FIT_METHODS = ("supernormal", "sdfdiff")
+FIT_METHODS = ("supernormal", "sdfdiff", "tetsdf")
 
 
 def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", iters: int = 1000,
@@ -225,15 +225,20 @@ def make_fitter(method: str, scene: Scene, iters: int, device: str = "cpu", seed
 
         config = SDFDiffConfig() if schedule is None else SDFDiffConfig(schedule=schedule)
         return SDFDiff(scene, iters, config=config, device=device, seed=seed, source=source)
+    if method == "tetsdf":
+        from .recon.tetsdf import TetSDF
+
+        return TetSDF(scene, iters, device=device, seed=seed, source=source)
     raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
 
 
 def run_extract(checkpoint: str | Path, output: str | Path, resolution: int = 256, device: str = "cpu",
                 progress: bool = True) -> trimesh.Trimesh:
-    """Mesh a fitted field from a fit's `checkpoint.pt` at `resolution`, in the input's units."""
+    """Mesh a fitted field from a fit's `checkpoint.pt` at `resolution` (a tet-SDF fit: by marching
+    tetrahedra on its own grid), in the input's units."""
     from .atomic import atomic_path
     from .geometry.extract import marching_cubes_narrow_band
-    from .recon import sdfdiff, supernormal
+    from .recon import sdfdiff, supernormal, tetsdf
     from .recon.loop import load_checkpoint
 
     checkpoint = Path(checkpoint)
@@ -245,10 +250,13 @@ def run_extract(checkpoint: str | Path, output: str | Path, resolution: int = 25
             raise KeyError("method")
     except Exception as exc:  # not a zerolevel fit checkpoint, or a corrupt one
         raise InputError(f"not a zerolevel fit checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
-    module = supernormal if state["method"] == "supernormal" else sdfdiff
-    field, to_world = module.field_from_state(state, device)
-    mesh = marching_cubes_narrow_band(field, resolution, device=device, keep_largest_component=True,
-                                      to_world=to_world, progress=progress)
+    if state["method"] == "tetsdf":  # the grid is the surface's own resolution
+        mesh = tetsdf.mesh_from_state(state, device)
+    else:
+        module = supernormal if state["method"] == "supernormal" else sdfdiff
+        field, to_world = module.field_from_state(state, device)
+        mesh = marching_cubes_narrow_band(field, resolution, device=device, keep_largest_component=True,
+                                          to_world=to_world, progress=progress)
     if len(mesh.faces) == 0:
         raise InputError("the fitted field has no surface inside the unit sphere", checkpoint)
     with atomic_path(output) as tmp:

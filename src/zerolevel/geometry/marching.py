@@ -61,23 +61,29 @@ def _triangle_table() -> tuple[np.ndarray, np.ndarray]:
 TRIANGLE_TABLE, TRIANGLE_COUNT = _triangle_table()
 
 
-def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor) -> tuple[Tensor, Tensor]:
+def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor,
+                        return_edges: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """The zero level set of `sdf` on a tetrahedral mesh.
 
     Args:
         vertices: (N, 3) grid vertex positions (differentiable, e.g. grid + offsets).
         tets: (T, 4) int64 positively oriented tetrahedra.
         sdf: (N,) values at the vertices, negative inside (differentiable).
+        return_edges: also return the grid edge each mesh vertex lies on.
     Returns:
         verts: (M, 3) positions of the crossings, differentiable in `vertices` and `sdf`;
-        faces: (K, 3) int64 triangles wound outward. Both empty when no tetrahedron is crossed.
+        faces: (K, 3) int64 triangles wound outward. Both empty when no tetrahedron is crossed;
+        with `return_edges`, edges: (M, 2) int64 grid vertex indices (a < b) of each crossing.
     """
     device = sdf.device
     inside = sdf.detach() < 0
     codes = (inside[tets] * torch.tensor([1, 2, 4, 8], device=device)).sum(dim=1)
     crossed = (codes > 0) & (codes < 15)
     if not crossed.any():
-        return vertices.new_zeros((0, 3)), torch.zeros((0, 3), dtype=torch.int64, device=device)
+        empty = torch.zeros((0, 3), dtype=torch.int64, device=device)
+        if return_edges:
+            return vertices.new_zeros((0, 3)), empty, empty[:, :2]
+        return vertices.new_zeros((0, 3)), empty
     tets, codes = tets[crossed], codes[crossed]
     # the 6 edges of each crossed tetrahedron, as global vertex pairs (a < b)
     pairs = torch.sort(tets[:, torch.as_tensor(TET_EDGES, device=device)], dim=2).values  # (T', 6, 2)
@@ -88,8 +94,10 @@ def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor) -> tuple[Te
     edge_vertex = torch.full(keys.shape, -1, dtype=torch.int64, device=device)
     edge_vertex[sign_change] = slot
     a, b = unique_keys // n, unique_keys % n
-    s_a, s_b = sdf[a, None], sdf[b, None]
-    verts = (vertices[a] * s_b - vertices[b] * s_a) / (s_b - s_a)
+    # index_select, not x[i]: its backward (index_add_) sums in a fixed order, where advanced
+    # indexing's multi-threaded accumulate makes runs differ in the last bits (breaks exact resume)
+    s_a, s_b = sdf.index_select(0, a)[:, None], sdf.index_select(0, b)[:, None]
+    verts = (vertices.index_select(0, a) * s_b - vertices.index_select(0, b) * s_a) / (s_b - s_a)
     # triangles by table; the second triangle only where the code has two
     table = torch.as_tensor(TRIANGLE_TABLE, device=device)[codes]  # (T', 6)
     count = torch.as_tensor(TRIANGLE_COUNT, device=device)[codes]
@@ -97,4 +105,6 @@ def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor) -> tuple[Te
     two = count == 2
     second = torch.gather(edge_vertex[two], 1, table[two, 3:])
     faces = torch.cat([first, second])
+    if return_edges:
+        return verts, faces, torch.stack([a, b], dim=1)
     return verts, faces

@@ -125,22 +125,40 @@ class TetGrid:
         return self._edges
 
     # ------------------------------------------------------------------ functions on the grid
-    def evaluate(self, points: Tensor, values: Tensor) -> Tensor:
+    def evaluate(self, points: Tensor, values: Tensor, outside: float | None = None) -> Tensor:
         """The piecewise-linear function with `values` (N,) at the vertices, at `points` (P, 3).
 
-        Points must lie in active cubes (closed); the value is Kuhn's interpolation from the 8
-        corners of the containing cube, exactly linear inside each tetrahedron. Differentiable with
-        respect to `values`.
+        The value is Kuhn's interpolation from the 8 corners of the containing cube, exactly linear
+        inside each tetrahedron; differentiable with respect to `values`. Points must lie in active
+        cubes (closed) unless `outside` is given, which is then their value (without gradient).
         """
         lo, cell = self.bounds[0], self.cell
         local = (points.double() - lo) / cell
         cube = local.floor().long().clamp(0, self.resolution - 1)
         corner_index = self._vertex_index(cube.cpu()[:, None, :] + torch.from_numpy(_CORNERS))
-        if (corner_index < 0).any():
+        # a point on a face of an active cube may floor into an inactive neighbour: try the cubes
+        # on the other side of every lattice plane the point lies on
+        on_plane = (local == local.floor()) & (local > 0)
+        for offset in _CORNERS[1:]:
+            retry = (corner_index < 0).any(dim=1) & on_plane.cpu()[:, torch.from_numpy(offset).bool()].all(dim=1)
+            if not retry.any():
+                continue
+            other = cube[retry.to(cube.device)] - torch.from_numpy(offset).to(cube.device)
+            index = self._vertex_index(other.cpu()[:, None, :] + torch.from_numpy(_CORNERS))
+            found = (index >= 0).all(dim=1)
+            rows = retry.nonzero()[:, 0][found]
+            cube[rows.to(cube.device)] = other[found.to(cube.device)]
+            corner_index[rows] = index[found]
+        corner_index = corner_index.to(values.device)
+        missing = (corner_index < 0).any(dim=1) | ((local < 0) | (local > self.resolution)).any(dim=1).to(values.device)
+        if outside is None and missing.any():
             raise ValueError("some points lie outside the grid's active cubes")
-        corner_values = values[corner_index.to(values.device)]  # (P, 8)
+        corner_values = values[corner_index.clamp_min(0)]  # (P, 8)
         u = (local - cube.double()).clamp(0, 1).to(values.dtype).to(values.device)
-        return kuhn_interpolate(corner_values, u)
+        result = kuhn_interpolate(corner_values, u)
+        if outside is not None:
+            result = torch.where(missing, torch.full_like(result, outside), result)
+        return result
 
     def interpolate(self, finer: "TetGrid", values: Tensor) -> Tensor:
         """`values` on this grid's vertices carried to the vertices of a grid that refines it."""
@@ -215,7 +233,7 @@ def kuhn_interpolate(corner_values: Tensor, u: Tensor) -> Tensor:
     picks the Kuhn tetrahedron 000 -> e_a -> e_a + e_b -> 111 that holds u, whose barycentric
     weights are (1 - u_a, u_a - u_b, u_b - u_c, u_c).
     """
-    sorted_u, order = torch.sort(u, dim=1, descending=True)
+    sorted_u, order = torch.sort(u, dim=1, descending=True, stable=True)  # ties: the same tet every run
     bits = torch.tensor([1, 2, 4], device=u.device)[order]  # (P, 3) corner bit of each step
     path = torch.cumsum(bits, dim=1)  # corners after 1, 2, 3 steps
     corners = torch.cat([torch.zeros_like(path[:, :1]), path], dim=1)  # (P, 4)

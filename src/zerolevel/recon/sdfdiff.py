@@ -46,6 +46,7 @@ from ..render.lights import DirectionalLight
 from ..render.shading import lambertian, light_tensors
 from ..render.spheretrace import sphere_trace
 from ..scene import Scene
+from .views import resample_views
 
 SCHEDULES = ("plain", "greedy")
 
@@ -140,25 +141,9 @@ class SDFDiff:
 
     def _level_views(self, lattice: int) -> tuple[Cameras, dict[str, torch.Tensor]]:
         """Cameras and targets at the render resolution tied to the lattice (area-averaged images)."""
-        cams = self.full_cameras
-        width = min(cams.width, max(8, round(self.config.pixels_per_node * lattice)))
-        scale = width / cams.width
-        if scale >= 1.0:
-            return cams, _unmix_images(dict(self.targets))
-        height = max(8, round(cams.height * scale))
-        K = cams.K.clone()
-        K[:, 0] *= width / cams.width
-        K[:, 1] *= height / cams.height
-        small = Cameras(K, cams.world_to_camera, width, height)
-        targets = {}
-        for name, value in self.targets.items():
-            image = value[:, None] if value.dim() == 3 else value.permute(0, 3, 1, 2)
-            image = F.interpolate(image, size=(height, width), mode="area")
-            targets[name] = image[:, 0] if value.dim() == 3 else image.permute(0, 2, 3, 1)
-        if "normal" in targets:  # averaged unit normals: re-normalise where the pixel is covered
-            n = targets["normal"]
-            targets["normal"] = n / n.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        return small, _unmix_images(targets)
+        width = max(8, round(self.config.pixels_per_node * lattice))
+        cameras, targets = resample_views(self.full_cameras, self.targets, width)
+        return cameras, _unmix_images(targets)
 
     # ------------------------------------------------------------------ one step
     def step(self, iteration: int) -> dict[str, float]:

@@ -717,7 +717,8 @@ def face_normals(vertices: Tensor, faces, unit: bool = True) -> Tensor:
         (F, 3) or (B, F, 3) normals (zero for degenerate faces when `unit`).
     """
     faces = torch.as_tensor(faces, device=vertices.device).long()
-    tri = vertices[..., faces, :]  # (..., F, 3, 3)
+    # index_select: its backward sums in a fixed order (advanced indexing's does not, multi-threaded)
+    tri = vertices.index_select(-2, faces.reshape(-1)).reshape(*vertices.shape[:-2], len(faces), 3, 3)
     n = torch.linalg.cross(tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :], dim=-1)
     return n / n.norm(dim=-1, keepdim=True).clamp_min(1e-20) if unit else n
 
