@@ -115,3 +115,11 @@ def test_turntable_circles_the_up_axis_and_shows_the_object(tmp_path):
     assert 'src="report/turntable.gif"' in page and "min 0.9000" in page
     with Image.open(tmp_path / "report" / "turntable.gif") as gif:
         assert gif.n_frames == 8
+
+
+def test_normals_sheet_keeps_large_views_small():
+    from zerolevel.recon.fit_report import MAX_TILE, normals_sheet
+
+    scene = _scene(n=2, size=400)
+    sheet = normals_sheet(scene, [v.normal for v in scene.views], [v.mask for v in scene.views], [0, 1])
+    assert sheet.shape[0] <= 2 * MAX_TILE + 10 and sheet.shape[1] <= 2 * MAX_TILE + 10

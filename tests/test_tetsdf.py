@@ -62,8 +62,9 @@ def test_curvature_alone_shrinks_the_area():
     assert areas[-1] < areas[0]
 
 
-def test_eikonal_term_is_exact_on_a_linear_function():
-    method = TetSDF(_sphere_scene(0.5), iters=1, config=_only("eikonal"))
+@pytest.mark.parametrize("cells", [2.0, None])
+def test_eikonal_term_is_exact_on_a_linear_function(cells):
+    method = TetSDF(_sphere_scene(0.5), iters=1, config=_only("eikonal", eikonal_cells=cells))
     slope = torch.tensor([0.6, -1.2, 0.9])
     method.values.data = method.grid.vertices @ slope  # |grad| = |slope| on every tetrahedron
     assert method._eikonal().item() == pytest.approx((slope.norm().item() - 1) ** 2, rel=1e-4)

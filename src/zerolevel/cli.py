@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", choices=["plain", "greedy"],
                    help="sdfdiff: random pixels of all views per step (plain, default) or SDFDiff's "
                         "per-view greedy updates")
-    p.add_argument("--iters", type=int, default=1000, help="iterations in all (default: 1000)")
+    p.add_argument("--iters", type=int,
+                   help="iterations in all (default: 1000; tetsdf 300, its finest level degrades beyond)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much optimisation time")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     p.add_argument("--resolution", type=int, default=256,
@@ -236,7 +237,9 @@ def cmd_import(args: argparse.Namespace) -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     from .pipeline import run_fit
 
-    _check_positive(args, "iters", "resolution")
+    _check_positive(args, "resolution")
+    if args.iters is not None:
+        _check_positive(args, "iters")
     run_fit(args.scene, Path(args.output), method=args.method, iters=args.iters, budget_s=args.budget,
             resume=args.resume, resolution=args.resolution, gt_path=args.gt, device=args.device,
             seed=args.seed, progress=not args.quiet, schedule=args.schedule)

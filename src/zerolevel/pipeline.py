@@ -109,9 +109,12 @@ def run_demo(output: Path, views: int = 24, resolution: int = 128, iters: int = 
 
 
 FIT_METHODS = ("supernormal", "sdfdiff", "tetsdf")
+# iterations of a fit when none are asked for: the tet-grid fit degrades when its finest level runs
+# much longer than ~100 iterations (benchmarks/results/multiview_tetsdf.md), so it stops sooner
+DEFAULT_ITERS = {"supernormal": 1000, "sdfdiff": 1000, "tetsdf": 300}
 
 
-def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", iters: int = 1000,
+def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", iters: int | None = None,
             budget_s: float | None = None, resume: bool = False, resolution: int = 256,
             gt_path: str | Path | None = None, device: str = "cpu", seed: int = 0,
             progress: bool = True, schedule: str | None = None) -> dict:
@@ -119,8 +122,8 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
     `checkpoint.pt`, `log.jsonl`, `summary.json` (with the silhouette IoU per view when the scene has
     masks) and `report.html`; with `gt_path`, also `metrics.json`.
 
-    `schedule` picks SDFDiff's update schedule ("plain" or "greedy"; other methods ignore it).
-    Returns a summary dict (iterations, seconds, stopped, losses, metrics when a GT is given).
+    `iters` defaults to the method's `DEFAULT_ITERS`. `schedule` picks SDFDiff's update schedule
+    ("plain" or "greedy"; other methods ignore it). Returns a summary dict (iterations, seconds, stopped, losses, metrics when a GT is given).
     Raises `InputError` for a bad scene, `recon.loop.DivergedError` when the fit diverges.
     """
     from .atomic import atomic_path, write_json
@@ -132,6 +135,7 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
 
     if method not in FIT_METHODS:
         raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
+    iters = DEFAULT_ITERS[method] if iters is None else iters
     gt = load_mesh(gt_path) if gt_path else None  # fail on a bad GT before a long fit
     scene = read_scene(scene_path)
     warnings_ = check_scene(scene, str(scene_path))

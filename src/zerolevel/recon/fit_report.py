@@ -28,6 +28,7 @@ from .loop import read_log
 REPORT_DIR = "report"
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 _NOT_LOSSES = ("iter", "time")
+MAX_TILE = 320  # largest side of a view in the report's pictures, in pixels
 
 
 def write_fit_report(out_dir: Path, *, title: str, scene: Scene, rendered_normals: list[np.ndarray],
@@ -97,7 +98,11 @@ def normals_sheet(scene: Scene, rendered_normals: list[np.ndarray], rendered_mas
     if not (len(rendered_normals) == len(rendered_masks) == len(view_indices)) or not view_indices:
         raise ValueError("need one rendered normal map and mask per chosen view (and at least one view)")
     bottom = [normals_to_rgb(np.asarray(n), np.asarray(m) > 0.5) for n, m in zip(rendered_normals, rendered_masks)]
-    top = [_resize_nearest(_input_picture(scene, i), b.shape[:2]) for i, b in zip(view_indices, bottom)]
+    size = bottom[0].shape[:2]
+    if max(size) > MAX_TILE:  # photographs of 640 x 480 and more: keep the page light
+        size = (round(size[0] * MAX_TILE / max(size)), round(size[1] * MAX_TILE / max(size)))
+    bottom = [_resize_nearest(b, size) for b in bottom]
+    top = [_resize_nearest(_input_picture(scene, i), size) for i in view_indices]
     return contact_sheet(top + bottom, columns=len(view_indices))
 
 
@@ -123,7 +128,7 @@ def silhouette_sheet(scene: Scene, rendered_masks: list[np.ndarray], view_indice
         tile[a & ~b] = (220, 30, 30)
         tile[~a & b] = (40, 80, 230)
         tiles.append(tile)
-    return contact_sheet(tiles, columns=columns)
+    return contact_sheet(tiles, columns=columns)  # full size: the errors are a pixel or two wide
 
 
 def turntable_cameras(scene: Scene, frames: int = 24, size: int = 256) -> Cameras:

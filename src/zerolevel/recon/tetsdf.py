@@ -64,6 +64,8 @@ class TetSDFConfig:
     w_expand: float = 0.1
     w_eikonal: float = 0.1
     w_curvature: float = 0.01
+    eikonal_cells: float | None = 2.0    # eikonal over tetrahedra with a value within this many cells
+                                         # of zero (None: every tetrahedron of the grid)
     margin: float = 0.1                  # shrink / expand push values this many cells past zero
     expand_rays: int = 1024              # at most this many uncovered pixels per step
     init: str = "visual_hull"            # "visual_hull" (of the masks) or "sphere"
@@ -228,10 +230,13 @@ class TetSDF:
         return (value + self.config.margin * self.grid.cell).clamp_min(0.0).mean()
 
     def _eikonal(self) -> torch.Tensor:
-        """Mean of (|grad f| - 1)^2 over the tetrahedra with a corner within 2 cells of the surface."""
-        grid = self.grid
+        """Mean of (|grad f| - 1)^2 over the tetrahedra with a corner within `eikonal_cells` of zero."""
+        grid, cells = self.grid, self.config.eikonal_cells
         f = gather_rows(self.values, grid.tets)  # (T, 4)
-        near = (f.detach().abs() < 2 * grid.cell).any(dim=1)
+        if cells is None:
+            near = torch.ones(len(f), dtype=torch.bool, device=self.device)
+        else:
+            near = (f.detach().abs() < cells * grid.cell).any(dim=1)
         kind = torch.arange(len(grid.tets), device=self.device)[near] % 6  # 6 Kuhn tetrahedra per cube
         differences = (f[near, 1:] - f[near, :1]) / grid.cell
         gradient = torch.einsum("tij,tj->ti", self.gradient_operator[kind], differences)
