@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sdfdiff: random pixels of all views per step (plain, default) or SDFDiff's "
                         "per-view greedy updates")
     p.add_argument("--iters", type=int,
-                   help="iterations in all (default: 1000; tetsdf 300, its finest level degrades beyond)")
+                   help="iterations in all (default: 1000; tetsdf 600)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much optimisation time")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     p.add_argument("--resolution", type=int, default=256,
