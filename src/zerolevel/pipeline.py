@@ -123,7 +123,8 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
     masks) and `report.html`; with `gt_path`, also `metrics.json`.
 
     `iters` defaults to the method's `DEFAULT_ITERS`. `schedule` picks SDFDiff's update schedule
-    ("plain" or "greedy"; other methods ignore it). Returns a summary dict (iterations, seconds, stopped, losses, metrics when a GT is given).
+    ("plain" or "greedy"; other methods ignore it). Returns a summary dict (iterations, seconds,
+    stopped, losses, metrics when a GT is given).
     Raises `InputError` for a bad scene, `recon.loop.DivergedError` when the fit diverges.
     """
     from .atomic import atomic_path, write_json
@@ -156,20 +157,21 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
     if gt is not None:
         summary["metrics"] = evaluate(mesh, gt, seed=seed)
         write_json(output / "metrics.json", summary["metrics"])
-    ious = silhouette_iou(scene, mesh)
-    if ious is not None:
-        summary["silhouette_iou"] = ious
+    silhouettes = _silhouettes(scene, mesh) if "mask" in scene.modalities() else None
+    if silhouettes is not None:
+        summary["silhouette_iou"] = silhouette_iou(scene, silhouettes)
     write_json(output / "summary.json", summary)
-    report = _write_fit_report(output, scene, mesh, summary, fitter.config, scene_path)
+    report = _write_fit_report(output, scene, mesh, summary, fitter.config, scene_path, silhouettes)
     print(result.summary())
-    if ious is not None:
+    if silhouettes is not None:
+        ious = summary["silhouette_iou"]
         print(f"silhouette IoU per view: mean {ious['mean']:.4f}, min {ious['min']:.4f}")
     print(f"wrote {output / 'mesh.ply'} and {report}")
     return summary
 
 
 def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary: dict, config,
-                      scene_path) -> Path:
+                      scene_path, silhouettes: list[np.ndarray] | None) -> Path:
     """The fit's report: input views beside the result rendered from the same views, silhouette IoU
     per view (when the scene has masks), a turntable of the result, losses, settings."""
     from dataclasses import asdict
@@ -189,10 +191,10 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
         flat = {"chamfer": metrics["chamfer"], **{f"F-score @ {t}": v for t, v in metrics["fscore"].items()},
                 "normal consistency": metrics["normal_consistency"]}
     ious, sheet = None, None
-    if "silhouette_iou" in summary:
+    if silhouettes is not None:
         ious = summary["silhouette_iou"]["per_view"]
         picked = list(np.linspace(0, len(scene.views) - 1, min(8, len(scene.views))).round().astype(int))
-        sheet = silhouette_sheet(scene, list(render_mesh(working, scene.cameras()[picked])["mask"]), picked)
+        sheet = silhouette_sheet(scene, [silhouettes[i] for i in picked], picked)
     return write_fit_report(output, title=f"zerolevel fit ({summary['method']})", scene=scene,
                             rendered_normals=list(rendered["normal"]), rendered_masks=list(rendered["mask"] > 0.5),
                             view_indices=shown, settings=settings, timings=timings, metrics=flat,
@@ -200,19 +202,24 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
                             turntable=turntable_frames(working, scene))
 
 
-def silhouette_iou(scene: Scene, mesh: trimesh.Trimesh) -> dict | None:
-    """IoU per view of the scene's masks and the silhouettes of `mesh` (in the scene's world units,
-    as `fit` writes it), with their mean and minimum; None when the scene has no masks."""
-    from .recon.fit_report import silhouette_ious
-
-    if "mask" not in scene.modalities():
-        return None
+def _silhouettes(scene: Scene, mesh: trimesh.Trimesh) -> list[np.ndarray]:
+    """Coverage of `mesh` (in the scene's world units, as `fit` writes it) in every view."""
     working = transform_mesh(mesh, np.linalg.inv(scene.to_world))
     cameras = scene.cameras()
     masks = []
     for start in range(0, len(cameras), 8):
         masks += list(render_mesh(working, cameras[start:start + 8])["mask"])
-    ious = silhouette_ious(scene, masks)
+    return masks
+
+
+def silhouette_iou(scene: Scene, silhouettes: list[np.ndarray] | trimesh.Trimesh) -> dict:
+    """IoU per view of the scene's masks and the given silhouettes (or those of a mesh in the scene's
+    world units, as `fit` writes it), with their mean and minimum. The scene must have masks."""
+    from .recon.fit_report import silhouette_ious
+
+    if isinstance(silhouettes, trimesh.Trimesh):
+        silhouettes = _silhouettes(scene, silhouettes)
+    ious = silhouette_ious(scene, silhouettes)
     return {"per_view": [round(v, 5) for v in ious], "mean": round(float(np.mean(ious)), 5),
             "min": round(float(np.min(ious)), 5)}
 

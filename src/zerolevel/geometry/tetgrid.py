@@ -53,6 +53,10 @@ def _kuhn_tetrahedra() -> np.ndarray:
 
 
 KUHN_TETS = _kuhn_tetrahedra()  # (6, 4) corner indices per cube
+# (6, 3, 3) inverse edge matrices of the Kuhn tetrahedra of a unit cube: the gradient of the linear
+# function on a tetrahedron of kind k (tets[i] is of kind i % 6) is KUHN_GRADIENT[k] @ (f1 - f0,
+# f2 - f0, f3 - f0) / cell
+KUHN_GRADIENT = np.linalg.inv(_CORNERS[KUHN_TETS][:, 1:] - _CORNERS[KUHN_TETS][:, :1])
 TET_EDGES = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]], dtype=np.int64)  # local edges
 
 

@@ -39,7 +39,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..geometry.marching import marching_tetrahedra
-from ..geometry.tetgrid import _CORNERS, KUHN_TETS, TetGrid
+from ..geometry.tetgrid import KUHN_GRADIENT, TetGrid
 from ..render.raster import render_normals
 from ..scene import Scene
 from .views import resample_views
@@ -93,6 +93,7 @@ class TetSDF:
         if not {"normal", "mask"} & modalities:
             raise InputError("the scene has no normal maps or masks in every view: nothing to fit", source)
         self.full_cameras = scene.cameras(device=self.device)
+        self.gradient_operator = torch.as_tensor(KUHN_GRADIENT, dtype=torch.float32, device=self.device)
         self.targets: dict[str, torch.Tensor] = {}
         if "normal" in modalities:
             self.targets["normal"] = torch.as_tensor(scene.stack("normal"), device=self.device).float()
@@ -142,10 +143,6 @@ class TetSDF:
         self.optimizer = torch.optim.Adam([self.values], lr=self.base_lr, betas=(0.9, 0.99))
         width = max(16, round(c.pixels_per_cube * self.grid.resolution))
         self.cameras, self.level_targets = resample_views(self.full_cameras, self.targets, width)
-        # (6, 3, 3) inverse edge matrices of the Kuhn tetrahedra of a unit cube: the gradient of the
-        # linear function on a tetrahedron of type k is inverse[k] @ (f1 - f0, f2 - f0, f3 - f0) / cell
-        corners = torch.as_tensor(_CORNERS[KUHN_TETS], dtype=torch.float64)
-        self.gradient_operator = torch.linalg.inv(corners[:, 1:] - corners[:, :1]).float().to(self.device)
 
     # ------------------------------------------------------------------ one step
     def step(self, iteration: int) -> dict[str, float]:
