@@ -42,6 +42,7 @@ EPILOG_FIT = """examples:
   zerolevel fit spot_scene -o spot_fit --budget 120 --gt spot.obj
   zerolevel fit spot_scene -o spot_fit --resume            # continue an interrupted fit
   zerolevel fit spot_scene -o spot_fit --method tetsdf     # Wu et al.'s tet-grid SDF
+  zerolevel fit temple_scene -o temple_fit --method sdfdiff --set resolutions=16,24,32,48,64,96,128
 """
 EPILOG_EXTRACT = """examples:
   zerolevel extract spot_fit/checkpoint.pt -o spot_512.ply --resolution 512
@@ -144,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-view greedy updates")
     p.add_argument("--iters", type=int,
                    help="iterations in all (default: 1000; tetsdf 600)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a setting of the method (repeatable; lists comma-separated), e.g. "
+                        "--set lr=0.05 --set resolutions=16,32,64,128; the fit's report lists them all")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much optimisation time")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     p.add_argument("--resolution", type=int, default=256,
@@ -236,13 +240,15 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from .pipeline import run_fit
+    from .recon.settings import parse_assignments
 
     _check_positive(args, "resolution")
     if args.iters is not None:
         _check_positive(args, "iters")
     run_fit(args.scene, Path(args.output), method=args.method, iters=args.iters, budget_s=args.budget,
             resume=args.resume, resolution=args.resolution, gt_path=args.gt, device=args.device,
-            seed=args.seed, progress=not args.quiet, schedule=args.schedule)
+            seed=args.seed, progress=not args.quiet, schedule=args.schedule,
+            settings=parse_assignments(args.set))
 
 
 def cmd_extract(args: argparse.Namespace) -> None:

@@ -117,14 +117,17 @@ DEFAULT_ITERS = {"supernormal": 1000, "sdfdiff": 1000, "tetsdf": 600}
 def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", iters: int | None = None,
             budget_s: float | None = None, resume: bool = False, resolution: int = 256,
             gt_path: str | Path | None = None, device: str = "cpu", seed: int = 0,
-            progress: bool = True, schedule: str | None = None) -> dict:
+            progress: bool = True, schedule: str | None = None,
+            settings: dict[str, str] | None = None) -> dict:
     """Fit a scene folder (or NeuS folder) and write `output/mesh.ply` in the input's units, with
     `checkpoint.pt`, `log.jsonl`, `summary.json` (with the silhouette IoU per view when the scene has
     masks) and `report.html`; with `gt_path`, also `metrics.json`.
 
     `iters` defaults to the method's `DEFAULT_ITERS`. `schedule` picks SDFDiff's update schedule
-    ("plain" or "greedy"; other methods ignore it). Returns a summary dict (iterations, seconds,
-    stopped, losses, metrics when a GT is given).
+    ("plain" or "greedy"; other methods ignore it). `settings` overrides fields of the method's config
+    from text (`fit --set KEY=VALUE`, `recon.settings`); a resumed fit keeps the settings it was
+    started with and refuses different ones. Returns a summary dict (iterations, seconds, stopped,
+    losses, metrics when a GT is given).
     Raises `InputError` for a bad scene, `recon.loop.DivergedError` when the fit diverges.
     """
     from .atomic import atomic_path, write_json
@@ -144,7 +147,9 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
         print(f"warning: {line}")
     output.mkdir(parents=True, exist_ok=True)
     fitter = make_fitter(method, scene, iters, device=device, seed=seed, source=str(scene_path),
-                         schedule=schedule)
+                         schedule=schedule, settings=settings)
+    if resume:
+        _check_resumable(output, method, fitter.config)
     result = run_loop(fitter, output, LoopConfig(iters=iters, budget_s=budget_s, progress=progress),
                       resume=resume)
     t0 = time.perf_counter()
@@ -225,22 +230,50 @@ def silhouette_iou(scene: Scene, silhouettes: list[np.ndarray] | trimesh.Trimesh
 
 
 def make_fitter(method: str, scene: Scene, iters: int, device: str = "cpu", seed: int = 0,
-                source: str = "scene", schedule: str | None = None):
-    """The method object of a fit (`recon.loop.Method`) by name, with its default settings."""
-    if method == "supernormal":
-        from .recon.supernormal import SuperNormal
+                source: str = "scene", schedule: str | None = None,
+                settings: dict[str, str] | None = None):
+    """The method object of a fit (`recon.loop.Method`) by name: its default settings, SDFDiff's
+    `schedule`, then the text overrides `settings` ({"lr": "0.05", "resolutions": "16,32,64"})."""
+    from .recon.sdfdiff import SDFDiff, SDFDiffConfig
+    from .recon.settings import apply_overrides
+    from .recon.supernormal import SuperNormal, SuperNormalConfig
+    from .recon.tetsdf import TetSDF, TetSDFConfig
 
-        return SuperNormal(scene, iters, device=device, seed=seed, source=source)
-    if method == "sdfdiff":
-        from .recon.sdfdiff import SDFDiff, SDFDiffConfig
+    methods = {"supernormal": (SuperNormal, SuperNormalConfig), "sdfdiff": (SDFDiff, SDFDiffConfig),
+               "tetsdf": (TetSDF, TetSDFConfig)}
+    if method not in methods:
+        raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
+    cls, config_cls = methods[method]
+    config = config_cls(schedule=schedule) if method == "sdfdiff" and schedule else config_cls()
+    try:
+        config = apply_overrides(config, settings)
+        return cls(scene, iters, config=config, device=device, seed=seed, source=source)
+    except ValueError as error:  # a config the method rejects (e.g. resolutions that do not double)
+        raise InputError(f"--set: {error}") from None
 
-        config = SDFDiffConfig() if schedule is None else SDFDiffConfig(schedule=schedule)
-        return SDFDiff(scene, iters, config=config, device=device, seed=seed, source=source)
-    if method == "tetsdf":
-        from .recon.tetsdf import TetSDF
 
-        return TetSDF(scene, iters, device=device, seed=seed, source=source)
-    raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
+def _check_resumable(output: Path, method: str, config) -> None:
+    """A resumed fit must be the same method with the same settings as its checkpoint."""
+    from dataclasses import asdict
+
+    from .recon.loop import CHECKPOINT, load_checkpoint
+
+    path = output / CHECKPOINT
+    if not path.is_file():
+        return
+    saved = load_checkpoint(path)["method"]
+    if saved.get("method") != method:
+        raise InputError(f"the checkpoint is a {saved.get('method')} fit; resume it with --method "
+                         f"{saved.get('method')}", path)
+    ours = asdict(config)
+    changed = sorted(k for k, v in saved.get("config", {}).items() if k in ours and ours[k] != v)
+    if changed:
+        raise InputError("the checkpoint was written with other settings (" + ", ".join(
+            f"{k}={_text(saved['config'][k])}" for k in changed) + "); resume with the same --set", path)
+
+
+def _text(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
 def run_extract(checkpoint: str | Path, output: str | Path, resolution: int = 256, device: str = "cpu",

@@ -8,7 +8,7 @@ SDF along each ray) compared with the views, and the losses
 
     w_image * L1(Lambertian shading under the scene's lights, image)    where both see the object
     + w_normal * L1(rendered normal, input normal)                       where both see the object
-    + w_mask * BCE(soft silhouette, mask)
+    + w_mask * BCE(soft silhouette, mask)    (background pixels weighted `mask_background_weight`)
     + w_eikonal * mean((|grad f|^2 - 1)^2) + w_laplacian * mean((lap f)^2)   over the lattice,
 
 each image term used when every view has it (grey shaded images only: a colour photograph is not a
@@ -71,6 +71,9 @@ class SDFDiffConfig:
                                         # at 128^2, 100 it.: F@0.5% 0.98 normals + masks, 0.82 with images)
     w_normal: float = 1.0
     w_mask: float = 0.5
+    mask_background_weight: float = 1.0  # mask loss weight of background pixels (foreground: 1); > 1
+                                         # leans a fit of slightly inconsistent real silhouettes to the
+                                         # intersection of their cones (the visual hull), not the average
     w_eikonal: float = 0.1
     w_laplacian: float = 0.02
     normal_mode: str = "fd"             # rendered normals: "fd" (central differences one voxel apart,
@@ -235,7 +238,8 @@ class SDFDiff:
             losses["normal"] = c.w_normal * ((out["normal"] - target["normal"]).abs().sum(-1) * weight).sum() / count
         if "mask" in target:
             soft = out["soft_mask"].clamp(1e-4, 1 - 1e-4)
-            losses["mask"] = c.w_mask * F.binary_cross_entropy(soft, target["mask"])
+            pixel_weight = 1.0 + (c.mask_background_weight - 1.0) * (1.0 - target["mask"])
+            losses["mask"] = c.w_mask * F.binary_cross_entropy(soft, target["mask"], weight=pixel_weight)
         eikonal, laplacian = lattice_regularisers(self.field.values, float(self.field.voxel_size.max()))
         losses["eikonal"] = c.w_eikonal * eikonal
         losses["laplacian"] = c.w_laplacian * laplacian

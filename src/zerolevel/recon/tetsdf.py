@@ -59,6 +59,7 @@ class TetSDFConfig:
                                          # 128^2, 32^3 lattice, 100 it.: F@0.5% 0.895 at 0.02, 0.91 at
                                          # 0.05-0.2; 0.5 diverges: Adam moves every value ~lr a step)...
     lr_floor: float = 0.1                # ... decaying (cosine) to this fraction within a level
+    lr_decay_per_level: float = 1.0      # ... and divided by this at each finer level
     w_normal: float = 1.0
     w_mask: float = 1.0
     w_shrink: float = 0.1
@@ -139,7 +140,7 @@ class TetSDF:
             self.grid, values = self.grid.subdivide(self.values.detach(), band=c.band)
             self.values = torch.nn.Parameter(values.float())
         self.level = level
-        self.base_lr = c.lr * self.grid.cell
+        self.base_lr = c.lr * self.grid.cell / c.lr_decay_per_level ** level
         self.optimizer = torch.optim.Adam([self.values], lr=self.base_lr, betas=(0.9, 0.99))
         width = max(16, round(c.pixels_per_cube * self.grid.resolution))
         self.cameras, self.level_targets = resample_views(self.full_cameras, self.targets, width)
