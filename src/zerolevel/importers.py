@@ -192,8 +192,8 @@ def import_middlebury(src: str | Path, threshold: float = 0.1, grid: int = 64) -
     The default threshold 0.1 (README suggests 0.19) keeps the dark, shadowed parts of the
     dinosaur: at 0.19 its visual hull misses ~6 mm of the object's published bounding box. The
     temple's grey cloth-covered support is a real object seen by every view, so it passes both the
-    threshold and the hull and stays in the masks near the temple; a threshold of 0.15-0.19 drops
-    most of it (at the cost of dark parts of objects like the dinosaur).
+    threshold and the hull and stays in the masks near the temple; a threshold of 0.19-0.22 drops
+    it (at the cost of dark parts of objects like the dinosaur).
     """
     par = _find_par_file(Path(src))
     entries = _parse_par(par)
