@@ -42,6 +42,9 @@ SHARED = HERE.parents[1] / "shared" / "data" / "meshes"
 MESHES = {"bunny": "bunny.ply", "spot": "spot.obj", "nefertiti": "nefertiti.obj",
           "lee_perry_smith_head": "lee_perry_smith_head.obj", "rocker-arm": "rocker-arm.obj",
           "makehuman": "makehuman_base_hm08.obj"}
+# OBJ groups to render: MakeHuman's base mesh also holds helper geometry (joint cubes, proxy tights,
+# hair, teeth) hidden in or under the skin; its body with the long skirt proxy is a clothed figure
+GROUPS = {"makehuman": ("body", "helper-skirt")}
 DEFAULT_MESHES = ["bunny", "spot", "nefertiti", "lee_perry_smith_head", "rocker-arm"]
 COLUMNS = ["mesh", "method", "gradient / schedule", "run iterations", "iteration", "optimisation s", "chamfer",
            "F@0.5%", "F@0.25%", "normal consistency", "F@0.5% seen", "GT seen", "final grid"]
@@ -184,7 +187,8 @@ def main() -> None:
         if not path.is_file():
             print(f"{path} missing; skipping {name}")
             continue
-        gt = load_mesh(path) if args.open else close_holes(load_mesh(path))
+        gt = load_mesh(path, groups=GROUPS.get(name))
+        gt = gt if args.open else close_holes(gt)
         scene = make_scene(gt, args.observations, args.views, args.res)
         for method in args.methods:
             modes = [m for m in args.modes if m in MODES[method]] if args.modes else [MODES[method][0]]

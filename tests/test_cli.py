@@ -246,3 +246,23 @@ def test_render_close_holes_writes_the_capped_ground_truth(capsys, tmp_path):
     assert closed.is_watertight and closed.volume > 0
     assert np.allclose(closed.bounds, trimesh.Trimesh(sphere.vertices, sphere.faces[keep]).bounds)  # mesh units
     assert "closed_mesh.ply" in stdout
+
+
+def test_render_groups_renders_only_the_named_obj_groups(capsys, tmp_path):
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=0.5)
+    far_box = trimesh.creation.box(extents=(0.2, 0.2, 0.2)).apply_translation([3.0, 0.0, 0.0])
+    lines = [f"v {x} {y} {z}" for x, y, z in np.concatenate([sphere.vertices, far_box.vertices])]
+    lines += ["g body"] + [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in sphere.faces]
+    n = len(sphere.vertices) + 1
+    lines += ["g helper"] + [f"f {a + n} {b + n} {c + n}" for a, b, c in far_box.faces]
+    path = tmp_path / "asset.obj"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scene"
+    code, _, err = run_cli(capsys, "render", str(path), "-o", str(out), "--views", "2", "--res", "16",
+                           "--groups", "body")
+    assert code == 0, err
+    to_world = np.array(json.loads((out / "scene.json").read_text())["to_world"])
+    assert np.allclose(to_world[:3, 3], 0.0, atol=1e-6)  # centred on the sphere alone, not on sphere + box
+    code, _, err = run_cli(capsys, "render", str(path), "-o", str(tmp_path / "bad"), "--groups", "hair")
+    assert code == 2 and "no group hair" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -3,7 +3,10 @@
 import numpy as np
 import trimesh
 
-from zerolevel.geometry.mesh import close_holes
+import pytest
+
+from zerolevel.errors import InputError
+from zerolevel.geometry.mesh import close_holes, load_mesh
 
 
 def _open_sphere(inside_out: bool = False) -> tuple[trimesh.Trimesh, trimesh.Trimesh]:
@@ -41,3 +44,39 @@ def test_close_holes_leaves_a_closed_mesh_alone():
     closed = close_holes(sphere)
     np.testing.assert_array_equal(closed.faces, sphere.faces)
     np.testing.assert_allclose(closed.vertices, sphere.vertices)
+
+
+def _two_group_obj(path):
+    """An OBJ with a sphere in group "skin" and a small hidden cube in group "helper"."""
+    sphere = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
+    cube = trimesh.creation.box(extents=(0.2, 0.2, 0.2))
+    lines = [f"v {x} {y} {z}" for x, y, z in np.concatenate([sphere.vertices, cube.vertices])]
+    lines.append("g skin")
+    lines += [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in sphere.faces]
+    lines.append("g helper")
+    offset = len(sphere.vertices) + 1
+    lines += [f"f {a + offset} {b + offset} {c + offset}" for a, b, c in cube.faces]
+    path.write_text("\n".join(lines) + "\n")
+    return sphere, cube
+
+
+def test_load_mesh_keeps_only_the_named_obj_groups(tmp_path):
+    path = tmp_path / "asset.obj"
+    sphere, cube = _two_group_obj(path)
+    assert len(load_mesh(path).faces) == len(sphere.faces) + len(cube.faces)
+    skin = load_mesh(path, groups=["skin"])
+    assert len(skin.faces) == len(sphere.faces) and skin.is_watertight
+    assert np.isclose(skin.volume, sphere.volume)
+    both = load_mesh(path, groups=["skin", "helper"])
+    assert len(both.faces) == len(sphere.faces) + len(cube.faces)
+
+
+def test_load_mesh_names_a_missing_group_and_the_groups_there_are(tmp_path):
+    path = tmp_path / "asset.obj"
+    _two_group_obj(path)
+    with pytest.raises(InputError, match=r"no group hair \(groups: helper, skin\)"):
+        load_mesh(path, groups=["hair"])
+    sphere_ply = tmp_path / "sphere.ply"
+    trimesh.creation.icosphere().export(sphere_ply)
+    with pytest.raises(InputError, match="OBJ"):
+        load_mesh(sphere_ply, groups=["skin"])

@@ -107,3 +107,15 @@ def test_short_fit_from_the_cli_reaches_a_modest_fscore(tmp_path, capsys):
     again = tmp_path / "again.ply"
     assert main(["extract", str(out / "checkpoint.pt"), "-o", str(again), "-q"]) == 0
     assert len(load_mesh(again).faces) == len(mesh.faces)
+
+
+def test_step_size_is_a_fraction_of_a_cell_divided_per_level():
+    scene = _sphere_scene(0.5)
+    config = TetSDFConfig(resolutions=(12, 24), level_shares=(0.5, 0.5), views_per_iter=1, lr=0.2,
+                          lr_decay_per_level=2.5, lr_floor=1.0)
+    fit = TetSDF(scene, iters=4, config=config)
+    fit.step(0)
+    assert math.isclose(fit.optimizer.param_groups[0]["lr"], 0.2 * fit.grid.cell, rel_tol=1e-6)
+    fit.step(2)  # the second level: half the cell, and the rate divided by 2.5
+    assert fit.grid.resolution == 24
+    assert math.isclose(fit.optimizer.param_groups[0]["lr"], 0.2 * fit.grid.cell / 2.5, rel_tol=1e-6)

@@ -116,6 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crease-angle", type=float, default=60.0, metavar="DEG",
                    help="smooth normals stay sharp across edges sharper than this (default: 60; "
                         "180 smooths across every edge)")
+    p.add_argument("--groups", metavar="NAMES",
+                   help="render only these comma-separated OBJ groups (e.g. body,helper-skirt of a MakeHuman "
+                        "base mesh, whose helper geometry is hidden inside the skin)")
     p.add_argument("--close-holes", action="store_true",
                    help="cap the mesh's boundary loops (open scans) and render the solid; the capped "
                         "mesh is written as OUTPUT/closed_mesh.ply, the ground truth to evaluate against")
@@ -187,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop the fit after this much time")
     p.add_argument("--grid", type=int, default=192, help="extraction resolution (default: 192)")
     _add_common(p)
+    _add_dataset_parser(sub, formatter)
     return parser
 
 
@@ -199,7 +203,8 @@ def cmd_render(args: argparse.Namespace) -> None:
 
     mesh_path = Path(args.mesh) if args.mesh else example_mesh_path()
     _check_positive(args, "views", "res", "supersample")
-    mesh = load_mesh(mesh_path)
+    groups = [name.strip() for name in args.groups.split(",") if name.strip()] if args.groups else None
+    mesh = load_mesh(mesh_path, groups=groups)
     if args.close_holes:
         mesh = close_holes(mesh)
     cameras_of = _read_scene_cameras(args.cameras) if args.cameras else None
@@ -301,6 +306,72 @@ def cmd_demo(args: argparse.Namespace) -> None:
              budget_s=args.budget, grid=args.grid, device=args.device, progress=not args.quiet)
 
 
+# ---------------------------------------------------------------------------- dataset (single-view learning)
+EPILOG_DATASET = """examples:
+  zerolevel dataset --generate all --count 200 -o shapes     # 6 categories x 200 objects, 24 views at 64x64
+  zerolevel dataset --generate chair,table --count 50 -o small --views 8 --res 32 --splits 0.7,0.15,0.15
+  zerolevel dataset models/chair models/table -o mine        # mesh files; category = their parent folder
+  zerolevel dataset --generate all --count 200 -o shapes     # the same command again resumes or reuses it
+
+The folder: dataset.json, {train,val,test}/images.npy (N, V, H, W, 4) uint8 RGBA, voxels.npy (N, 32, 32, 32)
+bool, objects.json, meshes/<id>.ply (normalised: bounding-box diagonal 1, centred); read it with
+zerolevel.learn.dataset.load_split. Objects are cached in DATASET/.parts (delete it once you are done).
+--threads N renders N objects at a time in worker processes; --seed draws the shapes and the splits.
+"""
+
+
+def _add_dataset_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
+    p = sub.add_parser("dataset", help="render many objects from one ring of cameras, for single-view learning",
+                       epilog=EPILOG_DATASET, formatter_class=formatter)
+    p.add_argument("meshes", nargs="*", metavar="MESHES",
+                   help="mesh files, or folders searched for them (category: the file's parent folder)")
+    p.add_argument("--generate", metavar="CATEGORIES",
+                   help="procedural shapes instead: comma-separated categories "
+                        "(airplane, car, chair, lamp, table, vase) or all")
+    p.add_argument("--count", type=int, default=100, help="objects per category with --generate (default: 100)")
+    p.add_argument("-o", "--output", required=True, help="dataset folder to write (or to resume)")
+    p.add_argument("--views", type=int, default=24, help="cameras on the ring, 360/views degrees apart (default: 24)")
+    p.add_argument("--res", type=int, default=64, help="image width and height in pixels (default: 64)")
+    p.add_argument("--voxels", type=int, default=32, help="occupancy grid cells per axis (default: 32)")
+    p.add_argument("--supersample", type=int, default=2,
+                   help="s x s rays per pixel for the anti-aliased alpha (default: 2)")
+    p.add_argument("--splits", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
+                   help="fractions of each category's objects per split (default: 0.8,0.1,0.1)")
+    _add_common(p)
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from .learn.dataset import DatasetSettings, check_fractions, generated_sources, mesh_sources, write_dataset
+    from .learn.shapes import CATEGORIES, GENERATOR_VERSION
+
+    if bool(args.meshes) == bool(args.generate):
+        raise InputError("give mesh files or folders, or --generate CATEGORIES (one of the two)")
+    _check_positive(args, "views", "res", "voxels", "supersample", "count")
+    try:
+        fractions = check_fractions([float(f) for f in args.splits.split(",")])
+    except (ValueError, InputError):
+        raise InputError(f"--splits must be three fractions TRAIN,VAL,TEST >= 0 summing to 1 with TRAIN > 0, "
+                         f"got {args.splits!r}") from None
+    settings = DatasetSettings(views=args.views, resolution=args.res, voxels=args.voxels,
+                               supersample=args.supersample)
+    if args.generate:
+        names = [name.strip() for name in args.generate.split(",") if name.strip()]
+        categories = list(CATEGORIES) if names == ["all"] else names
+        sources = generated_sources(categories, args.count, args.seed)
+        source_info = {"kind": "generated", "generator": "zerolevel.learn.shapes",
+                       "generator_version": GENERATOR_VERSION, "categories": categories, "count": args.count}
+    else:
+        sources = mesh_sources(args.meshes)
+        source_info = {"kind": "meshes", "inputs": list(args.meshes)}
+    summary = write_dataset(args.output, sources, settings, fractions, seed=args.seed, workers=args.threads,
+                            progress=not args.quiet, source_info=source_info)
+    splits = summary.info["splits"]
+    print(f"wrote {args.output}: {len(sources)} objects, {len(summary.info['categories'])} categories "
+          f"(train {splits['train']}, val {splits['val']}, test {splits['test']}), {args.views} views "
+          f"{args.res}x{args.res}, voxels {args.voxels}^3; {summary.rendered} rendered, "
+          f"{summary.reused} from the cache, {summary.seconds:.1f} s")
+
+
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) <= 0:
@@ -309,6 +380,7 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
 
 VERBS = {"render": cmd_render, "import": cmd_import, "fit": cmd_fit, "extract": cmd_extract,
          "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}
+VERBS["dataset"] = cmd_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ similarity that maps the unit sphere back to the mesh's own units (the scene's `
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,26 @@ import trimesh
 from ..errors import InputError
 
 
-def load_mesh(path: str | Path, process: bool = True) -> trimesh.Trimesh:
+def load_mesh(path: str | Path, process: bool = True, groups: Sequence[str] | None = None) -> trimesh.Trimesh:
     """Read a triangle mesh; quads are triangulated, multi-part scenes concatenated.
 
+    `groups` keeps only the named OBJ groups (`g` lines): character assets such as MakeHuman's base
+    mesh carry hidden helper geometry (joint cubes, proxy tights) beside the skin.
+
     Raises:
-        InputError: the file is missing, unreadable, or holds no triangles / non-finite vertices.
+        InputError: the file is missing, unreadable, has none of `groups`, or holds no triangles /
+            non-finite vertices.
     """
     path = Path(path)
     if not path.is_file():
         raise InputError("no such file", path)
     try:
-        loaded = trimesh.load(path, force="mesh", process=process)
+        if groups:
+            loaded = _load_groups(path, groups, process)
+        else:
+            loaded = trimesh.load(path, force="mesh", process=process)
+    except InputError:
+        raise
     except Exception as exc:  # trimesh raises many types for corrupt files
         raise InputError(f"cannot read mesh ({type(exc).__name__}: {exc})", path) from None
     if not isinstance(loaded, trimesh.Trimesh) or len(loaded.faces) == 0:
@@ -37,6 +47,18 @@ def load_mesh(path: str | Path, process: bool = True) -> trimesh.Trimesh:
         # UV and normal seams split vertices; merge them so a closed surface reads as watertight.
         loaded.merge_vertices(merge_tex=True, merge_norm=True)
     return loaded
+
+
+def _load_groups(path: Path, groups: Sequence[str], process: bool) -> trimesh.Trimesh:
+    """The union of the named groups of an OBJ file (one group may appear in several `g` runs)."""
+    if path.suffix.lower() != ".obj":
+        raise InputError("groups can only be selected from an OBJ file", path)
+    scene = trimesh.load(path, split_groups=True, group_material=False, process=process)
+    parts = scene.geometry if isinstance(scene, trimesh.Scene) else {"": scene}
+    missing = sorted(set(groups) - set(parts))
+    if missing:
+        raise InputError(f"no group {', '.join(missing)} (groups: {', '.join(sorted(parts))})", path)
+    return trimesh.util.concatenate([parts[name] for name in groups])
 
 
 def unit_sphere_transform(mesh: trimesh.Trimesh, radius: float = 0.9) -> np.ndarray:
