@@ -191,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=int, default=192, help="extraction resolution (default: 192)")
     _add_common(p)
     _add_dataset_parser(sub, formatter)
+    _add_learn_parsers(sub, formatter)
     return parser
 
 
@@ -372,15 +373,224 @@ def cmd_dataset(args: argparse.Namespace) -> None:
           f"{summary.reused} from the cache, {summary.seconds:.1f} s")
 
 
+# ---------------------------------------------------------------------------- single-view networks
+TRAIN_METHODS = ("softras",)  # the single-view methods `train` knows (later: sdfdiff, tetsdf, phorhum)
+MESH_FORMATS = ("ply", "obj", "stl", "off", "glb")  # what predict writes, by the output's extension
+
+EPILOG_TRAIN = """examples:
+  zerolevel dataset --generate all --count 200 -o shapes
+  zerolevel train softras shapes -o run --budget 3600          # SoftRas's network and losses for an hour
+  zerolevel train softras shapes -o run --resume --iters 20000 # continue it, up to 20000 iterations in all
+  zerolevel train softras shapes -o run_resnet --encoder resnet --epochs 40 --batch-size 32
+  zerolevel train softras shapes -o run --set eval_every=500 --set val_objects=20 --set checkpoint_every=200
+  torchrun --nproc_per_node 2 -m zerolevel train softras shapes -o run --threads 1   # 2 processes, gloo (CPU)
+  torchrun --nproc_per_node 4 -m zerolevel train softras shapes -o run --device cuda # a GPU per process, NCCL
+
+RUN gets checkpoint.pt (resumable: an interrupted run continues exactly), log.jsonl (losses, validation IoU),
+training.svg (their curves) and summary.json. The defaults are SoftRas's (Adam lr 1e-4, batch 64, 250k
+iterations, cross-render, lr and sigma x0.3 from 150k): on a CPU stop earlier with --budget, --iters or --epochs
+(an epoch: as many samples as the train split has objects). Validation (voxel IoU on the val split) runs once
+per epoch unless --set eval_every=N. --resume keeps the run's own settings; options given with it may change
+only iterations, epochs, budget and the validation / checkpoint / log intervals. --set KEY=VALUE sets any field
+of zerolevel.learn.train.TrainConfig, after the options (an unknown key lists them).
+Distributed: under torchrun (or `python -m torch.distributed.run`) every process draws the same global batch and
+trains on its share (--batch-size is the global batch, divisible by the process count); gradients are averaged,
+BatchNorm statistics are global, and only rank 0 writes RUN and prints. Without --threads each process takes
+its share of the CPUs.
+"""
+EPILOG_PREDICT = """examples:
+  zerolevel predict run chair.png -o chair.ply                 # RGBA PNG, alpha = the object's silhouette
+  zerolevel predict run/checkpoint.pt photo.jpg --mask photo_mask.png -o chair.obj
+
+The image must have the network's size (that of its training set, e.g. 64x64; the error names it) and frame
+the object as the dataset's ring cameras do (centred, seen from 30 degrees above). RGB is multiplied by the
+alpha (the dataset's black background). The mesh (642 vertices, 1280 faces, closed) is in the dataset's
+normalised frame: bounding-box centre at the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front
+towards -z, whichever view the image shows.
+"""
+EPILOG_EVAL_SET = """examples:
+  zerolevel eval-set run shapes                       # test split, all views: the published protocol
+  zerolevel eval-set run shapes --views 4 --surface-views 2 --json run/test_metrics.json
+  zerolevel eval-set run shapes --split val --surface-views 0        # voxel IoU only
+
+Voxel IoU at 32^3 (SoftRas's protocol): a mesh is predicted from every view of every object and voxelised at
+the dataset's cell centres; a category's IoU is the mean over its (object, view) pairs, and the mean is taken
+over categories. Chamfer and F-score (tau in fractions of the GT bounding-box diagonal, as `zerolevel eval`)
+against each object's normalised mesh, on the first --surface-views views evaluated. The mean-shape row is a
+baseline: the train split's voxel occupancy frequency thresholded (at the threshold, near 0.5, that fits the
+train split best), the same shape whatever the image.
+"""
+
+
+def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
+    p = sub.add_parser("train", help="train a single-view network (image -> mesh) on a dataset folder",
+                       epilog=EPILOG_TRAIN, formatter_class=formatter)
+    p.add_argument("method", choices=TRAIN_METHODS,
+                   help="softras: Soft Rasterizer's deformed-sphere network trained on silhouettes")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder (zerolevel dataset)")
+    p.add_argument("-o", "--output", required=True, metavar="RUN",
+                   help="run folder for checkpoint.pt, log.jsonl, training.svg, summary.json")
+    p.add_argument("--encoder", choices=["baseline", "resnet", "attention"],
+                   help="image encoder: SoftRas's three convolutions (baseline, default), residual blocks "
+                        "(resnet), or convolutions with squeeze-and-excitation and self-attention (attention)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--iters", type=int, help="iterations in all (default: 250000, SoftRas's)")
+    length.add_argument("--epochs", type=float, help="instead of --iters: passes over the train objects")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much training time in all")
+    p.add_argument("--batch-size", type=int, help="global batch of (object, two views) samples (default: 64)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--cross-render", action=argparse.BooleanOptionalAction, default=None,
+                   help="render both views' meshes from both cameras (SoftRas's published variant, default), "
+                        "or encode one view and render it from the other")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a training setting (repeatable), e.g. --set eval_every=500 --set sigma=3e-5")
+    _add_common(p)
+    p.set_defaults(seed=None)  # a fresh run: 0; with --resume: the run's own
+
+    p = sub.add_parser("predict", help="mesh from one image with a trained single-view network",
+                       epilog=EPILOG_PREDICT, formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train)")
+    p.add_argument("image", metavar="IMAGE", help="RGBA image (alpha = silhouette), or RGB with --mask")
+    p.add_argument("-o", "--output", required=True, metavar="MESH",
+                   help=f"mesh file to write ({', '.join('.' + f for f in MESH_FORMATS)})")
+    p.add_argument("--mask", help="silhouette image, 8-bit, foreground > 127 (replaces any alpha)")
+    _add_common(p)
+
+    p = sub.add_parser("eval-set", help="score a trained single-view network on a dataset split (IoU, F-score)",
+                       epilog=EPILOG_EVAL_SET, formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train)")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder (zerolevel dataset)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score (default: test)")
+    p.add_argument("--views", default="all", metavar="all|N",
+                   help="views per object: all (the protocol, default) or N evenly spaced from view 0")
+    p.add_argument("--surface-views", type=int, default=1, metavar="N",
+                   help="Chamfer / F-score on the first N evaluated views of each object (default: 1; 0: none)")
+    p.add_argument("--tau", type=float, nargs="+", default=[0.005, 0.0025],
+                   help="F-score thresholds as fractions of the GT bounding-box diagonal (default: 0.005 0.0025)")
+    p.add_argument("--points", type=int, default=100_000, help="surface samples per mesh (default: 100000)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per network call (default: 32)")
+    p.add_argument("--json", help="write the results (per category and per object) as JSON to this file")
+    _add_common(p)
+
+
+def _torchrun_env() -> tuple[int, int, int]:
+    """(rank, world size, processes on this machine) from torchrun's environment (0, 1, 1 without it)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    return int(env.get("RANK", "0")), world, int(env.get("LOCAL_WORLD_SIZE", str(world)))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    import dataclasses
+
+    from .learn.train import CHECKPOINT, TrainConfig, load_checkpoint, train
+    from .recon.settings import apply_overrides, parse_assignments
+
+    overrides = parse_assignments(args.set)
+    for name in ("iters", "epochs", "budget", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            _check_positive(args, name)
+    run = Path(args.output)
+    has_checkpoint = (run / CHECKPOINT).is_file()
+    if has_checkpoint and not args.resume:
+        raise InputError("holds a trained network already: add --resume to continue it, or choose another "
+                         "folder", run)
+    try:
+        base = TrainConfig(**load_checkpoint(run)["config"]) if has_checkpoint else TrainConfig()
+    except (KeyError, TypeError, ValueError) as error:  # written by another version
+        raise InputError(f"cannot read the run's settings ({type(error).__name__}: {error})",
+                         run / CHECKPOINT) from None
+    given = {"encoder": args.encoder, "iterations": args.iters, "epochs": args.epochs, "budget_s": args.budget,
+             "batch_size": args.batch_size, "lr": args.lr, "cross_render": args.cross_render, "seed": args.seed}
+    given = {key: value for key, value in given.items() if value is not None}
+    if args.iters is not None:
+        given["epochs"] = None  # --iters replaces a resumed run's epochs
+    try:
+        config = apply_overrides(dataclasses.replace(base, **given), overrides)
+    except ValueError as error:  # TrainConfig's own checks (an unknown encoder, a zero batch size)
+        raise InputError(f"bad training settings: {error}") from None
+    rank, world, local_world = _torchrun_env()
+    if config.batch_size % world:
+        raise InputError(f"--batch-size {config.batch_size} must be divisible by the {world} processes")
+    threads = args.threads
+    if local_world > 1 and threads == default_threads():  # share the machine's CPUs between its processes
+        threads = max(1, threads // local_world)
+    if rank:
+        args.quiet = True  # only rank 0 reports
+    result = train(args.dataset, run, config, args.device, resume=args.resume, progress=not args.quiet,
+                   threads=threads)
+    if rank == 0:
+        print(f"{result.summary()}; wrote {run / CHECKPOINT}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from .atomic import atomic_path
+    from .images import read_rgba
+    from .learn.train import load_model, predict
+
+    suffix = Path(args.output).suffix.lower().lstrip(".")
+    if suffix not in MESH_FORMATS:
+        raise InputError(f"unknown mesh format {suffix!r}: use one of {', '.join('.' + f for f in MESH_FORMATS)}",
+                         args.output)
+    net = load_model(args.run, args.device)
+    size = net.config.image_size
+    rgba = read_rgba(args.image, args.mask)
+    height, width = rgba.shape[:2]
+    if (height, width) != (size, size):
+        raise InputError(f"the network takes {size}x{size} images (its training set's size), this one is "
+                         f"{width}x{height}: crop it to a square around the object and resize it to {size}x{size}",
+                         args.image)
+    silhouette = args.mask or args.image
+    foreground = rgba[..., 3] > 127
+    if not foreground.any():
+        raise InputError("no foreground: the silhouette (alpha, or mask > 127) is empty", silhouette)
+    if foreground.all():
+        raise InputError("the silhouette covers the whole image: the object must have background around it",
+                         silhouette)
+    rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # premultiplied
+    mesh = predict(net, rgba, source=args.image)
+    with atomic_path(args.output) as tmp:
+        mesh.export(tmp, file_type=suffix)
+    print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, in the dataset's "
+          f"normalised frame (centred, bounding-box diagonal ~1, y up)")
+
+
+def cmd_eval_set(args: argparse.Namespace) -> None:
+    from .atomic import write_json
+    from .learn.evaluate import evaluate_run, format_table
+
+    views = None
+    if args.views != "all":
+        try:
+            views = int(args.views)
+        except ValueError:
+            views = 0
+        if views <= 0:
+            raise InputError(f"--views must be all or a positive number, got {args.views!r}")
+    _check_positive(args, "points", "batch_size")
+    if args.surface_views < 0:
+        raise InputError(f"--surface-views must be 0 or more, got {args.surface_views}")
+    if any(t <= 0 for t in args.tau):
+        raise InputError("--tau values must be positive")
+    result = evaluate_run(args.run, args.dataset, split=args.split, views=views, surface_views=args.surface_views,
+                          taus=tuple(args.tau), points=args.points, batch_size=args.batch_size,
+                          device=args.device, seed=args.seed, progress=not args.quiet)
+    print(format_table(result))
+    if args.json:
+        write_json(args.json, result)
+
+
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         if getattr(args, name) <= 0:
-            raise InputError(f"--{name} must be positive, got {getattr(args, name)}")
+            raise InputError(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
 
 
 VERBS = {"render": cmd_render, "import": cmd_import, "fit": cmd_fit, "extract": cmd_extract,
          "info": cmd_info, "eval": cmd_eval, "demo": cmd_demo}
 VERBS["dataset"] = cmd_dataset
+VERBS.update({"train": cmd_train, "predict": cmd_predict, "eval-set": cmd_eval_set})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -389,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads <= 0:
         print("zerolevel: error: --threads must be positive", file=sys.stderr)
         return 2
-    configure_torch(args.threads, args.seed)
+    configure_torch(args.threads, 0 if args.seed is None else args.seed)  # None: train --resume keeps its own
     from .recon.loop import DivergedError
 
     start = time.perf_counter()

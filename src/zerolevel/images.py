@@ -65,6 +65,38 @@ def read_image(path: str | Path) -> np.ndarray:
     return (raw.astype(np.float32) / top).astype(np.float32)
 
 
+def read_rgba(path: str | Path, mask_path: str | Path | None = None) -> np.ndarray:
+    """(H, W, 4) uint8 straight (not premultiplied) RGBA from an image file, alpha = the silhouette.
+
+    RGBA and grey+alpha images keep their alpha; with `mask_path` (a mask file read by `read_mask`,
+    foreground -> 255) the mask is the alpha instead. Grey is repeated into RGB; 16-bit channels are
+    scaled to 8 bits.
+
+    Raises:
+        InputError: a missing or corrupt file, an image without alpha and no mask, a mask of another size.
+    """
+    raw = _read_raster(path)
+    if raw.dtype == bool:
+        raw = raw.astype(np.uint8) * 255
+    elif raw.dtype == np.uint16:
+        raw = np.round(raw / 257.0).astype(np.uint8)
+    if raw.ndim == 2:
+        raw = raw[..., None]
+    channels = raw.shape[-1]
+    rgb = np.repeat(raw[..., :1], 3, axis=-1) if channels <= 2 else raw[..., :3]
+    alpha = raw[..., -1] if channels in (2, 4) else None
+    if mask_path is not None:
+        mask = read_mask(mask_path)
+        if mask.shape != rgb.shape[:2]:
+            raise InputError(f"the mask is {mask.shape[1]}x{mask.shape[0]} but the image {path} is "
+                             f"{rgb.shape[1]}x{rgb.shape[0]}", mask_path)
+        alpha = np.where(mask, 255, 0).astype(np.uint8)
+    if alpha is None:
+        raise InputError("the image has no alpha channel (the silhouette): use an RGBA image or give a mask (--mask)",
+                         path)
+    return np.ascontiguousarray(np.concatenate([rgb, alpha[..., None]], axis=-1))
+
+
 def read_depth(path: str | Path) -> np.ndarray:
     """(H, W) float32 camera-z depth from a .npy file (0 = no surface)."""
     depth = _read_npy(path)

@@ -1,0 +1,14 @@
+"""Single-view learning (Soft Rasterizer-style): data sets of many objects, networks, training.
+
+- `shapes`: procedural shape families (airplane, car, chair, lamp, table, vase), one watertight mesh
+  per (category, seed) — the category data set the project makes itself.
+- `dataset`: the dataset folder (every object rendered from one ring of cameras, 32^3 voxels, meshes,
+  train / val / test): `write_dataset` and `load_split`.
+- `template`, `encoders`, `softras_net`, `losses`, `train`: the networks and their training.
+"""
+
+from .dataset import DatasetSettings, DatasetSplit, ObjectSource, load_split, write_dataset
+from .shapes import CATEGORIES, generate, object_specs
+
+__all__ = ["CATEGORIES", "DatasetSettings", "DatasetSplit", "ObjectSource", "generate", "load_split",
+           "object_specs", "write_dataset"]
