@@ -12,6 +12,7 @@ import trimesh
 from zerolevel.cameras import Cameras
 from zerolevel.geometry.mesh import load_mesh, transform_mesh, unit_sphere_transform
 from zerolevel.render.raycast import render_mesh
+from zerolevel.render import softras
 from zerolevel.render.softras import (_build_scene, _reference_soft_render,
                                       _reference_soft_silhouette, soft_render, soft_silhouette)
 
@@ -59,7 +60,9 @@ def _finite_difference(loss, x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- reference
 @pytest.mark.parametrize("sigma", [1e-4, 3e-3])
-def test_fast_silhouette_matches_dense_reference(sigma):
+@pytest.mark.parametrize("min_group", [softras._MIN_GROUP, 1])  # faces pair by pair; by box shape
+def test_fast_silhouette_matches_dense_reference(sigma, min_group, monkeypatch):
+    monkeypatch.setattr(softras, "_MIN_GROUP", min_group)
     v, f = _icosphere(1, 0.7, noise=0.05)
     cams = Cameras.ring(3, width=24, height=20).to(dtype=torch.float64)
     ref = _reference_soft_silhouette(v, f, cams, sigma=sigma)
@@ -177,6 +180,29 @@ def test_silhouette_gradient_matches_finite_differences():
     torch.testing.assert_close(x.grad, fd, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.parametrize("min_group", [softras._MIN_GROUP, 1])
+def test_silhouette_gradient_matches_dense_reference_autograd(min_group, monkeypatch):
+    """The analytic backward of the fast silhouette equals autograd through the dense reference,
+    in one chunk and in many, w.r.t. vertices and cameras."""
+    monkeypatch.setattr(softras, "_MIN_GROUP", min_group)
+    v, f = _icosphere(1, 0.6, noise=0.04, seed=2)
+    cams = Cameras.ring(3, width=20, height=20, azimuth_start_deg=10).to(dtype=torch.float64)
+    weights = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    options = {"sigma": 3e-3, "dist_eps": 1e-10}
+
+    def grads(render, **extra):
+        x = v.clone().requires_grad_()
+        K = cams.K.clone().requires_grad_()
+        (render(x, f, Cameras(K, cams.world_to_camera, 20, 20), **options, **extra) * weights).sum().backward()
+        return x.grad, K.grad
+
+    expected = grads(_reference_soft_silhouette)
+    assert expected[0].abs().max() > 1e-2
+    for max_pairs in (1 << 20, 61):
+        for got, want in zip(grads(soft_silhouette, max_pairs=max_pairs), expected):
+            torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-9)
+
+
 def test_colour_gradient_matches_finite_differences():
     v, f = _icosphere(0, 0.6, noise=0.05)
     cams = Cameras.ring(2, width=16, height=16, azimuth_start_deg=20).to(dtype=torch.float64)
@@ -258,6 +284,12 @@ def test_cuda_matches_cpu():
     assert gpu["image"].device.type == "cuda"
     torch.testing.assert_close(gpu["image"].cpu(), cpu["image"], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(gpu["alpha"].cpu(), cpu["alpha"], rtol=1e-4, atol=1e-4)
+    grads = []
+    for device in ("cpu", "cuda"):  # the silhouette's analytic backward on both
+        x = v.to(device).requires_grad_()
+        soft_silhouette(x, f.to(device), cams.to(device=device)).square().sum().backward()
+        grads.append(x.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-3)
 
 
 def test_degenerate_faces_and_empty_mesh():
