@@ -63,7 +63,7 @@ from ..cameras import Cameras
 from ..errors import InputError
 from ..metrics import grid_occupancy
 from ..recon.fit_report import loss_curves_svg
-from ..recon.loop import DivergedError
+from ..recon.loop import DivergedError, read_log, truncate_log
 from ..render.softras import soft_silhouette
 from .encoders import ENCODERS
 from .losses import flatten_loss, laplacian_loss, silhouette_loss
@@ -420,21 +420,6 @@ def _restore(run: _Run, payload: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------------------- logs
-def _truncate_log(path: Path, iteration: int) -> None:
-    """Keep the log lines up to `iteration` (a resumed run rewrites the rest)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line)["iter"] <= iteration]
-    with atomic_path(path) as tmp:
-        tmp.write_text("".join(line + "\n" for line in kept))
-
-
-def read_log(path: str | Path) -> list[dict[str, float]]:
-    """The lines of a run's log.jsonl as dicts."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def training_svg(log: list[dict[str, float]]) -> str:
     """Two stacked SVG charts: the training losses and the validation IoU against the iteration."""
     losses = [{k: row[k] for k in ("iter", "loss", "silhouette") if k in row} for row in log if "loss" in row]
@@ -610,7 +595,7 @@ def _train(dataset: Any, run_dir: Path, config: TrainConfig, device: torch.devic
     start_iter = run.state.iteration
     if ctx.main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_log(run_dir / LOG, start_iter)
+        truncate_log(run_dir / LOG, start_iter)
     bar = tqdm(total=run.iterations, initial=start_iter, desc=f"training {config.encoder}", unit="it",
                disable=not (progress and ctx.main), dynamic_ncols=True)
     log = (run_dir / LOG).open("a") if ctx.main else open(os.devnull, "w")

@@ -89,7 +89,7 @@ def run_loop(method: Method, out_dir: str | Path, config: LoopConfig, resume: bo
     start_iter, elapsed = 0, 0.0
     if resume and (out_dir / CHECKPOINT).is_file():
         start_iter, elapsed = _load_checkpoint(method, out_dir)
-    _truncate_log(out_dir / LOG, start_iter)
+    truncate_log(out_dir / LOG, start_iter)
     state = _RunState(iteration=start_iter, elapsed=elapsed)
     bar = tqdm(total=config.iters, initial=start_iter, desc="fitting", unit="it", disable=not config.progress,
                dynamic_ncols=True)
@@ -180,7 +180,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
-def _truncate_log(path: Path, iteration: int) -> None:
+def truncate_log(path: Path, iteration: int) -> None:
     """Keep the log lines up to `iteration` (all of them are rewritten by a resumed run after it)."""
     if not path.is_file():
         return
