@@ -5,3 +5,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared test helpers (hashgrid_checks)
+
+
+def assert_one_line_error(err: str, name: str) -> None:
+    """The CLI's bad-input contract: one line on stderr, naming `name`, no traceback."""
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "error" in lines[0] and name in lines[0], lines[0]
+    assert "Traceback" not in err

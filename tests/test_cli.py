@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import trimesh
 
+from conftest import assert_one_line_error
 from zerolevel.cli import main
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -19,13 +20,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([*argv, "-q", "--threads", "1"])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_line_error(err: str, name: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "error" in lines[0] and name in lines[0], lines[0]
-    assert "Traceback" not in err
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ import json
 import pytest
 import trimesh
 
+from conftest import assert_one_line_error
 from zerolevel.cli import build_parser, main
 from zerolevel.learn.dataset import load_split
 from zerolevel.learn.shapes import CATEGORIES
@@ -16,13 +17,6 @@ def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main([*argv, *SMALL])
     captured = capsys.readouterr()
     return code, captured.out, captured.err
-
-
-def assert_one_line_error(err: str, name: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "error" in lines[0] and name in lines[0], lines[0]
-    assert "Traceback" not in err
 
 
 def test_generate_writes_a_dataset_and_a_rerun_reuses_it(capsys, tmp_path):
