@@ -14,7 +14,8 @@ each encoder after the same wall-clock budget.
 3. Quality, per encoder: `train(...)` from scratch (seed 0, SoftRas's settings, no validation
    during the run) until `--budget` wall-clock seconds, then the voxel IoU of the test split by the
    protocol of `zerolevel eval-set` (`learn.evaluate.evaluate_run`: every one of the 24 ring views
-   of every test object, the predicted closed mesh voxelised at the dataset's 32^3 cell centres; a
+   of every test object, the predicted closed mesh voxelised on the dataset's 32^3 grid as the objects
+   were (the published voxelisation: surface cells and what they enclose); a
    category's IoU is the mean over its (object, view) pairs, "mean IoU" the mean over categories,
    as SoftRas's tables). Two trivial baselines scored on the same test objects: "mean shape", the
    cells occupied in more than a fraction t of the train objects (t fitted on the train split,
@@ -54,6 +55,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="objects per category (default 150)")
     parser.add_argument("--categories", nargs="+", default=None, help="default: every shape family")
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: SoftRas's 1e-4)")
     parser.add_argument("--cross-render", action=argparse.BooleanOptionalAction, default=True,
                         help="SoftRas's cross-render (default) or one render per sample")
     parser.add_argument("--threads", type=int, default=2)
@@ -187,7 +189,8 @@ def run_encoder(encoder: str, data: Path, runs: Path, args: argparse.Namespace) 
     from zerolevel.learn.evaluate import evaluate_run
     from zerolevel.learn.train import TrainConfig, load_model, train
 
-    config = TrainConfig(encoder=encoder, batch_size=args.batch_size, cross_render=args.cross_render,
+    lr = {} if args.lr is None else {"lr": args.lr}
+    config = TrainConfig(encoder=encoder, batch_size=args.batch_size, cross_render=args.cross_render, **lr,
                          seed=args.seed, budget_s=args.budget, iterations=10**9, val_split=None,
                          checkpoint_every=10**9, log_every=10)
     run_dir = runs / encoder
@@ -234,12 +237,13 @@ def main(argv: list[str] | None = None) -> None:
     rows.insert(0, row(f"mean shape (train > {mean_shape['threshold']:g})", "-", "-", "-", "-", "-",
                        mean_shape["iou"]))
     rows.insert(1, row("mean shape per category", "-", "-", "-", "-", "-", per_category_mean_shape(data)))
-    info, cfg = test_split.info, TrainConfig()
+    info = test_split.info
+    cfg = TrainConfig() if args.lr is None else TrainConfig(lr=args.lr)
     command = "python benchmarks/singleview.py " + " ".join(sys.argv[1:] if argv is None else argv)
     notes = (
         f"Data: generated shape families {', '.join(info['categories'])}, {args.count} objects each "
         f"(splits {info['splits']}), {info['views']} ring views at {info['resolution']}^2, "
-        f"{info['voxels']}^3 voxels; cache {data}. Training: SoftRas's settings (batch {args.batch_size}, "
+        f"{info['voxels']}^3 voxels; cache {data}. Training: SoftRas's settings{'' if args.lr is None else ' but the learning rate'} (batch {args.batch_size}, "
         f"Adam lr {cfg.lr:g}, sigma {cfg.sigma:g}, dist_eps {cfg.dist_eps:g}, Laplacian {cfg.lambda_laplacian:g}, "
         f"flatten {cfg.lambda_flatten:g}), "
         f"{'cross-render (2 views in, 4 silhouettes per sample)' if args.cross_render else 'one render per sample'}"
@@ -247,8 +251,8 @@ def main(argv: list[str] | None = None) -> None:
         f"{torch.__version__}, {args.threads} threads. \"iterations\", \"seconds\": what the budget run did; "
         f"\"images/s\": training samples (batch entries: one object, views a and b) per second over that run; "
         f"\"step s\": median of {args.speed_steps} warm steps of the trained network; \"render %\": median "
-        f"share of those steps in `soft_silhouette` (forward + backward). IoU: voxel IoU at 32^3 of the "
-        f"predicted closed mesh, {'all' if args.test_views is None else args.test_views} ring views per test "
+        f"share of those steps in `soft_silhouette` (forward + backward). IoU: voxel IoU at 32^3 (the published "
+        f"voxelisation, `metrics.solid_voxels`, for the GT and the predicted closed mesh), {'all' if args.test_views is None else args.test_views} ring views per test "
         f"object (`evaluate_run`), mean per category over (object, view) pairs; \"mean IoU\": over categories. "
         f"Mean-shape rows: the train voxels occupied in more than a fitted fraction t of the objects (one "
         f"shape, or one per category given the category), scored on the test voxels. Benchmark wall time "

@@ -12,9 +12,10 @@ from torch import nn
 
 from zerolevel.learn.evaluate import (category_means, fit_mean_shape, format_table, mean_shape_voxels,
                                       occupancy_frequency, score_predictions, view_indices, voxel_ious)
-from zerolevel.metrics import grid_centres
+from zerolevel.metrics import grid_centres, solid_voxels
 
 N = 32  # voxels per axis
+BOUNDS = np.array([[-0.5] * 3, [0.5] * 3])
 
 
 def box_voxels(half: float) -> np.ndarray:
@@ -74,7 +75,8 @@ def test_voxel_ious_and_view_indices():
 
 # ---------------------------------------------------------------------------------------- fake network
 class BoxNet(nn.Module):
-    """A fake network: the cube [-k/32, k/32]^3 where k is the input's alpha (0-255 byte) at pixel (0, 0)."""
+    """A fake network: the cube of half-size (k + 1/2) / 32, k the input's alpha (0-255 byte) at pixel (0, 0)
+    (faces through cell centres, off the lattice planes, so that every cell is clearly in or out)."""
 
     def __init__(self):
         super().__init__()
@@ -84,7 +86,7 @@ class BoxNet(nn.Module):
         self.dummy = nn.Parameter(torch.zeros(()))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        half = torch.round(images[:, 3, 0, 0] * 255) / N
+        half = (torch.round(images[:, 3, 0, 0] * 255) + 0.5) / N
         return half[:, None, None] * self.unit
 
 
@@ -102,18 +104,20 @@ class BoxSplit:
 
 
 def test_scoring_keeps_objects_and_views_apart(tmp_path):
-    # object i is the cube of half-size gt[i] / 32; view v of it makes the fake network predict pred[i][v] / 32
+    # object i is the cube of half-size (gt[i] + 1/2) / 32; view v of it makes the fake network predict
+    # (pred[i][v] + 1/2) / 32
     gt = [8, 4]
     pred = [[8, 4, 12], [4, 4, 8]]
     images = np.zeros((2, 3, 16, 16, 4), np.uint8)
     images[..., 3] = np.array(pred, np.uint8)[:, :, None, None]
-    voxels = np.stack([box_voxels(k / N) for k in gt])
-    for i, k in enumerate(gt):
-        trimesh.creation.box(extents=(2 * k / N,) * 3).export(tmp_path / f"{i}.ply")
+    boxes = [trimesh.creation.box(extents=(2 * (k + 0.5) / N,) * 3) for k in gt]
+    voxels = np.stack([solid_voxels(box, BOUNDS, N) for box in boxes])  # as the dataset makes them
+    for i, box in enumerate(boxes):
+        box.export(tmp_path / f"{i}.ply")
     split = BoxSplit(images, voxels, tmp_path)
     scores = score_predictions(BoxNet(), split, np.array([0, 1, 2]), surface_views=2, points=4000,
                                batch_size=4, progress=False)
-    cubes = lambda a, b: (min(a, b) / max(a, b)) ** 3  # noqa: E731 - IoU of two centred cubes
+    cubes = lambda a, b: ((min(a, b) + 1) / (max(a, b) + 1)) ** 3  # noqa: E731 - 2k + 2 cells per axis
     expected = np.array([[cubes(p, g) for p in row] for row, g in zip(pred, gt)])
     np.testing.assert_allclose(scores["iou"], expected, atol=1e-12)
     assert scores["chamfer"].shape == (2, 2) and scores["fscore@0.005"].shape == (2, 2)

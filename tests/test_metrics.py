@@ -247,3 +247,44 @@ def test_evaluate_from_files_gives_the_json_of_the_protocol(tmp_path):
     assert "iou" not in without_iou and "watertight" not in without_iou
     with pytest.raises(InputError, match="no such file"):
         metrics.evaluate(tmp_path / "missing.ply", gt_path)
+
+
+# ------------------------------------------------------------------ the single-view protocol's voxels
+UNIT_BOX = np.array([[-0.5] * 3, [0.5] * 3])
+
+
+def _overlapping_cells(lo: np.ndarray, hi: np.ndarray, n: int = 32) -> np.ndarray:
+    """Cells of the n^3 grid over UNIT_BOX whose interiors overlap the box [lo, hi]."""
+    edges = np.linspace(-0.5, 0.5, n + 1)
+    axes = [(edges[1:] > lo[k]) & (edges[:-1] < hi[k]) for k in range(3)]
+    return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
+
+
+def test_solid_voxels_of_a_box_are_the_cells_it_overlaps():
+    extents = np.array([0.61, 0.33, 0.47])
+    box = trimesh.creation.box(extents)
+    box.apply_translation([0.013, -0.05, 0.021])
+    expected = _overlapping_cells(box.bounds[0], box.bounds[1])
+    np.testing.assert_array_equal(metrics.solid_voxels(box, UNIT_BOX, 32), expected)
+
+
+def test_solid_voxels_keep_parts_thinner_than_a_cell():
+    plate = trimesh.creation.box((0.6, 0.01, 0.6))  # a third of a 1/32 cell thick
+    plate.apply_translation([0.0, -0.5 + 22.25 / 32, 0.0])  # inside layer 22, below its centres
+    voxels = metrics.solid_voxels(plate, UNIT_BOX, 32)
+    assert not metrics.grid_occupancy(plate, UNIT_BOX, 32).any()  # no cell centre is inside
+    np.testing.assert_array_equal(voxels, _overlapping_cells(plate.bounds[0], plate.bounds[1]))
+    assert voxels.any(axis=(0, 2)).sum() == 1
+
+
+def test_solid_voxels_fill_closed_surfaces_only():
+    ball = trimesh.creation.icosphere(4, radius=0.3)
+    solid = metrics.solid_voxels(ball, UNIT_BOX, 32)
+    centres = metrics.grid_occupancy(ball, UNIT_BOX, 32)
+    assert not (centres & ~solid).any()  # contains the centre occupancy
+    assert solid[16, 16, 16] and solid.sum() < centres.sum() + 4 * np.pi * 0.3 ** 2 * 32 ** 2 * 2
+    sheet = trimesh.Trimesh([[-0.3, 0.01, -0.3], [0.3, 0.01, -0.3], [0.3, 0.01, 0.3], [-0.3, 0.01, 0.3]],
+                            [[0, 1, 2], [0, 2, 3]])
+    voxels = metrics.solid_voxels(sheet, UNIT_BOX, 32)  # open: its cells and nothing enclosed
+    np.testing.assert_array_equal(voxels, _overlapping_cells(sheet.bounds[0], sheet.bounds[1]))
+    assert not metrics.solid_voxels(trimesh.Trimesh(), UNIT_BOX, 32).any()

@@ -205,7 +205,8 @@ def test_voxel_iou_of_a_sphere():
     import trimesh
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.3)
     grid = np.stack(np.meshgrid(*grid_centres(np.array([[-0.5] * 3, [0.5] * 3]), 32), indexing="ij"), -1)
-    ball = np.linalg.norm(grid, axis=-1) <= 0.3
+    nearest = np.clip(np.abs(grid) - 0.5 / 32, 0.0, None)  # each cell's point nearest the centre
+    ball = np.linalg.norm(nearest, axis=-1) <= 0.3  # the cells the ball reaches into
     assert voxel_iou(sphere.vertices, sphere.faces, ball) > 0.95
     assert voxel_iou(sphere.vertices, sphere.faces, ~ball) == 0.0
     assert 0 < voxel_iou(sphere.vertices, sphere.faces, split.voxels[0]) < 1

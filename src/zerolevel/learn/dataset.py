@@ -32,8 +32,9 @@ Conventions:
   Lambertian shading under a headlight (a directional light from each camera along its axis,
   intensity 0.7) plus ambient 0.3, premultiplied by coverage, i.e. composited on black. Smooth
   normals (creases kept above 60 degrees for mesh files; generated marching-cubes meshes have none).
-- Voxels: occupancy (|winding number| >= 1/2) at the cell centres -0.5 + (i + 0.5) / n of the cube
-  [-0.5, 0.5]^3, indexed [x, y, z] (`zerolevel.metrics.grid_occupancy`).
+- Voxels: the published single-view protocol's voxelisation (Kato et al.'s, which SoftRas scores
+  with; `zerolevel.metrics.solid_voxels`) on an n^3 grid over [-0.5, 0.5]^3, indexed [x, y, z]: the
+  cells the surface passes through and the cells they enclose, so thin parts keep their cells.
 - Splits are drawn per category, deterministically from the seed (every category is in every split
   once it has at least three objects); within a split, objects keep the order they were given in.
 
@@ -50,7 +51,6 @@ import multiprocessing
 import re
 import shutil
 import time
-import warnings
 import zlib
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -65,7 +65,7 @@ from ..atomic import atomic_path, write_json
 from ..cameras import Cameras
 from ..errors import InputError
 from ..geometry.mesh import load_mesh
-from ..metrics import grid_occupancy
+from ..metrics import solid_voxels
 from ..render.lights import DirectionalLight
 from ..render.raycast import MeshRayCaster
 from . import shapes
@@ -79,6 +79,7 @@ LIGHT = {"type": "headlight", "intensity": 0.7, "ambient": 0.3, "albedo": [1.0, 
          "rgb": "premultiplied by alpha (black background)"}
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")  # what a MESHES folder is searched for
 VOXEL_BOUNDS = np.array([[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]])
+VOXEL_RULE = "surface cells + enclosed (Kato et al.)"  # in the cache key: parts voxelised otherwise are redone
 PARTS = ".parts"
 
 
@@ -299,9 +300,7 @@ def render_object(mesh: trimesh.Trimesh | MeshRayCaster, cameras: Cameras, super
     rgba = np.empty(out["mask"].shape + (4,), dtype=np.uint8)
     rgba[..., :3] = _to_byte(out["image"][..., None] * np.asarray(LIGHT["albedo"], dtype=np.float32))
     rgba[..., 3] = _to_byte(out["mask"])
-    with warnings.catch_warnings():  # an open mesh file: the winding-number vote is the best there is
-        warnings.simplefilter("ignore")
-        occupancy = grid_occupancy(caster.mesh, VOXEL_BOUNDS, voxels)
+    occupancy = solid_voxels(caster.mesh, VOXEL_BOUNDS, voxels)
     return rgba, occupancy
 
 
@@ -310,7 +309,8 @@ def _to_byte(values: np.ndarray) -> np.ndarray:
 
 
 def _part_key(source: ObjectSource, settings: DatasetSettings) -> str:
-    return json.dumps({"source": source.key(), "settings": asdict(settings), "light": LIGHT}, sort_keys=True)
+    return json.dumps({"source": source.key(), "settings": asdict(settings), "light": LIGHT,
+                       "voxels": VOXEL_RULE}, sort_keys=True)
 
 
 def _part_path(root: Path, object_id: str) -> Path:
@@ -457,7 +457,7 @@ def _assemble(root: Path, splits: dict[str, list[ObjectSource]], settings: Datas
     categories = list(dict.fromkeys(s.category for members in splits.values() for s in members))
     info = {"format": FORMAT, "version": VERSION, "views": V, "resolution": R,
             "elevation": settings.elevation, "distance": settings.distance, "fov": settings.fov,
-            "voxels": n, "supersample": settings.supersample, "light": LIGHT,
+            "voxels": n, "voxelization": VOXEL_RULE, "supersample": settings.supersample, "light": LIGHT,
             "voxel_bounds": VOXEL_BOUNDS.tolist(), "categories": sorted(categories),
             "splits": {name: len(members) for name, members in splits.items()}, "seed": int(seed),
             "source": source_info or {}}

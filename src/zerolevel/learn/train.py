@@ -24,8 +24,8 @@ The run folder: `checkpoint.pt` (model, optimiser, sampler and torch random stat
 written atomically, so `resume=True` continues exactly where an uninterrupted run would be),
 `log.jsonl` (losses every `log_every` iterations, validation IoU lines), `training.svg` (loss and
 IoU curves) and `summary.json`. Validation: the predicted mesh (closed: template topology) of a
-validation view is voxelised at the dataset's 32^3 cell centres over [-0.5, 0.5]^3 by its winding
-number (`zerolevel.metrics.grid_occupancy`) and compared with the object's voxels.
+validation view is voxelised on the dataset's 32^3 grid over [-0.5, 0.5]^3 as the objects were
+(`zerolevel.metrics.solid_voxels`) and compared with the object's voxels.
 
 Distributed: launched with `torchrun` (RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT
 in the environment) or inside an initialised process group, the same function runs
@@ -45,7 +45,6 @@ import json
 import math
 import os
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -61,7 +60,7 @@ from tqdm import tqdm
 from ..atomic import atomic_path, write_json
 from ..cameras import Cameras
 from ..errors import InputError
-from ..metrics import grid_occupancy
+from ..metrics import solid_voxels
 from ..recon.fit_report import loss_curves_svg
 from ..recon.loop import DivergedError, read_log, truncate_log
 from ..render.softras import soft_silhouette
@@ -301,13 +300,11 @@ def _schedule(config: TrainConfig, iteration: int) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------------------------- evaluation
 def voxel_iou(vertices: np.ndarray, faces: np.ndarray, voxels: np.ndarray) -> float:
-    """IoU of a closed mesh's occupancy at the n^3 cell centres over [-0.5, 0.5]^3 with (n, n, n)
-    bool voxels indexed [x, y, z]; nan when both are empty."""
+    """IoU of a mesh's voxels (`solid_voxels`, n^3 over [-0.5, 0.5]^3) with (n, n, n) bool voxels
+    indexed [x, y, z]; nan when both are empty."""
     mesh = trimesh.Trimesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces), process=False,
                            validate=False)
-    with warnings.catch_warnings():  # closed by construction; merging coincident vertices may not say so
-        warnings.simplefilter("ignore")
-        inside = grid_occupancy(mesh, VOXEL_BOUNDS, voxels.shape[0])
+    inside = solid_voxels(mesh, VOXEL_BOUNDS, voxels.shape[0])
     union = np.count_nonzero(inside | voxels)
     return float(np.count_nonzero(inside & voxels) / union) if union else float("nan")
 
