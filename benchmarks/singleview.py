@@ -56,6 +56,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--categories", nargs="+", default=None, help="default: every shape family")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: SoftRas's 1e-4)")
+    parser.add_argument("--decay-at-budget", type=float, default=None,
+                        help="decay the learning rate and sigma (x0.3) once this fraction of the budget has passed")
     parser.add_argument("--cross-render", action=argparse.BooleanOptionalAction, default=True,
                         help="SoftRas's cross-render (default) or one render per sample")
     parser.add_argument("--threads", type=int, default=2)
@@ -183,14 +185,28 @@ def per_category_mean_shape(data: Path) -> dict:
     return category_means(list(test.categories), ious)
 
 
+def _schedule_settings(args: argparse.Namespace) -> dict:
+    """The TrainConfig fields that --lr and --decay-at-budget set."""
+    settings = {} if args.lr is None else {"lr": args.lr}
+    if args.decay_at_budget is not None:
+        settings["decay_at_budget"] = args.decay_at_budget
+    return settings
+
+
+def _departures(args: argparse.Namespace) -> str:
+    changes = ([] if args.lr is None else ["the learning rate"]) + (
+        [] if args.decay_at_budget is None else [f"the decay (x0.3) after {args.decay_at_budget:g} of the budget"])
+    return f" but {' and '.join(changes)}" if changes else ""
+
+
 def run_encoder(encoder: str, data: Path, runs: Path, args: argparse.Namespace) -> dict:
     """Budgeted training run, test IoU (`evaluate_run`), then step speed of the trained network."""
     from zerolevel.learn.dataset import load_split
     from zerolevel.learn.evaluate import evaluate_run
     from zerolevel.learn.train import TrainConfig, load_model, train
 
-    lr = {} if args.lr is None else {"lr": args.lr}
-    config = TrainConfig(encoder=encoder, batch_size=args.batch_size, cross_render=args.cross_render, **lr,
+    config = TrainConfig(encoder=encoder, batch_size=args.batch_size, cross_render=args.cross_render,
+                         **_schedule_settings(args),
                          seed=args.seed, budget_s=args.budget, iterations=10**9, val_split=None,
                          checkpoint_every=10**9, log_every=10)
     run_dir = runs / encoder
@@ -238,12 +254,12 @@ def main(argv: list[str] | None = None) -> None:
                        mean_shape["iou"]))
     rows.insert(1, row("mean shape per category", "-", "-", "-", "-", "-", per_category_mean_shape(data)))
     info = test_split.info
-    cfg = TrainConfig() if args.lr is None else TrainConfig(lr=args.lr)
+    cfg = TrainConfig(**_schedule_settings(args))
     command = "python benchmarks/singleview.py " + " ".join(sys.argv[1:] if argv is None else argv)
     notes = (
         f"Data: generated shape families {', '.join(info['categories'])}, {args.count} objects each "
         f"(splits {info['splits']}), {info['views']} ring views at {info['resolution']}^2, "
-        f"{info['voxels']}^3 voxels; cache {data}. Training: SoftRas's settings{'' if args.lr is None else ' but the learning rate'} (batch {args.batch_size}, "
+        f"{info['voxels']}^3 voxels; cache {data}. Training: SoftRas's settings{_departures(args)} (batch {args.batch_size}, "
         f"Adam lr {cfg.lr:g}, sigma {cfg.sigma:g}, dist_eps {cfg.dist_eps:g}, Laplacian {cfg.lambda_laplacian:g}, "
         f"flatten {cfg.lambda_flatten:g}), "
         f"{'cross-render (2 views in, 4 silhouettes per sample)' if args.cross_render else 'one render per sample'}"

@@ -144,6 +144,25 @@ def test_budget_stops_and_epochs_count(tmp_path):
     assert run(split, tmp_path / "e", config(epochs=2.0)).iterations == 2  # 4 objects, batch 4
 
 
+def test_budget_triggered_decay_starts_once_and_survives_resume(tmp_path):
+    split = ellipsoids()
+    lrs = lambda folder: [r["lr"] for r in read_log(folder / "log.jsonl") if "lr" in r]  # noqa: E731
+    # at fraction 0 of an ample budget the decay starts after the first step: steps 2.. are decayed
+    run(split, tmp_path / "now", config(iterations=3, lr=1e-3, budget_s=3600.0, decay_at_budget=0.0))
+    assert lrs(tmp_path / "now") == pytest.approx([1e-3, 3e-4, 3e-4])
+    assert load_checkpoint(tmp_path / "now")["decay_from"] == 1
+    # at fraction 1 it never starts within the budget; without one, decay_at rules alone
+    run(split, tmp_path / "never", config(iterations=3, lr=1e-3, budget_s=3600.0, decay_at_budget=1.0))
+    assert lrs(tmp_path / "never") == pytest.approx([1e-3] * 3)
+    # a resumed run keeps the iteration it started at, whatever its own clock says
+    run(split, tmp_path / "parts", config(iterations=2, lr=1e-3, budget_s=3600.0, decay_at_budget=0.0))
+    run(split, tmp_path / "parts", config(iterations=3, lr=1e-3, budget_s=3600.0, decay_at_budget=0.0), resume=True)
+    assert lrs(tmp_path / "parts") == lrs(tmp_path / "now")
+    assert states_equal(load_checkpoint(tmp_path / "now")["model"], load_checkpoint(tmp_path / "parts")["model"])
+    with pytest.raises(ValueError, match="fraction"):
+        config(decay_at_budget=1.5)
+
+
 def test_pair_sampler_is_class_balanced_and_restorable():
     categories = np.array(["a"] * 9 + ["b"])
     sampler = PairSampler(categories, 24, seed=3)

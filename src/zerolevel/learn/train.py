@@ -103,6 +103,9 @@ class TrainConfig:
     checkpoint_every: int = 1000       # SAVE_FREQ = 10000; more often here (CPU runs are slow)
     log_every: int = 10                # PRINT_FREQ = 100
     budget_s: float | None = None      # (zerolevel) stop after this many wall-clock seconds in all
+    decay_at_budget: float | None = None  # (zerolevel) with budget_s: decay once this fraction of it
+                                       # has passed (or at decay_at, if sooner); the iteration is kept
+                                       # in the checkpoint, so a resumed run decays where it did
     dtype: str = "float32"             # (zerolevel) "float64" for exact comparisons (tests)
 
     def __post_init__(self) -> None:
@@ -115,6 +118,8 @@ class TrainConfig:
         bad = [k for k, v in positive.items() if not v > 0]
         if bad:
             raise ValueError(f"{', '.join(bad)} must be positive")
+        if self.decay_at_budget is not None and not 0 <= self.decay_at_budget <= 1:
+            raise ValueError("decay_at_budget must be a fraction of the budget, in [0, 1]")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be float32 or float64, not {self.dtype!r}")
 
@@ -292,9 +297,11 @@ def batch_losses(model: nn.Module, net: SoftRasNet, images_a: Tensor, images_b: 
     return parts
 
 
-def _schedule(config: TrainConfig, iteration: int) -> tuple[float, float]:
-    """(learning rate, sigma) at a 0-based iteration: SoftRas's step decay."""
-    factor = config.decay if iteration >= config.decay_at else 1.0
+def _schedule(config: TrainConfig, iteration: int, decay_from: int | None = None) -> tuple[float, float]:
+    """(learning rate, sigma) at a 0-based iteration: SoftRas's step decay, from `decay_at` or from
+    `decay_from` (where `decay_at_budget` started it), whichever is sooner."""
+    start = config.decay_at if decay_from is None else min(config.decay_at, decay_from)
+    factor = config.decay if iteration >= start else 1.0
     return config.lr * factor, config.sigma * factor
 
 
@@ -349,6 +356,7 @@ class _State:
     losses: dict[str, float] = field(default_factory=dict)
     val_iou: float | None = None
     best_val_iou: float | None = None
+    decay_from: int | None = None  # the iteration the budget-triggered decay started at
 
 
 @dataclass
@@ -377,6 +385,7 @@ def _save_checkpoint(run: _Run) -> None:
     s = run.state
     payload = {"format": FORMAT, "version": 1, "iteration": s.iteration, "elapsed": s.elapsed,
                "losses": s.losses, "val_iou": s.val_iou, "best_val_iou": s.best_val_iou,
+               "decay_from": s.decay_from,
                "config": asdict(run.config), "net": asdict(run.net.config),
                "model": run.net.state_dict(), "optimizer": run.optimizer.state_dict(),
                "sampler": run.sampler.state_dict(), "torch_rng": torch.get_rng_state()}
@@ -413,7 +422,7 @@ def _restore(run: _Run, payload: dict[str, Any]) -> None:
     run.sampler.load_state_dict(payload["sampler"])
     torch.set_rng_state(payload["torch_rng"])
     run.state = _State(int(payload["iteration"]), float(payload["elapsed"]), dict(payload["losses"]),
-                       payload["val_iou"], payload["best_val_iou"])
+                       payload["val_iou"], payload["best_val_iou"], payload.get("decay_from"))
 
 
 # ---------------------------------------------------------------------------------------- logs
@@ -447,7 +456,7 @@ def _step(run: _Run) -> tuple[Tensor, float]:
     objects, view_a, view_b = run.sampler.sample(cfg.batch_size)
     shard = slice(ctx.rank * cfg.batch_size // ctx.world, (ctx.rank + 1) * cfg.batch_size // ctx.world)
     objects, view_a, view_b = objects[shard], view_a[shard], view_b[shard]
-    lr, sigma = _schedule(cfg, run.state.iteration)
+    lr, sigma = _schedule(cfg, run.state.iteration, run.state.decay_from)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     split, device, dtype = run.train_split, run.device, cfg.torch_dtype
@@ -460,15 +469,17 @@ def _step(run: _Run) -> tuple[Tensor, float]:
     return torch.stack([parts[k].detach() for k in _LOSS_NAMES]).double().cpu(), lr
 
 
-def _agree(run: _Run, local: Tensor, out_of_time: bool) -> tuple[dict[str, float], bool]:
-    """The global mean of the processes' (4,) losses, and rank 0's budget decision, on every process."""
+def _agree(run: _Run, local: Tensor, *flags: bool) -> tuple[dict[str, float], list[bool]]:
+    """The global mean of the processes' (4,) losses, and rank 0's decisions (clock-based: the
+    processes' clocks differ), on every process."""
     ctx = run.ctx
-    values = torch.cat([local / ctx.world, torch.tensor([float(out_of_time and ctx.main)], dtype=torch.float64)])
+    decisions = torch.tensor([float(flag and ctx.main) for flag in flags], dtype=torch.float64)
+    values = torch.cat([local / ctx.world, decisions])
     if ctx.world > 1:
         values = values.to(run.device)  # NCCL reduces CUDA tensors only
         dist.all_reduce(values)
         values = values.cpu()
-    return dict(zip(_LOSS_NAMES, values[:4].tolist())), bool(values[4] > 0)
+    return dict(zip(_LOSS_NAMES, values[:4].tolist())), [bool(v > 0) for v in values[4:]]
 
 
 def _evaluate(run: _Run, log: TextIO) -> None:
@@ -492,13 +503,17 @@ def _loop(run: _Run, log: TextIO, bar: tqdm) -> str:
         local, lr = _step(run)
         s.elapsed = time.perf_counter() - start
         out_of_time = cfg.budget_s is not None and s.elapsed >= cfg.budget_s
-        losses, out_of_time = _agree(run, local, out_of_time)
+        decay_now = (cfg.decay_at_budget is not None and cfg.budget_s is not None and s.decay_from is None
+                     and s.elapsed >= cfg.decay_at_budget * cfg.budget_s)
+        losses, (out_of_time, decay_now) = _agree(run, local, out_of_time, decay_now)
         losses["lr"] = lr
         if not all(math.isfinite(v) for v in losses.values()):
             s.losses = losses
             return "diverged"
         s.iteration += 1
         s.losses = losses
+        if decay_now:
+            s.decay_from = s.iteration  # the next step on
         last = s.iteration == run.iterations or out_of_time
         if run.ctx.main and (s.iteration % cfg.log_every == 0 or last):
             log.write(json.dumps({"iter": s.iteration, "time": round(s.elapsed, 3), **losses}) + "\n")
