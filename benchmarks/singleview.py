@@ -6,13 +6,14 @@ each encoder after the same wall-clock budget.
    category) into a cache folder outside the repository (`--data`, default
    `<system temp>/zerolevel-bench/singleview-<count>-seed<seed>`); a rerun reuses it.
 2. Speed, per encoder: the training step of `zerolevel.learn.train` (SoftRas's batch 64, the
-   published cross-render: 2 views encoded, 4 soft-silhouette renders per sample) timed over
+   published cross-render, 2 views encoded and 4 soft-silhouette renders per sample, or with
+   --no-cross-render one view in and one render per sample) timed over
    `--speed-steps` steps after one warm-up, on the network that the budget run (3.) ended with
    (its meshes have their trained size, which decides the rasteriser's pixel-triangle pairs).
    "step s" is the median step; "render %" the median share of the step spent in
    `soft_silhouette` (forward and backward, measured around the call and its backward pass).
-3. Quality, per encoder: `train(...)` from scratch (seed 0, SoftRas's settings, no validation
-   during the run) until `--budget` wall-clock seconds, then the voxel IoU of the test split by the
+3. Quality, per encoder: `train(...)` from scratch (seed 0, SoftRas's settings but --lr and
+   --decay-at-budget, no validation during the run) until `--budget` wall-clock seconds, then the voxel IoU of the test split by the
    protocol of `zerolevel eval-set` (`learn.evaluate.evaluate_run`: every one of the 24 ring views
    of every test object, the predicted closed mesh voxelised on the dataset's 32^3 grid as the objects
    were (the published voxelisation: surface cells and what they enclose); a
@@ -24,6 +25,7 @@ each encoder after the same wall-clock budget.
 
     python benchmarks/singleview.py                         # full size: 150 objects per category,
                                                             # 3 encoders x 600 s (> 30 min)
+    python benchmarks/singleview.py --no-cross-render --lr 3e-4 --budget 1500   # results/singleview.md
     python benchmarks/singleview.py --count 6 --budget 20   # a quick end-to-end check
     python benchmarks/singleview.py --encoders baseline --no-cross-render --data /tmp/sv150
 
@@ -185,12 +187,16 @@ def per_category_mean_shape(data: Path) -> dict:
     return category_means(list(test.categories), ious)
 
 
-def _schedule_settings(args: argparse.Namespace) -> dict:
-    """The TrainConfig fields that --lr and --decay-at-budget set."""
-    settings = {} if args.lr is None else {"lr": args.lr}
+def train_config(args: argparse.Namespace, encoder: str = "baseline"):
+    """The budget run's TrainConfig: SoftRas's settings but what the options change."""
+    from zerolevel.learn.train import TrainConfig
+
+    schedule = {} if args.lr is None else {"lr": args.lr}
     if args.decay_at_budget is not None:
-        settings["decay_at_budget"] = args.decay_at_budget
-    return settings
+        schedule["decay_at_budget"] = args.decay_at_budget
+    return TrainConfig(encoder=encoder, batch_size=args.batch_size, cross_render=args.cross_render, **schedule,
+                       seed=args.seed, budget_s=args.budget, iterations=10**9, val_split=None,
+                       checkpoint_every=10**9, log_every=10)
 
 
 def _departures(args: argparse.Namespace) -> str:
@@ -203,12 +209,9 @@ def run_encoder(encoder: str, data: Path, runs: Path, args: argparse.Namespace) 
     """Budgeted training run, test IoU (`evaluate_run`), then step speed of the trained network."""
     from zerolevel.learn.dataset import load_split
     from zerolevel.learn.evaluate import evaluate_run
-    from zerolevel.learn.train import TrainConfig, load_model, train
+    from zerolevel.learn.train import load_model, train
 
-    config = TrainConfig(encoder=encoder, batch_size=args.batch_size, cross_render=args.cross_render,
-                         **_schedule_settings(args),
-                         seed=args.seed, budget_s=args.budget, iterations=10**9, val_split=None,
-                         checkpoint_every=10**9, log_every=10)
+    config = train_config(args, encoder)
     run_dir = runs / encoder
     result = train(data, run_dir, config, "cpu", progress=False, threads=args.threads)
     print(f"{encoder}: {result.summary()}", flush=True)
@@ -227,7 +230,6 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from zerolevel.learn.dataset import load_split
-    from zerolevel.learn.train import TrainConfig
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> None:
                        mean_shape["iou"]))
     rows.insert(1, row("mean shape per category", "-", "-", "-", "-", "-", per_category_mean_shape(data)))
     info = test_split.info
-    cfg = TrainConfig(**_schedule_settings(args))
+    cfg = train_config(args)
     command = "python benchmarks/singleview.py " + " ".join(sys.argv[1:] if argv is None else argv)
     notes = (
         f"Data: generated shape families {', '.join(info['categories'])}, {args.count} objects each "
