@@ -25,7 +25,7 @@ each encoder after the same wall-clock budget.
 
     python benchmarks/singleview.py                         # full size: 150 objects per category,
                                                             # 3 encoders x 600 s (> 30 min)
-    python benchmarks/singleview.py --no-cross-render --lr 3e-4 --budget 1500   # results/singleview.md
+    python benchmarks/singleview.py --no-cross-render --lr 3e-4 --decay-at-budget 0.75 --budget 1800  # results/singleview.md
     python benchmarks/singleview.py --count 6 --budget 20   # a quick end-to-end check
     python benchmarks/singleview.py --encoders baseline --no-cross-render --data /tmp/sv150
 
