@@ -414,11 +414,12 @@ EPILOG_EVAL_SET = """examples:
   zerolevel eval-set run shapes --split val --surface-views 0        # voxel IoU only
 
 Voxel IoU at 32^3 (SoftRas's protocol): a mesh is predicted from every view of every object and voxelised on
-the dataset's grid as the objects were (the cells its surface passes through and the cells they enclose); a category's IoU is the mean over its (object, view) pairs, and the mean is taken
-over categories. Chamfer and F-score (tau in fractions of the GT bounding-box diagonal, as `zerolevel eval`)
-against each object's normalised mesh, on the first --surface-views views evaluated. The mean-shape row is a
-baseline: the train split's voxel occupancy frequency thresholded (at the threshold, near 0.5, that fits the
-train split best), the same shape whatever the image.
+the dataset's grid as the objects were (the cells its surface passes through and the cells they enclose); a
+category's IoU is the mean over its (object, view) pairs, and the mean is taken over categories. Chamfer and
+F-score (tau in fractions of the GT bounding-box diagonal, as `zerolevel eval`) against each object's
+normalised mesh, on the first --surface-views views evaluated. The mean-shape row is a baseline: the train
+split's voxel occupancy frequency thresholded (at the threshold, near 0.5, that fits the train split best),
+the same shape whatever the image.
 """
 
 

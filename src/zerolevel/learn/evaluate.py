@@ -7,8 +7,9 @@ The protocol (Soft Rasterizer's examples/recon/test.py, and DESIGN.md):
 - Voxel IoU: every view of every object of the split (SoftRas: all 24 ring views; `views` evenly
   spaced ones when asked) goes through the network; the predicted closed mesh is voxelised on the
   dataset's 32^3 grid over [-0.5, 0.5]^3 the way the object was (the published voxelisation,
-  `zerolevel.metrics.solid_voxels`) and compared with the object's voxels (`train.voxel_iou`). A category's IoU is the mean over all its (object, view) pairs; the
-  headline figure is the mean over categories, each counting once however many objects it has.
+  `zerolevel.metrics.solid_voxels`) and compared with the object's voxels (`train.voxel_iou`). A
+  category's IoU is the mean over all its (object, view) pairs; the headline figure is the mean over
+  categories, each counting once however many objects it has.
 - Surface metrics: Chamfer distance, F-score at tau = 0.005 and 0.0025 of the ground truth's
   bounding-box diagonal and normal consistency (`zerolevel.metrics.evaluate`, the protocol of
   `zerolevel eval`) of the predicted mesh against the object's normalised mesh
