@@ -1,16 +1,20 @@
 """`zerolevel train / predict / eval-set` on a tiny dataset (2 categories x 3 objects, 4 views at 32x32):
-outputs, resuming, and bad input as exit code 2 with one line and no output file."""
+outputs, resuming, the gallery picture, and bad input as exit code 2 with one line and no output file."""
 
 import json
 
+import imagecodecs
 import numpy as np
 import pytest
 import trimesh
 
 from zerolevel.cli import main
+from zerolevel.geometry.mesh import load_mesh
 from zerolevel.images import write_png
-from zerolevel.learn.dataset import DatasetSettings, generated_sources, load_split, write_dataset
+from zerolevel.learn.dataset import DatasetSettings, generated_sources, load_split, render_rgba, write_dataset
+from zerolevel.learn.gallery import BACKGROUND, GAP, gallery_objects
 from zerolevel.learn.train import load_checkpoint, read_log
+from zerolevel.render.raycast import MeshRayCaster
 
 FAST = ["-q", "--threads", "1"]
 TRAIN = ["--batch-size", "2", *FAST]
@@ -171,3 +175,34 @@ def test_eval_set_bad_input(capsys, dataset, run, tmp_path, args, words):
     assert code == 2
     assert_one_line_error(err, *words)
     assert not (tmp_path / "m.json").exists()
+
+
+def test_eval_set_gallery_shows_input_prediction_and_truth(capsys, dataset, run, tmp_path):
+    path = tmp_path / "gallery.png"
+    code, stdout, _ = cli(capsys, "eval-set", str(run), str(dataset), "--views", "1", "--surface-views", "0",
+                          "--gallery", str(path))
+    assert code == 0 and f"wrote {path}" in stdout
+    sheet = imagecodecs.png_decode(path.read_bytes())
+    test = load_split(dataset, "test")  # one chair, one vase; 4 views at 32^2, tiles upscaled x2
+    tile, step = 64, 64 + GAP
+    assert sheet.shape == (2 * tile + GAP, 6 * tile + 5 * GAP, 3)
+
+    def tile_at(row, column):
+        return sheet[row * step:row * step + tile, column * step:column * step + tile]
+
+    for row in range(2):  # input = view 0, truth +90 = view 1, truth +180 = view 2
+        for column, view in ((0, 0), (3, 1), (5, 2)):
+            rgba = test.images[row, view].astype(np.float64)
+            expected = rgba[..., :3] + BACKGROUND * (1 - rgba[..., 3:] / 255)
+            assert np.abs(tile_at(row, column)[::2, ::2] - expected).max() <= 0.5 + 1e-9
+        assert (tile_at(row, 1) != BACKGROUND).any()  # the prediction is drawn
+
+
+def test_gallery_renders_as_the_dataset_does(dataset):
+    """The predictions' renderer reproduces the dataset's images from the objects' meshes."""
+    test = load_split(dataset, "test")
+    for index in range(len(test)):
+        caster = MeshRayCaster(load_mesh(test.mesh_path(index)), crease_deg=None)  # generated objects: smooth
+        rendered = render_rgba(caster, test.cameras).astype(np.int64)
+        assert np.abs(rendered - test.images[index]).max() <= 1
+    assert gallery_objects(["a", "b", "a", "a", "b", "c"], 2) == [0, 2, 1, 4, 5]

@@ -412,6 +412,7 @@ EPILOG_EVAL_SET = """examples:
   zerolevel eval-set run shapes                       # test split, all views: the published protocol
   zerolevel eval-set run shapes --views 4 --surface-views 2 --json run/test_metrics.json
   zerolevel eval-set run shapes --split val --surface-views 0        # voxel IoU only
+  zerolevel eval-set run shapes --views 1 --surface-views 0 --gallery run/gallery.png   # a look at it
 
 Voxel IoU at 32^3 (SoftRas's protocol): a mesh is predicted from every view of every object and voxelised on
 the dataset's grid as the objects were (the cells its surface passes through and the cells they enclose); a
@@ -472,6 +473,10 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     p.add_argument("--points", type=int, default=100_000, help="surface samples per mesh (default: 100000)")
     p.add_argument("--batch-size", type=int, default=32, help="images per network call (default: 32)")
     p.add_argument("--json", help="write the results (per category and per object) as JSON to this file")
+    p.add_argument("--gallery", metavar="PNG", help="write a picture of predictions beside the truth: per object, "
+                   "the input, the prediction from it and from +90/+180 degrees, the truth from there")
+    p.add_argument("--gallery-objects", type=int, default=2, metavar="N",
+                   help="objects per category in the gallery (default: 2)")
     _add_common(p)
 
 
@@ -560,6 +565,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_eval_set(args: argparse.Namespace) -> None:
     from .atomic import write_json
     from .learn.evaluate import evaluate_run, format_table
+    from .learn.gallery import COLUMNS
 
     views = None
     if args.views != "all":
@@ -569,15 +575,18 @@ def cmd_eval_set(args: argparse.Namespace) -> None:
             views = 0
         if views <= 0:
             raise InputError(f"--views must be all or a positive number, got {args.views!r}")
-    _check_positive(args, "points", "batch_size")
+    _check_positive(args, "points", "batch_size", "gallery_objects")
     if args.surface_views < 0:
         raise InputError(f"--surface-views must be 0 or more, got {args.surface_views}")
     if any(t <= 0 for t in args.tau):
         raise InputError("--tau values must be positive")
     result = evaluate_run(args.run, args.dataset, split=args.split, views=views, surface_views=args.surface_views,
                           taus=tuple(args.tau), points=args.points, batch_size=args.batch_size,
-                          device=args.device, seed=args.seed, progress=not args.quiet)
+                          device=args.device, seed=args.seed, progress=not args.quiet,
+                          gallery=args.gallery, gallery_objects=args.gallery_objects)
     print(format_table(result))
+    if args.gallery:
+        print(f"wrote {args.gallery}: per row {', '.join(COLUMNS)}")
     if args.json:
         write_json(args.json, result)
 

@@ -294,14 +294,18 @@ def render_object(mesh: trimesh.Trimesh | MeshRayCaster, cameras: Cameras, super
         lit as `LIGHT` says; voxels (n, n, n) bool indexed [x, y, z].
     """
     caster = mesh if isinstance(mesh, MeshRayCaster) else MeshRayCaster(mesh, crease_deg=crease_deg)
+    return render_rgba(caster, cameras, supersample), solid_voxels(caster.mesh, VOXEL_BOUNDS, voxels)
+
+
+def render_rgba(caster: MeshRayCaster, cameras: Cameras, supersample: int = 2) -> np.ndarray:
+    """(V, H, W, 4) uint8 images of a mesh lit as the dataset's objects are (`LIGHT`, `render_object`)."""
     headlights = [DirectionalLight(d, LIGHT["intensity"]) for d in (-cameras.forward).double().numpy()]
     out = caster.render(cameras, supersample=supersample, lights=[[light] for light in headlights],
                         ambient=LIGHT["ambient"], albedo=1.0)
     rgba = np.empty(out["mask"].shape + (4,), dtype=np.uint8)
     rgba[..., :3] = _to_byte(out["image"][..., None] * np.asarray(LIGHT["albedo"], dtype=np.float32))
     rgba[..., 3] = _to_byte(out["mask"])
-    occupancy = solid_voxels(caster.mesh, VOXEL_BOUNDS, voxels)
-    return rgba, occupancy
+    return rgba
 
 
 def _to_byte(values: np.ndarray) -> np.ndarray:

@@ -223,7 +223,8 @@ def score_predictions(net: SoftRasNet, split: Any, view_ids: np.ndarray, surface
 def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", views: int | None = None,
                  surface_views: int = 1, taus: Sequence[float] = DEFAULT_TAUS, points: int = SURFACE_POINTS,
                  batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, gallery: str | Path | None = None,
+                 gallery_objects: int = 2) -> dict[str, Any]:
     """Score a trained network on a split of a dataset folder (see the module docstring).
 
     Args:
@@ -233,13 +234,15 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
         views: views per object, evenly spaced from view 0 (None: all of them, the protocol).
         surface_views: Chamfer / F-score on the first this many evaluated views of each object (0: none).
         taus: F-score thresholds, fractions of the GT bounding-box diagonal; points: samples per surface.
+        gallery: also write a PNG of predictions beside the truth here (`gallery.prediction_sheet`, the
+            first `gallery_objects` objects of each category, from view 0).
     Returns:
         A JSON-ready dict: "format", "run", "dataset", "split", "checkpoint" {"iteration", "encoder",
         "image_size"}, "objects", "views" (ids), "voxels" (n), "iou" and "mean_shape" {"threshold",
         "train_iou", "iou"} (each IoU: `category_means`' dict), "surface" (None without surface views;
         else "views", "points", "tau_units", "chamfer", "normal_consistency", "fscore" {tau_key: ...}),
         "per_object" [{"id", "category", "iou" (per view), "mean_shape_iou", "chamfer", "fscore"}],
-        "seconds". Undefined values are None.
+        "gallery" (the PNG's path, or None), "seconds". Undefined values are None.
     Raises:
         InputError: a missing or foreign run or dataset, an empty split, a network of another image size.
     """
@@ -255,6 +258,10 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
     if len(test) == 0 or len(train) == 0:
         raise InputError(f"the {'train' if len(test) else split} split has no objects", dataset)
     view_ids = view_indices(test.images.shape[1], views)
+    if gallery is not None:
+        from .gallery import write_prediction_sheet
+
+        write_prediction_sheet(gallery, net, test, gallery_objects)
     scores = score_predictions(net, test, view_ids, surface_views, taus, points, batch_size, seed, progress)
     shape = fit_mean_shape(train)
     baseline = voxel_ious(shape.voxels, test)
@@ -279,7 +286,8 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
               "iou": category_means(cats, scores["iou"]),
               "mean_shape": {"threshold": shape.threshold, "train_iou": shape.train_iou,
                              "iou": category_means(cats, baseline)},
-              "surface": surface, "per_object": per_object, "seconds": round(time.perf_counter() - start, 2)}
+              "surface": surface, "per_object": per_object, "gallery": None if gallery is None else str(gallery),
+              "seconds": round(time.perf_counter() - start, 2)}
     return _finite(result)
 
 

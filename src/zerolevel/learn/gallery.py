@@ -1,0 +1,104 @@
+"""A picture of a single-view network's predictions beside the truth (`zerolevel eval-set --gallery`).
+
+One row per object (the first few objects of each category of a split, so the same run always shows
+the same ones), six tiles: the input image, the predicted mesh seen from the input view, then the
+prediction and the ground truth a quarter and half a turn around the ring. Predictions are rendered
+with the dataset's own camera and light (`dataset.render_rgba`), so a perfect prediction's tiles
+equal the dataset's images. Tiles are composited on dark grey (the objects are light grey), with
+white gaps between them; the picture is written atomically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trimesh
+
+from ..atomic import atomic_path
+from ..images import write_png
+from ..render.raycast import MeshRayCaster
+from .dataset import render_rgba
+from .softras_net import SoftRasNet
+from .train import split_images
+
+COLUMNS = ("input", "prediction (input view)", "prediction +90°", "truth +90°", "prediction +180°", "truth +180°")
+GAP = 2  # white pixels between tiles
+BACKGROUND = 48.0  # grey level behind the objects
+
+
+def gallery_objects(categories: Sequence[str], per_category: int) -> list[int]:
+    """Indices of the first `per_category` objects of each category, categories in first-seen order."""
+    taken: dict[str, list[int]] = {}
+    for index, category in enumerate(categories):
+        members = taken.setdefault(category, [])
+        if len(members) < per_category:
+            members.append(index)
+    return [i for members in taken.values() for i in members]
+
+
+@torch.no_grad()
+def prediction_sheet(net: SoftRasNet, split: Any, per_category: int = 2, view: int = 0,
+                     scale: int = 2) -> np.ndarray:
+    """(H, W, 3) uint8: the rows described in the module docstring, each tile upscaled `scale` times.
+
+    Args:
+        net: the trained network (put in eval mode; its mode is restored).
+        split: a dataset split (`load_split`): images (N, V, S, S, 4), categories, cameras.
+        per_category: objects shown per category.
+        view: the input view (ring index).
+        scale: nearest-neighbour upscaling of every tile (64^2 images are small on a screen).
+    """
+    objects = gallery_objects(split.categories, per_category)
+    num_views = split.images.shape[1]
+    views = [view % num_views, (view + num_views // 4) % num_views, (view + num_views // 2) % num_views]
+    cameras = split.cameras[torch.as_tensor(views)]
+    parameter = next(net.parameters())
+    was_training = net.training
+    net.eval()
+    try:
+        inputs = split_images(split, np.asarray(objects), np.full(len(objects), views[0]), parameter.device,
+                              parameter.dtype)
+        vertices = net(inputs).double().cpu().numpy()
+    finally:
+        net.train(was_training)
+    faces = net.faces.cpu().numpy()
+    rows = []
+    for index, verts in zip(objects, vertices):
+        mesh = trimesh.Trimesh(verts, faces, process=False)
+        predicted = render_rgba(MeshRayCaster(mesh, crease_deg=None), cameras)  # smooth: no intended creases
+        truth = split.images[index]
+        tiles = [truth[views[0]], predicted[0], predicted[1], truth[views[1]], predicted[2], truth[views[2]]]
+        rows.append(_stack([_composite(t, scale) for t in tiles], axis=1))
+    return _stack(rows, axis=0)
+
+
+def write_prediction_sheet(path: str | Path, net: SoftRasNet, split: Any, per_category: int = 2,
+                           view: int = 0) -> tuple[int, int]:
+    """Write `prediction_sheet` as a PNG (atomically); returns (rows, columns)."""
+    sheet = prediction_sheet(net, split, per_category, view)
+    with atomic_path(path) as tmp:
+        write_png(tmp, sheet)
+    return len(gallery_objects(split.categories, per_category)), len(COLUMNS)
+
+
+def _composite(rgba: np.ndarray, scale: int) -> np.ndarray:
+    """Premultiplied RGBA uint8 over the BACKGROUND grey, upscaled by pixel repetition."""
+    alpha = rgba[..., 3:].astype(np.float32) / 255.0
+    rgb = rgba[..., :3].astype(np.float32) + BACKGROUND * (1.0 - alpha)
+    rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    return rgb.repeat(scale, axis=0).repeat(scale, axis=1)
+
+
+def _stack(parts: list[np.ndarray], axis: int) -> np.ndarray:
+    """Concatenate images along an axis with GAP white pixels between them."""
+    shape = list(parts[0].shape)
+    shape[axis] = GAP
+    gap = np.full(shape, 255, dtype=np.uint8)
+    out = [parts[0]]
+    for part in parts[1:]:
+        out += [gap, part]
+    return np.concatenate(out, axis=axis)
