@@ -29,7 +29,7 @@ each encoder after the same wall-clock budget.
     python benchmarks/singleview.py --count 6 --budget 20   # a quick end-to-end check
     python benchmarks/singleview.py --encoders baseline --no-cross-render --data /tmp/sv150
 
-Writes results/singleview.md and .json (`--name` changes the stem).
+Writes results/singleview.md and .json, and a gallery picture per encoder (`--name` changes the stem).
 """
 
 from __future__ import annotations
@@ -215,7 +215,9 @@ def run_encoder(encoder: str, data: Path, runs: Path, args: argparse.Namespace) 
     run_dir = runs / encoder
     result = train(data, run_dir, config, "cpu", progress=False, threads=args.threads)
     print(f"{encoder}: {result.summary()}", flush=True)
-    scores = evaluate_run(run_dir, data, "test", views=args.test_views, surface_views=0, progress=False)
+    gallery = HERE / "results" / f"{args.name}_gallery_{encoder}.png"  # predictions beside the truth
+    scores = evaluate_run(run_dir, data, "test", views=args.test_views, surface_views=0, progress=False,
+                          gallery=gallery)
     print(f"{encoder}: test IoU {scores['iou']['mean']} ({scores['seconds']:.0f} s to evaluate)", flush=True)
     step_s, share = step_speed(load_model(run_dir), load_split(data, "train"), config, args.speed_steps)
     print(f"{encoder}: step {step_s:.2f} s, soft rasteriser {share:.0%}", flush=True)
@@ -273,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         f"voxelisation, `metrics.solid_voxels`, for the GT and the predicted closed mesh), {'all' if args.test_views is None else args.test_views} ring views per test "
         f"object (`evaluate_run`), mean per category over (object, view) pairs; \"mean IoU\": over categories. "
         f"Mean-shape rows: the train voxels occupied in more than a fitted fraction t of the objects (one "
-        f"shape, or one per category given the category), scored on the test voxels. Benchmark wall time "
+        f"shape, or one per category given the category), scored on the test voxels. Pictures of each "
+        f"network's test predictions beside the truth: {args.name}_gallery_<encoder>.png. Benchmark wall time "
         f"{time.perf_counter() - t_start:.0f} s.")
     write_report(args.name, "Single-view reconstruction (SoftRas network): training speed and test IoU "
                  "after a fixed budget", command, columns, rows, notes=notes)
