@@ -167,6 +167,7 @@ def test_eval_set_prints_the_table_and_writes_json(capsys, dataset, run, tmp_pat
     (["--views", "0"], ["--views"]),
     (["--split", "val", "--surface-views", "-1"], ["--surface-views"]),
     (["--gallery", "g.png", "--gallery-objects", "0"], ["--gallery-objects"]),
+    (["--gallery", ".", "--split", "val"], ["directory"]),
     (["RUN_MISSING"], ["nothing"]),
 ])
 def test_eval_set_bad_input(capsys, dataset, run, tmp_path, args, words):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import zerolevel.scene as scene_module
+from zerolevel.atomic import atomic_path, write_json
 from zerolevel.cameras import Cameras
 from zerolevel.errors import InputError
 from zerolevel.images import read_normal_map, write_normal_png
@@ -134,6 +135,16 @@ def test_failed_write_leaves_nothing_and_keeps_existing(tmp_path, monkeypatch):
         make_scene(seed=1).write(tmp_path / "old")
     after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     assert after == before and [p.name for p in tmp_path.iterdir()] == ["old"]
+
+
+
+def test_atomic_file_onto_a_directory_is_one_line_input_error(tmp_path):
+    (tmp_path / "out").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        write_json(tmp_path / "out", {"a": 1})
+    with pytest.raises(InputError, match="is a directory"), atomic_path(tmp_path / "out"):
+        pass
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and not any((tmp_path / "out").iterdir())
 
 
 # ---------------------------------------------------------------------- bad input: one line naming the file

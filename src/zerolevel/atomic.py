@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -25,6 +27,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     (trimesh, imageio) still work.
     """
     path = Path(path)
+    if path.is_dir():  # the user's mistake, not a bug: say so in one line before anything is written
+        raise InputError("is a directory; give a file name for this output", path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)

@@ -580,6 +580,9 @@ def cmd_eval_set(args: argparse.Namespace) -> None:
         raise InputError(f"--surface-views must be 0 or more, got {args.surface_views}")
     if any(t <= 0 for t in args.tau):
         raise InputError("--tau values must be positive")
+    for output in (args.json, args.gallery):
+        if output and Path(output).is_dir():  # before the evaluation, not after it
+            raise InputError("is a directory; give a file name for this output", output)
     result = evaluate_run(args.run, args.dataset, split=args.split, views=views, surface_views=args.surface_views,
                           taus=tuple(args.tau), points=args.points, batch_size=args.batch_size,
                           device=args.device, seed=args.seed, progress=not args.quiet,
