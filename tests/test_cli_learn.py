@@ -187,10 +187,11 @@ def test_eval_set_gallery_shows_input_prediction_and_truth(capsys, dataset, run,
     sheet = imagecodecs.png_decode(path.read_bytes())
     test = load_split(dataset, "test")  # one chair, one vase; 4 views at 32^2, tiles upscaled x2
     tile, step = 64, 64 + GAP
-    assert sheet.shape == (2 * tile + GAP, 6 * tile + 5 * GAP, 3)
+    assert sheet.shape == (2 * step + GAP, 6 * step + GAP, 3)
 
     def tile_at(row, column):
-        return sheet[row * step:row * step + tile, column * step:column * step + tile]
+        top, left = GAP + row * step, GAP + column * step
+        return sheet[top:top + tile, left:left + tile]
 
     for row in range(2):  # input = view 0, truth +90 = view 1, truth +180 = view 2
         for column, view in ((0, 0), (3, 1), (5, 2)):

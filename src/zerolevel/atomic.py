@@ -19,6 +19,13 @@ from typing import Any
 from .errors import InputError
 
 
+def check_output_file(path: str | Path) -> None:
+    """InputError (one line) when an output file's path is an existing directory: the user's mistake,
+    said before any work is done when callers check early (`atomic_path` checks too)."""
+    if Path(path).is_dir():
+        raise InputError("is a directory; give a file name for this output", path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it onto `path`, else delete it.
@@ -27,8 +34,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     (trimesh, imageio) still work.
     """
     path = Path(path)
-    if path.is_dir():  # the user's mistake, not a bug: say so in one line before anything is written
-        raise InputError("is a directory; give a file name for this output", path)
+    check_output_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)

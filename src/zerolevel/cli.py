@@ -563,7 +563,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_set(args: argparse.Namespace) -> None:
-    from .atomic import write_json
+    from .atomic import check_output_file, write_json
     from .learn.evaluate import evaluate_run, format_table
     from .learn.gallery import COLUMNS
 
@@ -581,8 +581,8 @@ def cmd_eval_set(args: argparse.Namespace) -> None:
     if any(t <= 0 for t in args.tau):
         raise InputError("--tau values must be positive")
     for output in (args.json, args.gallery):
-        if output and Path(output).is_dir():  # before the evaluation, not after it
-            raise InputError("is a directory; give a file name for this output", output)
+        if output:
+            check_output_file(output)  # before the evaluation, not after it
     result = evaluate_run(args.run, args.dataset, split=args.split, views=views, surface_views=args.surface_views,
                           taus=tuple(args.tau), points=args.points, batch_size=args.batch_size,
                           device=args.device, seed=args.seed, progress=not args.quiet,

@@ -4,8 +4,8 @@ One row per object (the first few objects of each category of a split, so the sa
 the same ones), six tiles: the input image, the predicted mesh seen from the input view, then the
 prediction and the ground truth a quarter and half a turn around the ring. Predictions are rendered
 with the dataset's own camera and light (`dataset.render_rgba`), so a perfect prediction's tiles
-equal the dataset's images. Tiles are composited on dark grey (the objects are light grey), with
-white gaps between them; the picture is written atomically.
+equal the dataset's images. Tiles are composited on dark grey (the objects are light grey) and laid
+out by `report.contact_sheet` (white gaps); the picture is written atomically.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import numpy as np
 import torch
 import trimesh
 
-from ..atomic import atomic_path
-from ..images import write_png
 from ..render.raycast import MeshRayCaster
+from ..report import contact_sheet, write_png
 from .dataset import render_rgba
 from .softras_net import SoftRasNet
 from .train import split_images
 
 COLUMNS = ("input", "prediction (input view)", "prediction +90°", "truth +90°", "prediction +180°", "truth +180°")
-GAP = 2  # white pixels between tiles
+GAP = 2  # white pixels around tiles
 BACKGROUND = 48.0  # grey level behind the objects
 
 
@@ -66,23 +65,20 @@ def prediction_sheet(net: SoftRasNet, split: Any, per_category: int = 2, view: i
     finally:
         net.train(was_training)
     faces = net.faces.cpu().numpy()
-    rows = []
+    tiles = []
     for index, verts in zip(objects, vertices):
         mesh = trimesh.Trimesh(verts, faces, process=False)
         predicted = render_rgba(MeshRayCaster(mesh, crease_deg=None), cameras)  # smooth: no intended creases
         truth = split.images[index]
-        tiles = [truth[views[0]], predicted[0], predicted[1], truth[views[1]], predicted[2], truth[views[2]]]
-        rows.append(_stack([_composite(t, scale) for t in tiles], axis=1))
-    return _stack(rows, axis=0)
+        row = [truth[views[0]], predicted[0], predicted[1], truth[views[1]], predicted[2], truth[views[2]]]
+        tiles += [_composite(t, scale) for t in row]
+    return contact_sheet(tiles, columns=len(COLUMNS), pad=GAP)
 
 
 def write_prediction_sheet(path: str | Path, net: SoftRasNet, split: Any, per_category: int = 2,
-                           view: int = 0) -> tuple[int, int]:
-    """Write `prediction_sheet` as a PNG (atomically); returns (rows, columns)."""
-    sheet = prediction_sheet(net, split, per_category, view)
-    with atomic_path(path) as tmp:
-        write_png(tmp, sheet)
-    return len(gallery_objects(split.categories, per_category)), len(COLUMNS)
+                           view: int = 0) -> None:
+    """Write `prediction_sheet` as a PNG, atomically."""
+    write_png(path, prediction_sheet(net, split, per_category, view))
 
 
 def _composite(rgba: np.ndarray, scale: int) -> np.ndarray:
@@ -92,13 +88,3 @@ def _composite(rgba: np.ndarray, scale: int) -> np.ndarray:
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return rgb.repeat(scale, axis=0).repeat(scale, axis=1)
 
-
-def _stack(parts: list[np.ndarray], axis: int) -> np.ndarray:
-    """Concatenate images along an axis with GAP white pixels between them."""
-    shape = list(parts[0].shape)
-    shape[axis] = GAP
-    gap = np.full(shape, 255, dtype=np.uint8)
-    out = [parts[0]]
-    for part in parts[1:]:
-        out += [gap, part]
-    return np.concatenate(out, axis=axis)
