@@ -38,6 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _report import RESULTS_DIR, write_report  # noqa: E402
+from zerolevel import methods  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data" / "meshes"
 MESHES = {"bunny": "bunny.ply", "spot": "spot.obj", "nefertiti": "nefertiti.obj",
@@ -52,23 +53,20 @@ COLUMNS = ["mesh", "method", "gradient / schedule", "run iterations", "iteration
 
 
 LIGHTS = ((0.5, 1.0, 0.5), (-1.0, 0.3, 0.4), (0.3, -0.2, -1.0))  # the 3 known lights of shading scenes
-# tet-grid modes: "band" is the default 32 -> 64 -> 128; "start64" skips the 32 level, whose visual
-# hull bloats limbs thinner than a cell (MakeHuman's forearms) beyond what finer levels thin again
-MODES = {"supernormal": ("dfd", "analytic", "fd"), "sdfdiff": ("plain", "greedy"), "tetsdf": ("band", "start64")}
+# the variants each method is benchmarked in, as `fit --set` settings: SuperNormal's gradient modes,
+# SDFDiff's schedules, and the tet grid's levels: "band" is the default 32 -> 64 -> 128; "start64"
+# skips the 32 level, whose visual hull bloats limbs thinner than a cell (MakeHuman's forearms)
+# beyond what finer levels thin again
+MODES = {"supernormal": {mode: {"gradient": mode} for mode in ("dfd", "analytic", "fd")},
+         "sdfdiff": {mode: {"schedule": mode} for mode in ("plain", "greedy")},
+         "tetsdf": {"band": {}, "start64": {"resolutions": "64,128", "level_shares": "0.5,0.5"}}}
 
 
 def make_method(method: str, scene, iters: int, mode: str):
-    """`mode`: SuperNormal's gradient mode, or SDFDiff's schedule."""
-    from zerolevel.recon.sdfdiff import SDFDiff, SDFDiffConfig
-    from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
-    from zerolevel.recon.tetsdf import TetSDF, TetSDFConfig
+    """The registry's method `method` with the settings of benchmark variant `mode`."""
+    from zerolevel.pipeline import make_fitter
 
-    if method == "supernormal":
-        return SuperNormal(scene, iters, config=SuperNormalConfig(gradient=mode))
-    if method == "tetsdf":
-        levels = {"resolutions": (64, 128), "level_shares": (0.5, 0.5)} if mode == "start64" else {}
-        return TetSDF(scene, iters, config=TetSDFConfig(**levels))
-    return SDFDiff(scene, iters, config=SDFDiffConfig(schedule=mode))
+    return make_fitter(method, scene, iters, settings=MODES[method][mode])
 
 
 def make_scene(gt, observations: str, views: int, res: int):
@@ -86,7 +84,7 @@ def make_scene(gt, observations: str, views: int, res: int):
 def fit_curve(name: str, gt, scene, method: str, mode: str, iters: int, points: int) -> list[list]:
     """One run of `iters` iterations, evaluated at `points` evenly spaced iterations."""
     from zerolevel.metrics import evaluate
-    from zerolevel.recon.loop import LoopConfig, run_loop
+    from zerolevel.optim.loop import LoopConfig, run_loop
 
     fit = make_method(method, scene, iters, mode)
     eyes = _world_centres(scene)
@@ -164,7 +162,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meshes", nargs="+", default=DEFAULT_MESHES, choices=list(MESHES))
-    parser.add_argument("--methods", nargs="+", default=["supernormal"], choices=list(MODES))
+    parser.add_argument("--methods", nargs="+", default=["supernormal"], choices=methods.names("fit"))
     parser.add_argument("--modes", nargs="+", default=None, choices=[m for modes in MODES.values() for m in modes],
                         help="SuperNormal gradient modes / SDFDiff schedules (default: dfd / plain)")
     parser.add_argument("--observations", default="normals", choices=["normals", "shading"],
@@ -195,7 +193,7 @@ def main() -> None:
         gt = gt if args.open else close_holes(gt)
         scene = make_scene(gt, args.observations, args.views, args.res)
         for method in args.methods:
-            modes = [m for m in args.modes if m in MODES[method]] if args.modes else [MODES[method][0]]
+            modes = [m for m in args.modes if m in MODES[method]] if args.modes else [next(iter(MODES[method]))]
             for index, mode in enumerate(modes):
                 # every run length for the first mode; the others are compared on the shortest
                 for iters in (args.runs if index == 0 else [min(args.runs)]):

@@ -141,7 +141,8 @@ def step_speed(net, split, config, steps: int) -> tuple[float, float]:
     import numpy as np
     import torch
 
-    from zerolevel.learn.train import PairSampler, batch_losses, split_cameras, split_images
+    from zerolevel.learn.sampling import PairSampler, split_cameras, split_images
+    from zerolevel.learn.train import batch_losses
 
     net.train()
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, betas=config.betas)
@@ -209,7 +210,8 @@ def run_encoder(encoder: str, data: Path, runs: Path, args: argparse.Namespace) 
     """Budgeted training run, test IoU (`evaluate_run`), then step speed of the trained network."""
     from zerolevel.learn.dataset import load_split
     from zerolevel.learn.evaluate import evaluate_run
-    from zerolevel.learn.train import load_model, train
+    from zerolevel.learn.predict import load_model
+    from zerolevel.learn.train import train
 
     config = train_config(args, encoder)
     run_dir = runs / encoder

@@ -13,3 +13,12 @@ def assert_one_line_error(err: str, name: str) -> None:
     assert len(lines) == 1, err
     assert "error" in lines[0] and name in lines[0], lines[0]
     assert "Traceback" not in err
+
+
+def run_state(run) -> dict:
+    """A training run's checkpoint as tests read it: the task's state (config, net, model, ...) with
+    the loop's iteration."""
+    from zerolevel.optim.loop import load_checkpoint
+
+    payload = load_checkpoint(run)
+    return {**payload["state"], "iteration": payload["iteration"]}

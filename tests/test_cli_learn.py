@@ -6,6 +6,7 @@ import json
 import imagecodecs
 import numpy as np
 import pytest
+from conftest import run_state as load_checkpoint
 import trimesh
 
 from zerolevel.cli import main
@@ -13,7 +14,7 @@ from zerolevel.geometry.mesh import load_mesh
 from zerolevel.images import write_png
 from zerolevel.learn.dataset import DatasetSettings, generated_sources, load_split, render_rgba, write_dataset
 from zerolevel.learn.gallery import BACKGROUND, GAP, gallery_objects
-from zerolevel.learn.train import load_checkpoint, read_log
+from zerolevel.optim.loop import read_log
 from zerolevel.render.raycast import MeshRayCaster
 
 FAST = ["-q", "--threads", "1"]

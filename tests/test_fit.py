@@ -96,7 +96,7 @@ def test_fits_with_masks_only_or_normals_only(small_scene, keep):
 
 def test_fit_with_occupancy_grid_resumes_exactly(small_scene, tmp_path):
     """The skipping grid is part of the state: a run cut in two ends bit-identical to one run."""
-    from zerolevel.recon.loop import LoopConfig, run_loop
+    from zerolevel.optim.loop import LoopConfig, run_loop
     from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
 
     scene = read_scene(small_scene)

@@ -11,7 +11,8 @@ from zerolevel.cameras import Cameras
 import trimesh
 from PIL import Image
 
-from zerolevel.recon.fit_report import (loss_curves_svg, silhouette_ious, silhouette_sheet, turntable_cameras,
+from zerolevel.report import loss_curves_svg
+from zerolevel.recon.fit_report import (silhouette_ious, silhouette_sheet, turntable_cameras,
                                         turntable_frames, write_fit_report)
 from zerolevel.scene import Scene
 

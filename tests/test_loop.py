@@ -1,11 +1,12 @@
 """The shared optimisation loop: stops, checkpoints, resumes exactly, logs, and stops on NaN."""
 
 import json
+import math
 
 import pytest
 import torch
 
-from zerolevel.recon.loop import DivergedError, LoopConfig, load_checkpoint, read_log, run_loop
+from zerolevel.optim.loop import DivergedError, LoopConfig, load_checkpoint, read_log, run_loop
 
 
 class NoisyRegression:
@@ -102,4 +103,54 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_last_good_checkpoin
     assert "checkpoint.pt" in str(excinfo.value)
     checkpoint = load_checkpoint(tmp_path / "checkpoint.pt")
     assert checkpoint["iteration"] == 20
-    assert torch.isfinite(checkpoint["method"]["w"]).all()
+    assert torch.isfinite(checkpoint["state"]["w"]).all()
+
+
+class Unstable(NoisyRegression):
+    """Diverges while its learning rate is above 0.06 once past iteration 12: recoverable by a
+    smaller step. Its step scale is part of its state, as in the real methods."""
+
+    def __init__(self, lr: float = 0.2):
+        super().__init__()
+        self.lr, self.scale = lr, 1.0
+
+    def step(self, iteration: int) -> dict[str, float]:
+        self.optimizer.param_groups[0]["lr"] = self.lr * self.scale
+        losses = super().step(iteration)
+        if iteration >= 12 and self.lr * self.scale > 0.06:
+            losses["loss"] = float("nan")
+        return losses
+
+    def reduce_step(self, factor: float) -> None:
+        self.scale *= factor
+
+    def state_dict(self):
+        return {**super().state_dict(), "scale": self.scale}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.scale = state["scale"]
+
+
+def test_a_non_finite_loss_is_survived_with_a_smaller_step(tmp_path):
+    torch.manual_seed(0)
+    task = Unstable()
+    result = run_loop(task, tmp_path, quiet(iters=40, checkpoint_every=10, log_every=1))
+    # 0.2 -> 0.1 -> 0.05: two recoveries, each back to the checkpoint at iteration 10
+    assert result.iterations == 40 and result.recoveries == 2
+    assert task.scale * task.lr == pytest.approx(0.05)
+    log = read_log(tmp_path / "log.jsonl")
+    events = [row for row in log if "event" in row]
+    assert [(e["iter"], e["failed_at"]) for e in events] == [(10, 13), (10, 13)]
+    values = [row["iter"] for row in log if "event" not in row]
+    assert values == list(range(1, 11)) + list(range(11, 41))  # the failed steps' lines are gone
+    assert all(math.isfinite(row["loss"]) for row in log if "loss" in row)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["recoveries"] == 2
+    assert "2 recoveries" in result.summary()
+
+
+def test_recovery_is_bounded(tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(DivergedError, match=r"diverged at iteration 13 .* after 1 recoveries"):
+        run_loop(Unstable(lr=0.5), tmp_path, quiet(iters=40, checkpoint_every=10, max_recoveries=1))
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["iteration"] == 10

@@ -13,7 +13,7 @@ from zerolevel.fields.analytic import SphereSDF
 from zerolevel.fields.grid import DenseGridSDF
 from zerolevel.geometry.mesh import load_mesh, transform_mesh
 from zerolevel.pipeline import render_scene
-from zerolevel.recon.loop import LoopConfig, run_loop
+from zerolevel.optim.loop import LoopConfig, run_loop
 from zerolevel.recon.sdfdiff import SDFDiff, SDFDiffConfig, lattice_regularisers, redistance
 from zerolevel.render.raycast import render_mesh
 from zerolevel.scene import read_scene

@@ -10,7 +10,7 @@ from zerolevel.errors import InputError
 from zerolevel.geometry.mesh import load_mesh
 from zerolevel.pipeline import render_scene
 from zerolevel.recon.sdfdiff import SDFDiffConfig
-from zerolevel.recon.settings import apply_overrides, parse_assignments
+from zerolevel.settings import apply_overrides, parse_assignments
 from zerolevel.recon.tetsdf import TetSDFConfig
 
 

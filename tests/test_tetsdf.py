@@ -15,7 +15,7 @@ from zerolevel.data import example_mesh_path
 from zerolevel.geometry.mesh import load_mesh
 from zerolevel.metrics import evaluate
 from zerolevel.pipeline import render_scene
-from zerolevel.recon.loop import LoopConfig, run_loop
+from zerolevel.optim.loop import LoopConfig, run_loop
 from zerolevel.recon.tetsdf import TetSDF, TetSDFConfig
 from zerolevel.scene import Scene, read_scene
 

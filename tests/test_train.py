@@ -8,14 +8,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import run_state as load_checkpoint
 import torch
 import torch.multiprocessing as mp
 
 from zerolevel.cameras import Cameras
 from zerolevel.errors import InputError
 from zerolevel.learn.softras_net import SoftRasNet
-from zerolevel.learn.train import (PairSampler, TrainConfig, batch_losses, load_checkpoint, load_model, main,
-                                   predict, read_log, split_cameras, split_images, train, voxel_iou)
+from zerolevel.cli import main
+from zerolevel.learn.evaluate import voxel_iou
+from zerolevel.learn.predict import load_model, predict
+from zerolevel.learn.sampling import PairSampler, split_cameras, split_images
+from zerolevel.learn.train import TrainConfig, batch_losses, train
+from zerolevel.optim.loop import read_log
 from zerolevel.metrics import grid_centres
 
 SIZE = 32  # image size of the tiny sets
@@ -249,6 +254,6 @@ def test_trains_from_a_dataset_folder(tmp_path):
     result = train(root, tmp_path / "run", config(iterations=1, batch_size=2, val_split="val", val_views=1),
                    "cpu", progress=False, threads=1)
     assert result.iterations == 1 and result.val_iou is not None
-    assert main([str(root), str(tmp_path / "cli"), "--iterations", "1", "--batch-size", "2", "--threads", "1",
-                 "--encoder", "attention", "--single-render", "-q"]) == 0  # the torchrun entry point
+    assert main(["train", "softras", str(root), "-o", str(tmp_path / "cli"), "--iters", "1", "--batch-size", "2",
+                 "--threads", "1", "--encoder", "attention", "--no-cross-render", "-q"]) == 0  # torchrun's too
     assert load_checkpoint(tmp_path / "cli")["config"]["cross_render"] is False

@@ -19,6 +19,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from . import methods  # noqa: E402
 from .errors import InputError  # noqa: E402
 
 CLOSED_MESH = "closed_mesh.ply"  # `render --close-holes` writes the capped solid here, for `--gt`
@@ -139,15 +140,13 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog=EPILOG_FIT, formatter_class=formatter)
     p.add_argument("scene", help="scene folder (or NeuS folder)")
     p.add_argument("-o", "--output", required=True, help="folder for mesh.ply, checkpoint.pt, log.jsonl")
-    p.add_argument("--method", default="supernormal", choices=["supernormal", "sdfdiff", "tetsdf"],
-                   help="supernormal: hash-grid SDF, NeuS patch volume rendering, DFD (default); "
-                        "sdfdiff: dense SDF lattice, sphere tracing, coarse to fine; "
-                        "tetsdf: SDF on a tetrahedral grid, marching tetrahedra, rasterised normal maps")
+    p.add_argument("--method", default=methods.DEFAULT_FIT, choices=methods.names("fit"),
+                   help=f"{methods.help_text('fit')} (default: {methods.DEFAULT_FIT})")
     p.add_argument("--schedule", choices=["plain", "greedy"],
                    help="sdfdiff: random pixels of all views per step (plain, default) or SDFDiff's "
-                        "per-view greedy updates")
-    p.add_argument("--iters", type=int,
-                   help="iterations in all (default: 1000; tetsdf 600)")
+                        "per-view greedy updates (the same as --set schedule=...)")
+    p.add_argument("--iters", type=int, help="iterations in all (default: the method's, " + ", ".join(
+        f"{name} {methods.get(name, 'fit').default_iters}" for name in methods.names("fit")) + ")")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting of the method (repeatable; lists comma-separated), e.g. "
                         "--set lr=0.05 --set resolutions=16,32,64,128; the fit's report lists them all")
@@ -246,15 +245,17 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from .pipeline import run_fit
-    from .recon.settings import parse_assignments
+    from .settings import parse_assignments
 
     _check_positive(args, "resolution")
     if args.iters is not None:
         _check_positive(args, "iters")
+    settings = parse_assignments(args.set)
+    if args.schedule:
+        settings = {"schedule": args.schedule, **settings}
     run_fit(args.scene, Path(args.output), method=args.method, iters=args.iters, budget_s=args.budget,
             resume=args.resume, resolution=args.resolution, gt_path=args.gt, device=args.device,
-            seed=args.seed, progress=not args.quiet, schedule=args.schedule,
-            settings=parse_assignments(args.set))
+            seed=args.seed, progress=not args.quiet, settings=settings)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:
@@ -374,7 +375,6 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------- single-view networks
-TRAIN_METHODS = ("softras",)  # the single-view methods `train` knows (later: sdfdiff, tetsdf, phorhum)
 MESH_FORMATS = ("ply", "obj", "stl", "off", "glb")  # what predict writes, by the output's extension
 
 EPILOG_TRAIN = """examples:
@@ -427,8 +427,7 @@ the same shape whatever the image.
 def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
     p = sub.add_parser("train", help="train a single-view network (image -> mesh) on a dataset folder",
                        epilog=EPILOG_TRAIN, formatter_class=formatter)
-    p.add_argument("method", choices=TRAIN_METHODS,
-                   help="softras: Soft Rasterizer's deformed-sphere network trained on silhouettes")
+    p.add_argument("method", choices=methods.names("train"), help=methods.help_text("train"))
     p.add_argument("dataset", metavar="DATASET", help="dataset folder (zerolevel dataset)")
     p.add_argument("-o", "--output", required=True, metavar="RUN",
                    help="run folder for checkpoint.pt, log.jsonl, training.svg, summary.json")
@@ -488,11 +487,10 @@ def _torchrun_env() -> tuple[int, int, int]:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    import dataclasses
+    from .optim.loop import CHECKPOINT, load_checkpoint
+    from .settings import parse_assignments, run_settings
 
-    from .learn.train import CHECKPOINT, TrainConfig, load_checkpoint, train
-    from .recon.settings import apply_overrides, parse_assignments
-
+    parts = methods.get(args.method, "train").parts()
     overrides = parse_assignments(args.set)
     for name in ("iters", "epochs", "budget", "batch_size", "lr"):
         if getattr(args, name) is not None:
@@ -502,20 +500,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if has_checkpoint and not args.resume:
         raise InputError("holds a trained network already: add --resume to continue it, or choose another "
                          "folder", run)
-    try:
-        base = TrainConfig(**load_checkpoint(run)["config"]) if has_checkpoint else TrainConfig()
-    except (KeyError, TypeError, ValueError) as error:  # written by another version
-        raise InputError(f"cannot read the run's settings ({type(error).__name__}: {error})",
-                         run / CHECKPOINT) from None
+    saved = load_checkpoint(run)["state"].get("config") if has_checkpoint else None
+    if saved is not None and args.iters is not None:
+        saved = {**saved, "epochs": None}  # --iters replaces a resumed run's epochs
     given = {"encoder": args.encoder, "iterations": args.iters, "epochs": args.epochs, "budget_s": args.budget,
              "batch_size": args.batch_size, "lr": args.lr, "cross_render": args.cross_render, "seed": args.seed}
-    given = {key: value for key, value in given.items() if value is not None}
-    if args.iters is not None:
-        given["epochs"] = None  # --iters replaces a resumed run's epochs
-    try:
-        config = apply_overrides(dataclasses.replace(base, **given), overrides)
-    except ValueError as error:  # TrainConfig's own checks (an unknown encoder, a zero batch size)
-        raise InputError(f"bad training settings: {error}") from None
+    config = run_settings(parts.config, saved, given, overrides, str(run / CHECKPOINT))
     rank, world, local_world = _torchrun_env()
     if config.batch_size % world:
         raise InputError(f"--batch-size {config.batch_size} must be divisible by the {world} processes")
@@ -524,8 +514,8 @@ def cmd_train(args: argparse.Namespace) -> None:
         threads = max(1, threads // local_world)
     if rank:
         args.quiet = True  # only rank 0 reports
-    result = train(args.dataset, run, config, args.device, resume=args.resume, progress=not args.quiet,
-                   threads=threads)
+    result = parts.train(args.dataset, run, config, args.device, resume=args.resume, progress=not args.quiet,
+                         threads=threads)
     if rank == 0:
         print(f"{result.summary()}; wrote {run / CHECKPOINT}")
 
@@ -533,13 +523,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from .atomic import atomic_path
     from .images import read_rgba
-    from .learn.train import load_model, predict
+    from .learn.predict import load_run
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
     if suffix not in MESH_FORMATS:
         raise InputError(f"unknown mesh format {suffix!r}: use one of {', '.join('.' + f for f in MESH_FORMATS)}",
                          args.output)
-    net = load_model(args.run, args.device)
+    parts = methods.get(load_run(args.run)["name"], "train").parts()
+    net = parts.load_model(args.run, args.device)
     size = net.config.image_size
     rgba = read_rgba(args.image, args.mask)
     height, width = rgba.shape[:2]
@@ -555,7 +546,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise InputError("the silhouette covers the whole image: the object must have background around it",
                          silhouette)
     rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # premultiplied
-    mesh = predict(net, rgba, source=args.image)
+    mesh = parts.predict(net, rgba, source=args.image)
     with atomic_path(args.output) as tmp:
         mesh.export(tmp, file_type=suffix)
     print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, in the dataset's "
@@ -613,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
         print("zerolevel: error: --threads must be positive", file=sys.stderr)
         return 2
     configure_torch(args.threads, 0 if args.seed is None else args.seed)  # None: train --resume keeps its own
-    from .recon.loop import DivergedError
+    from .optim.loop import DivergedError
 
     start = time.perf_counter()
     try:

@@ -14,11 +14,13 @@ import numpy as np
 import trimesh
 from tqdm import tqdm
 
+from . import methods
 from .cameras import Cameras
 from .errors import InputError
 from .geometry.mesh import transform_mesh, unit_sphere_transform
 from .render.lights import DirectionalLight, light_arrays
 from .render.raycast import MeshRayCaster, render_mesh
+from .methods import DEFAULT_FIT
 from .scene import Scene
 
 
@@ -108,38 +110,30 @@ def run_demo(output: Path, views: int = 24, resolution: int = 128, iters: int = 
     return summary["metrics"]
 
 
-FIT_METHODS = ("supernormal", "sdfdiff", "tetsdf")
-# iterations of a fit when none are asked for (the tet-grid fit's are ~3x dearer at its finest level:
-# rocker arm, 32 views at 256^2, F@0.5% 0.993 at 300, 0.9996 at 600 in ~100 s)
-DEFAULT_ITERS = {"supernormal": 1000, "sdfdiff": 1000, "tetsdf": 600}
-
-
-def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", iters: int | None = None,
+def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, iters: int | None = None,
             budget_s: float | None = None, resume: bool = False, resolution: int = 256,
             gt_path: str | Path | None = None, device: str = "cpu", seed: int = 0,
-            progress: bool = True, schedule: str | None = None,
-            settings: dict[str, str] | None = None) -> dict:
+            progress: bool = True, settings: dict[str, str] | None = None) -> dict:
     """Fit a scene folder (or NeuS folder) and write `output/mesh.ply` in the input's units, with
     `checkpoint.pt`, `log.jsonl`, `summary.json` (with the silhouette IoU per view when the scene has
     masks) and `report.html`; with `gt_path`, also `metrics.json`.
 
-    `iters` defaults to the method's `DEFAULT_ITERS`. `schedule` picks SDFDiff's update schedule
-    ("plain" or "greedy"; other methods ignore it). `settings` overrides fields of the method's config
-    from text (`fit --set KEY=VALUE`, `recon.settings`); a resumed fit keeps the settings it was
-    started with and refuses different ones. Returns a summary dict (iterations, seconds, stopped,
-    losses, metrics when a GT is given).
-    Raises `InputError` for a bad scene, `recon.loop.DivergedError` when the fit diverges.
+    `method` is a fit of the registry (`zerolevel.methods`); `iters` defaults to its
+    `default_iters`. `settings` overrides fields of the method's config from text
+    (`fit --set KEY=VALUE`, `settings`); a resumed fit keeps the settings it was started with
+    and refuses different ones. Returns a summary dict (iterations, seconds, stopped, losses,
+    metrics when a GT is given).
+    Raises `InputError` for a bad scene, `optim.loop.DivergedError` when the fit diverges.
     """
     from .atomic import atomic_path, write_json
     from .geometry.mesh import load_mesh
     from .metrics import evaluate
+    from .optim.loop import LoopConfig, run_loop
     from .recon.checks import check_scene
-    from .recon.loop import LoopConfig, run_loop
     from .scene import read_scene
 
-    if method not in FIT_METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
-    iters = DEFAULT_ITERS[method] if iters is None else iters
+    entry = methods.get(method, "fit")
+    iters = entry.default_iters if iters is None else iters
     gt = load_mesh(gt_path) if gt_path else None  # fail on a bad GT before a long fit
     scene = read_scene(scene_path)
     warnings_ = check_scene(scene, str(scene_path))
@@ -147,11 +141,11 @@ def run_fit(scene_path: str | Path, output: Path, method: str = "supernormal", i
         print(f"warning: {line}")
     output.mkdir(parents=True, exist_ok=True)
     fitter = make_fitter(method, scene, iters, device=device, seed=seed, source=str(scene_path),
-                         schedule=schedule, settings=settings)
+                         settings=settings)
     if resume:
         _check_resumable(output, method, fitter.config)
     result = run_loop(fitter, output, LoopConfig(iters=iters, budget_s=budget_s, progress=progress),
-                      resume=resume)
+                      resume=resume, name=method)
     t0 = time.perf_counter()
     mesh = fitter.extract(resolution, progress=progress)
     with atomic_path(output / "mesh.ply") as tmp:
@@ -186,7 +180,9 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
     working = transform_mesh(mesh, np.linalg.inv(scene.to_world))
     shown = list(np.linspace(0, len(scene.views) - 1, min(6, len(scene.views))).round().astype(int))
     rendered = render_mesh(working, scene.cameras()[shown])
-    settings = {"scene": str(scene_path), "method": summary["method"], "views": len(scene.views),
+    method = summary["method"]
+    settings = {"scene": str(scene_path), "method": f"{method}: {methods.get(method, 'fit').summary}",
+                "views": len(scene.views),
                 "modalities": ", ".join(sorted(scene.modalities())), **asdict(config)}
     timings = {"iterations": summary["iterations"], "optimisation (s)": summary["seconds"],
                "stopped by": summary["stopped"], "extraction (s)": summary["extraction_seconds"]}
@@ -230,24 +226,15 @@ def silhouette_iou(scene: Scene, silhouettes: list[np.ndarray] | trimesh.Trimesh
 
 
 def make_fitter(method: str, scene: Scene, iters: int, device: str = "cpu", seed: int = 0,
-                source: str = "scene", schedule: str | None = None,
-                settings: dict[str, str] | None = None):
-    """The method object of a fit (`recon.loop.Method`) by name: its default settings, SDFDiff's
-    `schedule`, then the text overrides `settings` ({"lr": "0.05", "resolutions": "16,32,64"})."""
-    from .recon.sdfdiff import SDFDiff, SDFDiffConfig
-    from .recon.settings import apply_overrides
-    from .recon.supernormal import SuperNormal, SuperNormalConfig
-    from .recon.tetsdf import TetSDF, TetSDFConfig
+                source: str = "scene", settings: dict[str, str] | None = None):
+    """The method object of a fit (an `optim.loop.Task`) by its registry name: its default settings,
+    then the text overrides `settings` ({"lr": "0.05", "resolutions": "16,32,64"})."""
+    from .settings import apply_overrides
 
-    methods = {"supernormal": (SuperNormal, SuperNormalConfig), "sdfdiff": (SDFDiff, SDFDiffConfig),
-               "tetsdf": (TetSDF, TetSDFConfig)}
-    if method not in methods:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(FIT_METHODS)}")
-    cls, config_cls = methods[method]
-    config = config_cls(schedule=schedule) if method == "sdfdiff" and schedule else config_cls()
+    parts = methods.get(method, "fit").parts()
     try:
-        config = apply_overrides(config, settings)
-        return cls(scene, iters, config=config, device=device, seed=seed, source=source)
+        config = apply_overrides(parts.config(), settings)
+        return parts.method(scene, iters, config=config, device=device, seed=seed, source=source)
     except ValueError as error:  # a config the method rejects (e.g. resolutions that do not double)
         raise InputError(f"--set: {error}") from None
 
@@ -256,20 +243,21 @@ def _check_resumable(output: Path, method: str, config) -> None:
     """A resumed fit must be the same method with the same settings as its checkpoint."""
     from dataclasses import asdict
 
-    from .recon.loop import CHECKPOINT, load_checkpoint
+    from .optim.loop import CHECKPOINT, load_checkpoint
 
     path = output / CHECKPOINT
     if not path.is_file():
         return
-    saved = load_checkpoint(path)["method"]
-    if saved.get("method") != method:
-        raise InputError(f"the checkpoint is a {saved.get('method')} fit; resume it with --method "
-                         f"{saved.get('method')}", path)
+    payload = load_checkpoint(path)
+    if payload["name"] != method:
+        raise InputError(f"the checkpoint is a {payload['name']} fit; resume it with --method "
+                         f"{payload['name']}", path)
+    saved = payload["state"].get("config", {})
     ours = asdict(config)
-    changed = sorted(k for k, v in saved.get("config", {}).items() if k in ours and ours[k] != v)
+    changed = sorted(k for k, v in saved.items() if k in ours and ours[k] != v)
     if changed:
         raise InputError("the checkpoint was written with other settings (" + ", ".join(
-            f"{k}={_text(saved['config'][k])}" for k in changed) + "); resume with the same --set", path)
+            f"{k}={_text(saved[k])}" for k in changed) + "); resume with the same --set", path)
 
 
 def _text(value) -> str:
@@ -281,26 +269,13 @@ def run_extract(checkpoint: str | Path, output: str | Path, resolution: int = 25
     """Mesh a fitted field from a fit's `checkpoint.pt` at `resolution` (a tet-SDF fit: by marching
     tetrahedra on its own grid), in the input's units."""
     from .atomic import atomic_path
-    from .geometry.extract import marching_cubes_narrow_band
-    from .recon import sdfdiff, supernormal, tetsdf
-    from .recon.loop import load_checkpoint
+    from .optim.loop import load_checkpoint
 
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise InputError("no such file", checkpoint)
-    try:
-        state = load_checkpoint(checkpoint)["method"]
-        if state.get("method") not in FIT_METHODS:
-            raise KeyError("method")
-    except Exception as exc:  # not a zerolevel fit checkpoint, or a corrupt one
-        raise InputError(f"not a zerolevel fit checkpoint ({type(exc).__name__}: {exc})", checkpoint) from None
-    if state["method"] == "tetsdf":  # the grid is the surface's own resolution
-        mesh = tetsdf.mesh_from_state(state, device)
-    else:
-        module = supernormal if state["method"] == "supernormal" else sdfdiff
-        field, to_world = module.field_from_state(state, device)
-        mesh = marching_cubes_narrow_band(field, resolution, device=device, keep_largest_component=True,
-                                          to_world=to_world, progress=progress)
+    payload = load_checkpoint(checkpoint)
+    entry = methods.REGISTRY.get(payload["name"])
+    if entry is None or entry.kind != "fit":
+        raise InputError(f"not a fit's checkpoint (it holds {payload['name'] or 'an unnamed run'})", checkpoint)
+    mesh = entry.parts().mesh_from_state(payload["state"], resolution, device, progress)
     if len(mesh.faces) == 0:
         raise InputError("the fitted field has no surface inside the unit sphere", checkpoint)
     with atomic_path(output) as tmp:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -93,3 +94,96 @@ pre{{background:#f6f6f6;padding:8px}}</style></head>
 """
     with atomic_path(path) as tmp:
         tmp.write_text(page)
+
+
+# ------------------------------------------------------------------------------------ loss curves
+_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+_NOT_LOSSES = ("iter", "time")
+
+
+def loss_curves_svg(log: list[dict[str, float]], width: int = 720, height: int = 400) -> str:
+    """An SVG line chart of every loss in a run's log (one polyline per loss, x = iteration).
+
+    The y axis is logarithmic when every plotted value is positive, linear otherwise; non-finite
+    values are skipped. An empty log gives axes-free "no losses logged" text.
+    """
+    log = [row for row in log if "event" not in row]  # recovery events are not values
+    keys = [k for k in dict.fromkeys(k for row in log for k in row) if k not in _NOT_LOSSES]
+    series = {}
+    for key in keys:
+        points = [(float(row["iter"]), float(row[key])) for row in log
+                  if key in row and "iter" in row and _finite(row[key])]
+        if points:
+            series[key] = points
+    head = (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">'
+            f'<rect width="{width}" height="{height}" fill="white"/>')
+    if not series:
+        return head + f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no losses logged</text></svg>\n'
+    xs = [x for pts in series.values() for x, _ in pts]
+    ys = [y for pts in series.values() for _, y in pts]
+    log_y = min(ys) > 0
+    fy = math.log10 if log_y else (lambda v: v)
+    x0, x1 = _span(min(xs), max(xs))
+    y0, y1 = _span(fy(min(ys)), fy(max(ys)))
+    left, right, top, bottom = 70, 20, 20, 45
+    pw, ph = width - left - right, height - top - bottom
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * pw
+
+    def py(y: float) -> float:
+        return top + (1 - (fy(y) - y0) / (y1 - y0)) * ph
+
+    parts = [head, f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#444"/>']
+    for x in _ticks(x0, x1):
+        parts.append(f'<line x1="{px(x):.1f}" y1="{top + ph}" x2="{px(x):.1f}" y2="{top + ph + 5}" stroke="#444"/>'
+                     f'<text x="{px(x):.1f}" y="{top + ph + 18}" text-anchor="middle">{_label(x)}</text>')
+    y_ticks = _ticks(y0, y1)
+    if log_y:  # decades, or finer exponents when the curves span less than two decades
+        decades = _ticks(y0, y1, integers=True)
+        y_ticks = [10.0 ** e for e in (decades if len(decades) >= 2 else y_ticks)]
+    for y in y_ticks:
+        parts.append(f'<line x1="{left - 5}" y1="{py(y):.1f}" x2="{left + pw}" y2="{py(y):.1f}" stroke="#ddd"/>'
+                     f'<text x="{left - 8}" y="{py(y) + 4:.1f}" text-anchor="end">{_label(y)}</text>')
+    parts.append(f'<text x="{left + pw / 2}" y="{height - 8}" text-anchor="middle">iteration</text>')
+    parts.append(f'<text x="14" y="{top + ph / 2}" text-anchor="middle" '
+                 f'transform="rotate(-90 14 {top + ph / 2})">loss{" (log scale)" if log_y else ""}</text>')
+    for k, (key, points) in enumerate(series.items()):
+        colour = _COLOURS[k % len(_COLOURS)]
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in points)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.5" points="{coords}">'
+                     f'<title>{html.escape(key)}</title></polyline>')
+        ly = top + 14 + 16 * k
+        parts.append(f'<line x1="{left + pw - 120}" y1="{ly - 4}" x2="{left + pw - 100}" y2="{ly - 4}" '
+                     f'stroke="{colour}" stroke-width="2"/>'
+                     f'<text x="{left + pw - 95}" y="{ly}">{html.escape(key)}</text>')
+    parts.append("</svg>\n")
+    return "".join(parts)
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _span(lo: float, hi: float) -> tuple[float, float]:
+    """A non-empty plotting range containing [lo, hi]."""
+    if hi - lo < 1e-12 * max(1.0, abs(lo)):
+        return lo - 0.5, hi + 0.5
+    return lo, hi
+
+
+def _ticks(lo: float, hi: float, integers: bool = False, count: int = 5) -> list[float]:
+    """About `count` round tick values (1, 2, 5 x 10^k steps; whole numbers when `integers`) in [lo, hi]."""
+    raw = (hi - lo) / count
+    step = 10 ** math.floor(math.log10(raw))
+    step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
+    if integers:
+        step = max(1.0, round(step))
+    first = math.ceil(lo / step - 1e-9)
+    last = math.floor(hi / step + 1e-9)
+    return [i * step for i in range(first, last + 1)]
+
+
+def _label(value: float) -> str:
+    return f"{value:.3g}" if value != 0 else "0"

@@ -38,13 +38,15 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..geometry.mesh import load_mesh
-from ..metrics import DEFAULT_TAUS, evaluate, tau_key
-from .softras_net import NetConfig, SoftRasNet
-from .train import load_checkpoint, split_images, voxel_iou
+from ..metrics import DEFAULT_TAUS, evaluate, solid_voxels, tau_key
+from .predict import load_run, network_from_run
+from .sampling import split_images
+from .softras_net import SoftRasNet
 
 FORMAT = "zerolevel-eval-set"
 SURFACE_POINTS = 100_000  # DESIGN.md: at least 100k samples per surface
 MEAN_SHAPE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+VOXEL_BOUNDS = np.array([[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]])  # the dataset's voxel box
 
 
 # ---------------------------------------------------------------------------------------- aggregation
@@ -150,18 +152,57 @@ def fit_mean_shape(train: Any, thresholds: Sequence[float] = MEAN_SHAPE_THRESHOL
     return best
 
 
+# ---------------------------------------------------------------------------------------- voxel IoU
+def voxel_iou(vertices: np.ndarray, faces: np.ndarray, voxels: np.ndarray) -> float:
+    """IoU of a mesh's voxels (`solid_voxels`, n^3 over [-0.5, 0.5]^3) with (n, n, n) bool voxels
+    indexed [x, y, z]; nan when both are empty."""
+    mesh = trimesh.Trimesh(np.asarray(vertices, dtype=np.float64), np.asarray(faces), process=False,
+                           validate=False)
+    inside = solid_voxels(mesh, VOXEL_BOUNDS, voxels.shape[0])
+    union = np.count_nonzero(inside | voxels)
+    return float(np.count_nonzero(inside & voxels) / union) if union else float("nan")
+
+
+@torch.no_grad()
+def evaluate_iou(net: SoftRasNet, split: Any, views: int = 24, objects: int | None = None,
+                 batch_size: int = 64) -> np.ndarray:
+    """Voxel IoU of the network's mesh for each validation object and view.
+
+    Args:
+        net: the network (evaluated in eval mode; its mode is restored).
+        split: a dataset split (images (N, V, S, S, 4), voxels (N, n, n, n)).
+        views: views per object, evenly spaced over the V ring views.
+        objects: the first `objects` objects (None: all).
+    Returns:
+        (N', views) float64 IoUs.
+    """
+    n_obj = len(split) if objects is None else min(int(objects), len(split))
+    V = split.images.shape[1]
+    view_ids = np.unique(np.linspace(0, V, min(views, V), endpoint=False).astype(np.int64))
+    obj = np.repeat(np.arange(n_obj), len(view_ids))
+    vid = np.tile(view_ids, n_obj)
+    device, dtype = next(net.parameters()).device, next(net.parameters()).dtype
+    faces = net.faces.cpu().numpy()
+    was_training = net.training
+    net.eval()
+    ious = np.empty(len(obj))
+    for start in range(0, len(obj), batch_size):
+        o, v = obj[start:start + batch_size], vid[start:start + batch_size]
+        vertices = net(split_images(split, o, v, device, dtype)).cpu().numpy()
+        for k, (i, verts) in enumerate(zip(o, vertices)):
+            ious[start + k] = voxel_iou(verts, faces, np.asarray(split.voxels[i], dtype=bool))
+    net.train(was_training)
+    return ious.reshape(n_obj, len(view_ids))
+
+
 # ---------------------------------------------------------------------------------------- the network
 def _load_network(run: str | Path, device: str | torch.device) -> tuple[SoftRasNet, dict]:
     """The trained network (eval mode) of a run folder or checkpoint, and the checkpoint's metadata."""
-    payload = load_checkpoint(run)
-    try:
-        net = SoftRasNet.from_config(NetConfig.from_dict(payload["net"]))
-        net.load_state_dict(payload["model"])
-    except (KeyError, ValueError, RuntimeError) as error:
-        raise InputError(f"cannot rebuild the network ({type(error).__name__}: {error})", run) from None
-    meta = {"iteration": int(payload.get("iteration", 0)), "encoder": net.config.encoder,
+    payload = load_run(run)
+    net = network_from_run(payload, run, device)
+    meta = {"iteration": int(payload["iteration"]), "encoder": net.config.encoder,
             "image_size": net.config.image_size}
-    return net.to(device).eval(), meta
+    return net, meta
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ from ..render.raycast import MeshRayCaster
 from ..report import contact_sheet, write_png
 from .dataset import render_rgba
 from .softras_net import SoftRasNet
-from .train import split_images
+from .sampling import split_images
 
 COLUMNS = ("input", "prediction (input view)", "prediction +90°", "truth +90°", "prediction +180°", "truth +180°")
 GAP = 2  # white pixels around tiles

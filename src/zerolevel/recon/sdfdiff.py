@@ -88,7 +88,7 @@ class SDFDiffConfig:
 
 
 class SDFDiff:
-    """The method object that `recon.loop.run_loop` drives (step / state_dict / load_state_dict)."""
+    """The method object that `optim.loop.run_loop` drives (step / state_dict / load_state_dict)."""
 
     def __init__(self, scene: Scene, iters: int, config: SDFDiffConfig | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, source: str = "scene"):
@@ -117,6 +117,7 @@ class SDFDiff:
             self.targets["image"] = torch.as_tensor(scene.stack("image"), device=self.device).float()
         self.lights = light_tensors(_scene_lights(scene), cameras)
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.step_scale = 1.0  # scaled down by the loop when it recovers from a non-finite loss
         torch.manual_seed(seed)
         self.level_starts = _level_starts(self.iters, c.resolutions, c.level_shares)
         self.level = -1
@@ -169,7 +170,7 @@ class SDFDiff:
         floor = self.config.lr_floor
         factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
         for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * factor
+            group["lr"] = self.base_lr * self.step_scale * factor
 
     def _random_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`rays_per_iter` random pixel centres over all views: view index (N,), uv (N, 2)."""
@@ -245,6 +246,10 @@ class SDFDiff:
         losses["laplacian"] = c.w_laplacian * laplacian
         return losses, sum(losses.values())
 
+    def reduce_step(self, factor: float) -> None:
+        """Scale the learning rate by `factor` from now on (recovery from a non-finite loss)."""
+        self.step_scale *= factor
+
     # ------------------------------------------------------------------ results
     def extract(self, resolution: int = 256, progress: bool = False) -> trimesh.Trimesh:
         """The zero level set as a mesh in the input's units (narrow band, largest component)."""
@@ -260,7 +265,7 @@ class SDFDiff:
                 "to_world": np.asarray(self.scene.to_world).tolist(), "level": self.level,
                 "values": self.field.values.detach().clone(), "bounds": self.field.bounds.clone(),
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "greedy": dict(self.greedy, losses=list(self.greedy["losses"]))}
+                "greedy": dict(self.greedy, losses=list(self.greedy["losses"])), "step_scale": self.step_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.field = DenseGridSDF(state["values"].to(self.device), state["bounds"])
@@ -269,6 +274,7 @@ class SDFDiff:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.greedy = dict(state["greedy"], losses=list(state["greedy"]["losses"]))
+        self.step_scale = float(state["step_scale"])
 
 
 def field_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[DenseGridSDF, np.ndarray]:
@@ -346,3 +352,12 @@ def _scene_lights(scene: Scene) -> list[list[DirectionalLight] | None]:
     lights would mean all of them in every view), None for the headlight `zerolevel render` uses."""
     return [None if v.light is None else [DirectionalLight(v.light["direction"], v.light.get("intensity", 1.0))]
             for v in scene.views]
+
+
+def mesh_from_state(state: dict[str, Any], resolution: int = 256, device: str | torch.device = "cpu",
+                    progress: bool = False) -> trimesh.Trimesh:
+    """The fitted surface of an SDFDiff state in the input's units: narrow-band marching cubes of the
+    lattice at `resolution`, largest component."""
+    field, to_world = field_from_state(state, device)
+    return marching_cubes_narrow_band(field, resolution, device=device, keep_largest_component=True,
+                                      to_world=to_world, progress=progress)

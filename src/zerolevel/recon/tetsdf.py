@@ -83,7 +83,7 @@ class TetSDFConfig:
 
 
 class TetSDF:
-    """The method object that `recon.loop.run_loop` drives (step / state_dict / load_state_dict)."""
+    """The method object that `optim.loop.run_loop` drives (step / state_dict / load_state_dict)."""
 
     def __init__(self, scene: Scene, iters: int, config: TetSDFConfig | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, source: str = "scene"):
@@ -108,6 +108,7 @@ class TetSDF:
         else:  # normal maps have a (0, 0, 0) background: their own silhouettes
             self.targets["mask"] = (self.targets["normal"].norm(dim=-1) > 0.5).float()
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        self.step_scale = 1.0  # scaled down by the loop when it recovers from a non-finite loss
         torch.manual_seed(seed)
         bounds = np.concatenate([[0.0], np.cumsum(c.level_shares) / np.sum(c.level_shares)])[:-1]
         self.level_starts = [int(round(b * self.iters)) for b in bounds]
@@ -170,7 +171,7 @@ class TetSDF:
         progress = min(1.0, (iteration - starts[self.level]) / span)
         floor = self.config.lr_floor
         for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+            group["lr"] = self.base_lr * self.step_scale * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def _losses(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
         c, grid = self.config, self.grid
@@ -249,6 +250,10 @@ class TetSDF:
         gradient = torch.einsum("tij,tj->ti", self.gradient_operator[kind], differences)
         return (gradient.norm(dim=1) - 1.0).square().mean() if len(kind) else self.values.sum() * 0.0
 
+    def reduce_step(self, factor: float) -> None:
+        """Scale the learning rate by `factor` from now on (recovery from a non-finite loss)."""
+        self.step_scale *= factor
+
     # ------------------------------------------------------------------ results
     def mesh(self) -> trimesh.Trimesh:
         """The current zero level set in working space (largest component)."""
@@ -271,7 +276,7 @@ class TetSDF:
                 "grid": {"resolution": self.grid.resolution, "bounds": list(self.grid.bounds),
                          "cubes": self.grid.cubes.to(torch.int32)},
                 "values": self.values.detach().clone(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state()}
+                "generator": self.generator.get_state(), "step_scale": self.step_scale}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.grid = grid_from_state(state, self.device)
@@ -280,6 +285,7 @@ class TetSDF:
         self._enter_level(state["level"], subdivide=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
+        self.step_scale = float(state["step_scale"])
 
 
 def grid_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> TetGrid:
@@ -288,8 +294,10 @@ def grid_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -
     return TetGrid.from_cubes(g["cubes"].long(), int(g["resolution"]), tuple(g["bounds"]), device)
 
 
-def mesh_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> trimesh.Trimesh:
-    """The fitted surface of a tet-SDF state in the input's units (largest component)."""
+def mesh_from_state(state: dict[str, Any], resolution: int | None = None, device: str | torch.device = "cpu",
+                    progress: bool = False) -> trimesh.Trimesh:
+    """The fitted surface of a tet-SDF state in the input's units (largest component), by marching
+    tetrahedra on its own grid: the grid fixes the resolution, so `resolution` is not used."""
     grid = grid_from_state(state, device)
     verts, faces = marching_tetrahedra(grid.vertices, grid.tets, state["values"].to(device))
     mesh = _largest_component(trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False))

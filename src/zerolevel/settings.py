@@ -12,7 +12,7 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from ..errors import InputError
+from .errors import InputError
 
 Config = TypeVar("Config")
 _TRUE, _FALSE = {"true", "yes", "1", "on"}, {"false", "no", "0", "off"}
@@ -45,6 +45,26 @@ def apply_overrides(config: Config, overrides: dict[str, str] | None) -> Config:
         except ValueError as error:
             raise InputError(f"--set {key}={text}: {error}") from None
     return dataclasses.replace(config, **changes)
+
+
+def run_settings(config_class: type[Config], saved: dict[str, Any] | None, given: dict[str, Any],
+                 overrides: dict[str, str] | None, source: str | None = None) -> Config:
+    """The settings of a run: a resumed run's own (`saved`, as its checkpoint stores them) or the
+    defaults, then the options `given` (None values are not given), then the `--set` text overrides.
+
+    Raises:
+        InputError: the saved settings do not fit this version's dataclass (naming `source`), or the
+            dataclass rejects the result (an unknown choice, a zero batch size).
+    """
+    try:
+        base = config_class(**saved) if saved is not None else config_class()
+    except (TypeError, ValueError) as error:  # written by another version
+        raise InputError(f"cannot read the run's settings ({type(error).__name__}: {error})", source) from None
+    try:
+        config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+        return apply_overrides(config, overrides)
+    except ValueError as error:  # the dataclass's own checks
+        raise InputError(f"bad settings: {error}") from None
 
 
 def _parse(text: str, kind: Any) -> Any:

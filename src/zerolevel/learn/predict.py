@@ -1,0 +1,79 @@
+"""A trained single-view network from its run folder, and the mesh it predicts from one image."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import trimesh
+
+from ..errors import InputError
+from ..optim.loop import load_checkpoint
+from .softras_net import NetConfig, SoftRasNet
+
+
+def load_run(path: str | Path) -> dict[str, Any]:
+    """The checkpoint of a training run (a run folder or its checkpoint file); InputError if it is
+    missing, unreadable, or not a trained network's."""
+    path = Path(path)
+    if path.is_dir() and not (path / "checkpoint.pt").is_file():
+        raise InputError("no such checkpoint (train a network first)", path)
+    payload = load_checkpoint(path)
+    if "net" not in payload["state"]:
+        raise InputError(f"not a trained network's checkpoint (it holds {payload['name'] or 'a fit'})", path)
+    return payload
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> SoftRasNet:
+    """The trained network (eval mode) of a run folder or checkpoint file.
+
+    Raises:
+        InputError: no checkpoint there, or one that does not rebuild into a network.
+    """
+    return network_from_run(load_run(path), path, device)
+
+
+def network_from_run(payload: dict[str, Any], source: str | Path, device: str | torch.device = "cpu") -> SoftRasNet:
+    """The trained network (eval mode) of a run's checkpoint dict (`load_run`); errors name `source`."""
+    state = payload["state"]
+    try:
+        net = SoftRasNet.from_config(NetConfig.from_dict(state["net"]))
+        net.load_state_dict(state["model"])
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise InputError(f"cannot rebuild the network ({type(error).__name__}: {error})", source) from None
+    return net.to(device).eval()
+
+
+def _check_image(image: np.ndarray, size: int, source: str) -> None:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.shape != (size, size, 4):
+        raise InputError(f"the network takes {size}x{size} RGBA uint8 images, got {image.dtype} "
+                         f"{tuple(image.shape)}", source)
+    if not image[..., 3].any():
+        raise InputError("the image has no foreground (its alpha channel is 0 everywhere)", source)
+
+
+def predict(model: str | Path | SoftRasNet, image: np.ndarray, source: str = "image") -> trimesh.Trimesh:
+    """The closed mesh a trained network predicts from one (S, S, 4) uint8 RGBA image.
+
+    Args:
+        model: a run folder, a checkpoint file or a SoftRasNet.
+        image: (S, S, 4) uint8, S the network's image size; alpha is the object's coverage.
+        source: how errors name the image.
+    Returns:
+        trimesh.Trimesh of the template's topology (642 vertices, 1280 faces) in the ring cameras' world.
+    Raises:
+        InputError: wrong size, type or channels, or an empty alpha channel.
+    """
+    net = model if isinstance(model, SoftRasNet) else load_model(model)
+    _check_image(image, net.config.image_size, source)
+    parameter = next(net.parameters())
+    was_training = net.training
+    net.eval()
+    with torch.no_grad():
+        batch = torch.from_numpy(np.ascontiguousarray(image)).to(parameter.device).permute(2, 0, 1)[None]
+        vertices = net(batch.to(parameter.dtype) / 255)[0].cpu().numpy()
+    net.train(was_training)
+    return trimesh.Trimesh(vertices.astype(np.float64), net.faces.cpu().numpy(), process=False)
