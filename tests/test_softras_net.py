@@ -9,7 +9,7 @@ import torch
 import trimesh
 
 from zerolevel.learn.encoders import ENCODERS, GlobalBatchNorm2d, make_encoder
-from zerolevel.learn.losses import (dihedral_cosines, flatten_loss, laplacian_loss, laplacian_vectors,
+from zerolevel.losses import (dihedral_cosines, flatten_loss, laplacian_loss, laplacian_vectors,
                                     silhouette_loss, soft_iou)
 from zerolevel.learn.softras_net import NetConfig, SoftRasNet
 from zerolevel.learn.template import mesh_topology, sphere_template

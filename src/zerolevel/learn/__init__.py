@@ -4,7 +4,8 @@
   per (category, seed) — the category data set the project makes itself.
 - `dataset`: the dataset folder (every object rendered from one ring of cameras, 32^3 voxels, meshes,
   train / val / test): `write_dataset` and `load_split`.
-- `template`, `encoders`, `softras_net`, `losses`, `train`: the networks and their training.
+- `template`, `encoders`, `softras_net`, `sampling`, `train`, `predict`, `evaluate`, `gallery`: the
+  network, its training (on the shared loop, `optim`), prediction and evaluation.
 """
 
 from .dataset import DatasetSettings, DatasetSplit, ObjectSource, load_split, write_dataset

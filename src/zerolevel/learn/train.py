@@ -60,7 +60,7 @@ from ..render.softras import soft_silhouette
 from ..report import loss_curves_svg
 from .encoders import ENCODERS
 from .evaluate import evaluate_iou
-from .losses import flatten_loss, laplacian_loss, silhouette_loss
+from ..losses import flatten_loss, laplacian_loss, silhouette_loss
 from .sampling import PairSampler, check_split, object_categories, open_splits, split_cameras, split_images
 from .softras_net import SoftRasNet
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 import trimesh
 from scipy import ndimage
 
+from .. import losses as L
 from ..cameras import Cameras
 from ..errors import InputError
 from ..fields.analytic import SphereSDF
@@ -46,6 +47,7 @@ from ..render.lights import DirectionalLight
 from ..render.shading import lambertian, light_tensors
 from ..render.spheretrace import sphere_trace
 from ..scene import Scene
+from .base import LevelledFit, level_starts, scene_targets
 from .views import resample_views
 
 SCHEDULES = ("plain", "greedy")
@@ -87,58 +89,48 @@ class SDFDiffConfig:
     ambient: float = 0.1                # shading model of the images (as `zerolevel render`)
 
 
-class SDFDiff:
+class SDFDiff(LevelledFit):
     """The method object that `optim.loop.run_loop` drives (step / state_dict / load_state_dict)."""
+
+    name = "sdfdiff"
 
     def __init__(self, scene: Scene, iters: int, config: SDFDiffConfig | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, source: str = "scene"):
-        self.config = config or SDFDiffConfig()
+        super().__init__(scene, iters, config or SDFDiffConfig(), device, seed)
         c = self.config
         if c.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {SCHEDULES}, got {c.schedule!r}")
-        self.iters = max(1, iters)
-        self.device = torch.device(device)
-        self.scene = scene
         modalities = scene.modalities()
+        grey_images = "image" in modalities and scene.views[0].image.ndim == 2 and (
+            c.image_with_normals or "normal" not in modalities)
+        kinds = ("normal", "mask", "image") if grey_images else ("normal", "mask")
         if not {"normal", "mask", "image"} & modalities:
             raise InputError("the scene has no normal maps, masks or shaded images in every view: "
                              "nothing to fit", source)
-        cameras = scene.cameras(device=self.device)
-        self.full_cameras = cameras
-        self.targets = {}
-        if "mask" in modalities:
-            self.targets["mask"] = torch.as_tensor(scene.stack("mask"), device=self.device).float()
-        if "normal" in modalities:
-            self.targets["normal"] = torch.as_tensor(scene.stack("normal"), device=self.device).float()
-            if "mask" not in modalities:  # normal maps have a (0, 0, 0) background: their own silhouettes
-                self.targets["mask"] = (self.targets["normal"].norm(dim=-1) > 0.5).float()
-        if "image" in modalities and scene.views[0].image.ndim == 2 and (
-                c.image_with_normals or "normal" not in modalities):
-            self.targets["image"] = torch.as_tensor(scene.stack("image"), device=self.device).float()
-        self.lights = light_tensors(_scene_lights(scene), cameras)
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.step_scale = 1.0  # scaled down by the loop when it recovers from a non-finite loss
-        torch.manual_seed(seed)
-        self.level_starts = _level_starts(self.iters, c.resolutions, c.level_shares)
-        self.level = -1
+        self.targets = scene_targets(scene, self.device, kinds, source=source) if set(kinds) & modalities else {}
+        self.full_cameras = scene.cameras(device=self.device)
+        self.lights = light_tensors(_scene_lights(scene), self.full_cameras)
+        self.level_starts = level_starts(self.iters, c.level_shares if c.level_shares is not None
+                                         else c.resolutions)
+        if len(self.level_starts) != len(c.resolutions):
+            raise ValueError("level_shares needs one positive share per resolution")
         self.greedy = {"view": 0, "steps": 0, "budget": 0, "last": math.inf, "losses": [], "mean": math.inf}
         self.field = DenseGridSDF.from_function(SphereSDF((0.0, 0.0, 0.0), c.init_radius), c.resolutions[0],
                                                 device=self.device)
-        self._enter_level(0, upsample=False)
+        self._enter_level(0, refine=False)
 
     # ------------------------------------------------------------------ levels
-    def _enter_level(self, level: int, upsample: bool = True) -> None:
+    def _enter_level(self, level: int, refine: bool = True) -> None:
         """Switch to lattice `level`: upsample (and re-distance) the field, new optimiser and targets."""
         c = self.config
-        if upsample:
+        if refine:
             self.field = self.field.upsample(c.resolutions[level])
             if c.redistance:
                 self.field.values.data = redistance(self.field.values.data, float(self.field.voxel_size.max()))
         self.level = level
         voxel = float(self.field.voxel_size.max())
-        lr = c.lr * voxel / c.lr_decay_per_level ** level
-        self.base_lr = lr
-        self.optimizer = torch.optim.Adam([self.field.values], lr=lr, betas=(0.9, 0.99))
+        self.base_lr = c.lr * voxel / c.lr_decay_per_level ** level
+        self.optimizer = torch.optim.Adam([self.field.values], lr=self.base_lr, betas=(0.9, 0.99))
         self.cameras, self.level_targets = self._level_views(c.resolutions[level])
         self.pixels = self.cameras.pixel_centers().reshape(-1, 2)  # a whole view, for the greedy schedule
         self.soft_k = max(c.soft_k, c.soft_k_per_node * c.resolutions[level])
@@ -150,27 +142,11 @@ class SDFDiff:
         return cameras, _unmix_images(targets)
 
     # ------------------------------------------------------------------ one step
-    def step(self, iteration: int) -> dict[str, float]:
-        level = max(i for i, start in enumerate(self.level_starts) if start <= iteration)
-        while self.level < level:
-            self._enter_level(self.level + 1)
-        self._set_learning_rate(iteration)
+    def _update(self, iteration: int) -> dict[str, float]:
         if self.config.schedule == "greedy":
             return self._greedy_step()
         views, uv = self._random_pixels()
-        return self._update(views, uv)
-
-    def _set_learning_rate(self, iteration: int) -> None:
-        """Cosine decay from the level's rate to `lr_floor` of it over the level's iterations:
-        Adam moves every node by about the rate per step, so the steps that place the surface
-        coarsely would keep shaking it at the end of a level."""
-        starts = self.level_starts + [self.iters]
-        span = max(1, starts[self.level + 1] - starts[self.level])
-        progress = min(1.0, (iteration - starts[self.level]) / span)
-        floor = self.config.lr_floor
-        factor = floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * self.step_scale * factor
+        return self._update_pixels(views, uv)
 
     def _random_pixels(self) -> tuple[torch.Tensor, torch.Tensor]:
         """`rays_per_iter` random pixel centres over all views: view index (N,), uv (N, 2)."""
@@ -206,7 +182,7 @@ class SDFDiff:
         report["view"] = float(view)
         return report
 
-    def _update(self, views: torch.Tensor, uv: torch.Tensor) -> dict[str, float]:
+    def _update_pixels(self, views: torch.Tensor, uv: torch.Tensor) -> dict[str, float]:
         losses, total = self._losses(views, uv)
         self._apply(total)
         return {name: v.item() for name, v in losses.items()}
@@ -229,26 +205,20 @@ class SDFDiff:
         if "mask" in target:
             seen = seen & (target["mask"] > 0.5)
         weight = seen.float()
-        count = weight.sum().clamp_min(1.0)
         losses: dict[str, torch.Tensor] = {}
         if "image" in target:
             dirs, intensities = self.lights
             shade = lambertian(out["normal"], dirs[views], intensities[views], c.ambient)
-            losses["image"] = c.w_image * ((shade - target["image"]).abs() * weight).sum() / count
+            losses["image"] = c.w_image * L.shading_l1(shade, target["image"], weight)
         if "normal" in target:
-            losses["normal"] = c.w_normal * ((out["normal"] - target["normal"]).abs().sum(-1) * weight).sum() / count
+            losses["normal"] = c.w_normal * L.normal_l1(out["normal"], target["normal"], weight)
         if "mask" in target:
-            soft = out["soft_mask"].clamp(1e-4, 1 - 1e-4)
             pixel_weight = 1.0 + (c.mask_background_weight - 1.0) * (1.0 - target["mask"])
-            losses["mask"] = c.w_mask * F.binary_cross_entropy(soft, target["mask"], weight=pixel_weight)
+            losses["mask"] = c.w_mask * L.mask_bce(out["soft_mask"], target["mask"], pixel_weight)
         eikonal, laplacian = lattice_regularisers(self.field.values, float(self.field.voxel_size.max()))
         losses["eikonal"] = c.w_eikonal * eikonal
         losses["laplacian"] = c.w_laplacian * laplacian
         return losses, sum(losses.values())
-
-    def reduce_step(self, factor: float) -> None:
-        """Scale the learning rate by `factor` from now on (recovery from a non-finite loss)."""
-        self.step_scale *= factor
 
     # ------------------------------------------------------------------ results
     def extract(self, resolution: int = 256, progress: bool = False) -> trimesh.Trimesh:
@@ -261,20 +231,14 @@ class SDFDiff:
         return mesh
 
     def state_dict(self) -> dict[str, Any]:
-        return {"method": "sdfdiff", "config": asdict(self.config),
-                "to_world": np.asarray(self.scene.to_world).tolist(), "level": self.level,
-                "values": self.field.values.detach().clone(), "bounds": self.field.bounds.clone(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "greedy": dict(self.greedy, losses=list(self.greedy["losses"])), "step_scale": self.step_scale}
+        return {**self.common_state(), "values": self.field.values.detach().clone(),
+                "bounds": self.field.bounds.clone(),
+                "greedy": dict(self.greedy, losses=list(self.greedy["losses"]))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.field = DenseGridSDF(state["values"].to(self.device), state["bounds"])
-        self.level = -1
-        self._enter_level(state["level"], upsample=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        self.load_common_state(state)
         self.greedy = dict(state["greedy"], losses=list(state["greedy"]["losses"]))
-        self.step_scale = float(state["step_scale"])
 
 
 def field_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> tuple[DenseGridSDF, np.ndarray]:
@@ -336,15 +300,6 @@ def _unmix_images(targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         unmixed = (targets["image"] / mask.clamp_min(1e-3)).clamp(0.0, 1.0)
         targets["image"] = torch.where(mask > 0.5, unmixed, targets["image"])
     return targets
-
-
-def _level_starts(iters: int, resolutions: tuple[int, ...], shares: tuple[float, ...] | None) -> list[int]:
-    """First iteration of each level: shares of `iters` (default: proportional to resolution)."""
-    weights = np.asarray(shares if shares is not None else resolutions, dtype=np.float64)
-    if len(weights) != len(resolutions) or (weights <= 0).any():
-        raise ValueError("level_shares needs one positive share per resolution")
-    bounds = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])[:-1]
-    return [int(round(b * iters)) for b in bounds]
 
 
 def _scene_lights(scene: Scene) -> list[list[DirectionalLight] | None]:

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 import trimesh
 
-from ..errors import InputError
+from .. import losses as L
 from ..fields.hashgrid import HashGridEncoding, HashGridSDF
 from ..geometry.extract import marching_cubes_narrow_band
 from ..render.volume import NeuSVariance, OccupancyGrid, update_occupancy, volume_render_patches
 from ..scene import Scene
+from .base import scene_targets
 from .visual_hull import visual_hull_cells
 
 
@@ -68,14 +69,9 @@ class SuperNormal:
         self.iters = max(1, iters)
         self.device = torch.device(device)
         self.scene = scene
-        modalities = scene.modalities()
-        if not {"normal", "mask"} & modalities:
-            raise InputError("the scene has neither normal maps nor masks in every view: nothing to fit", source)
+        targets = scene_targets(scene, self.device, ("normal", "mask"), mask_from_normals=False, source=source)
         self.cameras = scene.cameras(device=self.device)
-        self.normals = (torch.as_tensor(scene.stack("normal"), device=self.device)
-                        if "normal" in modalities else None)
-        self.masks = (torch.as_tensor(scene.stack("mask"), device=self.device).float()
-                      if "mask" in modalities else None)
+        self.normals, self.masks = targets.get("normal"), targets.get("mask")
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         torch.manual_seed(seed)
         self.field = HashGridSDF(radius=self.config.init_radius, n_hidden_layers=1,
@@ -161,13 +157,10 @@ class SuperNormal:
         if self.normals is not None:
             target = self._gather(self.normals, views, top_left)
             inside = mask > 0.5 if mask is not None else target.norm(dim=-1) > 0.5
-            residual = ((out["normal"] - target) ** 2).sum(-1)
-            losses["normal"] = (residual * inside).sum() / inside.sum().clamp_min(1)
+            losses["normal"] = L.normal_l2(out["normal"], target, inside)
         if mask is not None:
-            opacity = out["opacity"].clamp(1e-4, 1 - 1e-4)
-            losses["mask"] = c.w_mask * torch.nn.functional.binary_cross_entropy(opacity, mask)
-        eikonal = out["eikonal"]
-        losses["eikonal"] = c.w_eikonal * (eikonal.square().mean() if eikonal.numel() else eikonal.sum())
+            losses["mask"] = c.w_mask * L.mask_bce(out["opacity"], mask)
+        losses["eikonal"] = c.w_eikonal * L.eikonal_residual_loss(out["eikonal"])
         return losses
 
     def reduce_step(self, factor: float) -> None:

@@ -1,0 +1,124 @@
+"""What the multi-view methods share: the targets a scene offers, coarse-to-fine levels with a
+cosine learning rate within each level, and the step scale that the loop's recovery lowers.
+
+A levelled method (SDFDiff's lattice, the tet grid) subclasses `LevelledFit` and writes what is its
+own: how to enter a level (`_enter_level`: refine the field, make an optimiser, resample the views)
+and one update at the current level (`_update`); the schedule, the recovery hook and the common
+state are here. Every method is driven by `optim.loop.run_loop`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..scene import Scene
+
+
+def scene_targets(scene: Scene, device: torch.device, kinds: Sequence[str] = ("normal", "mask"),
+                  mask_from_normals: bool = True, source: str = "scene") -> dict[str, torch.Tensor]:
+    """The observations of a scene as float tensors: "normal" (V, H, W, 3) world-space unit normals,
+    "mask" (V, H, W) in [0, 1], "image" (V, H, W) grey shading, each when every view has it and it
+    is among `kinds`.
+
+    With `mask_from_normals`, a scene with normal maps but no masks gets the normal maps' own
+    silhouettes (their background is (0, 0, 0)). InputError naming `source` when none of `kinds` is
+    there.
+    """
+    have = scene.modalities() & set(kinds)
+    if not have:
+        raise InputError(f"the scene has no {' or '.join(kinds)} in every view: nothing to fit", source)
+    targets = {kind: torch.as_tensor(scene.stack(kind), device=device).float() for kind in sorted(have)}
+    if mask_from_normals and "mask" in kinds and "mask" not in targets and "normal" in targets:
+        targets["mask"] = (targets["normal"].norm(dim=-1) > 0.5).float()
+    return targets
+
+
+def level_starts(iters: int, shares: Sequence[float]) -> list[int]:
+    """The first iteration of each level when level i takes shares[i] / sum(shares) of `iters`."""
+    weights = np.asarray(shares, dtype=np.float64)
+    if weights.ndim != 1 or len(weights) == 0 or (weights <= 0).any():
+        raise ValueError("level_shares needs one positive share per level")
+    bounds = np.concatenate([[0.0], np.cumsum(weights) / weights.sum()])[:-1]
+    return [int(round(b * iters)) for b in bounds]
+
+
+def cosine_factor(progress: float, floor: float) -> float:
+    """From 1 at progress 0 down to `floor` at progress 1 along half a cosine."""
+    progress = min(1.0, max(0.0, progress))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class LevelledFit:
+    """A coarse-to-fine fit: levels by iteration, a learning rate `base_lr` set by each level and
+    decayed within it (cosine to `lr_floor`), scaled by `step_scale`.
+
+    Subclasses set `self.level_starts` and call `_enter_level(0, refine=False)` at the end of their
+    constructor; they implement `_enter_level(level, refine)` (which sets `self.base_lr` and
+    `self.optimizer`) and `_update(iteration) -> {loss: value}`.
+    """
+
+    name = ""  # the registry name, stored in the state
+
+    def __init__(self, scene: Scene, iters: int, config: Any, device: str | torch.device, seed: int):
+        self.config = config
+        self.scene = scene
+        self.iters = max(1, iters)
+        self.device = torch.device(device)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        torch.manual_seed(seed)
+        self.step_scale = 1.0  # scaled down by the loop when it recovers from a non-finite loss
+        self.level = -1
+        self.level_starts: list[int] = [0]
+        self.base_lr = 0.0
+        self.optimizer: torch.optim.Optimizer | None = None
+
+    def _enter_level(self, level: int, refine: bool = True) -> None:
+        raise NotImplementedError
+
+    def _update(self, iteration: int) -> dict[str, float]:
+        raise NotImplementedError
+
+    def step(self, iteration: int) -> dict[str, float]:
+        """Move to the iteration's level, set the learning rate, update."""
+        level = max(i for i, start in enumerate(self.level_starts) if start <= iteration)
+        while self.level < level:
+            self._enter_level(self.level + 1)
+        self._set_learning_rate(iteration)
+        return self._update(iteration)
+
+    def _set_learning_rate(self, iteration: int) -> None:
+        """Cosine decay from the level's rate to `lr_floor` of it over the level's iterations: Adam
+        moves every value by about the rate per step, so the steps that place the surface coarsely
+        would keep shaking it at the end of a level."""
+        starts = self.level_starts + [self.iters]
+        span = max(1, starts[self.level + 1] - starts[self.level])
+        factor = cosine_factor((iteration - starts[self.level]) / span, self.config.lr_floor)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.base_lr * self.step_scale * factor
+
+    def reduce_step(self, factor: float) -> None:
+        """Scale the learning rate by `factor` from now on (recovery from a non-finite loss)."""
+        self.step_scale *= factor
+
+    def common_state(self) -> dict[str, Any]:
+        """The state every levelled fit saves: name, settings, frame, level, optimiser, generator."""
+        return {"method": self.name, "config": asdict(self.config),
+                "to_world": np.asarray(self.scene.to_world).tolist(), "level": self.level,
+                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
+                "step_scale": self.step_scale}
+
+    def load_common_state(self, state: dict[str, Any]) -> None:
+        """Enter the saved level (its field already restored by the subclass), then restore the
+        optimiser, generator and step scale."""
+        self.level = -1
+        self._enter_level(state["level"], refine=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        self.step_scale = float(state["step_scale"])
