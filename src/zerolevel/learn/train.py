@@ -55,7 +55,7 @@ from ..atomic import atomic_path, write_json
 from ..cameras import Cameras
 from ..errors import InputError
 from ..optim.distributed import Distributed, join, resolve_device
-from ..optim.loop import CHECKPOINT, LOG, Hooks, LoopConfig, read_log, run_loop
+from ..optim.loop import LOG, Hooks, LoopConfig, read_log, run_loop
 from ..render.softras import soft_silhouette
 from ..report import loss_curves_svg
 from .encoders import ENCODERS

@@ -11,7 +11,6 @@ folder can be moved or archived whole. Every file is written atomically.
 from __future__ import annotations
 
 import html
-import math
 from pathlib import Path
 
 import numpy as np

@@ -28,12 +28,11 @@ Two schedules drive the updates (one loop iteration = one optimiser step):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
 from scipy import ndimage
 

@@ -1,0 +1,298 @@
+"""The verbs of single-view learning: dataset, train, predict, eval-set."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import methods
+from ..errors import InputError
+from .common import add_common, check_positive, default_threads
+
+# ---------------------------------------------------------------------------- dataset (single-view learning)
+EPILOG_DATASET = """examples:
+  zerolevel dataset --generate all --count 200 -o shapes     # 6 categories x 200 objects, 24 views at 64x64
+  zerolevel dataset --generate chair,table --count 50 -o small --views 8 --res 32 --splits 0.7,0.15,0.15
+  zerolevel dataset models/chair models/table -o mine        # mesh files; category = their parent folder
+  zerolevel dataset --generate all --count 200 -o shapes     # the same command again resumes or reuses it
+
+The folder: dataset.json, {train,val,test}/images.npy (N, V, H, W, 4) uint8 RGBA, voxels.npy (N, 32, 32, 32)
+bool, objects.json, meshes/<id>.ply (normalised: bounding-box diagonal 1, centred); read it with
+zerolevel.learn.dataset.load_split. Objects are cached in DATASET/.parts (delete it once you are done).
+--threads N renders N objects at a time in worker processes; --seed draws the shapes and the splits.
+"""
+
+
+def _add_dataset_parser(sub: argparse._SubParsersAction, formatter: type) -> None:
+    p = sub.add_parser("dataset", help="render many objects from one ring of cameras, for single-view learning",
+                       epilog=EPILOG_DATASET, formatter_class=formatter)
+    p.add_argument("meshes", nargs="*", metavar="MESHES",
+                   help="mesh files, or folders searched for them (category: the file's parent folder)")
+    p.add_argument("--generate", metavar="CATEGORIES",
+                   help="procedural shapes instead: comma-separated categories "
+                        "(airplane, car, chair, lamp, table, vase) or all")
+    p.add_argument("--count", type=int, default=100, help="objects per category with --generate (default: 100)")
+    p.add_argument("-o", "--output", required=True, help="dataset folder to write (or to resume)")
+    p.add_argument("--views", type=int, default=24, help="cameras on the ring, 360/views degrees apart (default: 24)")
+    p.add_argument("--res", type=int, default=64, help="image width and height in pixels (default: 64)")
+    p.add_argument("--voxels", type=int, default=32, help="occupancy grid cells per axis (default: 32)")
+    p.add_argument("--supersample", type=int, default=2,
+                   help="s x s rays per pixel for the anti-aliased alpha (default: 2)")
+    p.add_argument("--splits", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
+                   help="fractions of each category's objects per split (default: 0.8,0.1,0.1)")
+    add_common(p)
+
+
+def cmd_dataset(args: argparse.Namespace) -> None:
+    from ..learn.dataset import DatasetSettings, check_fractions, generated_sources, mesh_sources, write_dataset
+    from ..learn.shapes import CATEGORIES, GENERATOR_VERSION
+
+    if bool(args.meshes) == bool(args.generate):
+        raise InputError("give mesh files or folders, or --generate CATEGORIES (one of the two)")
+    check_positive(args, "views", "res", "voxels", "supersample", "count")
+    try:
+        fractions = check_fractions([float(f) for f in args.splits.split(",")])
+    except (ValueError, InputError):
+        raise InputError(f"--splits must be three fractions TRAIN,VAL,TEST >= 0 summing to 1 with TRAIN > 0, "
+                         f"got {args.splits!r}") from None
+    settings = DatasetSettings(views=args.views, resolution=args.res, voxels=args.voxels,
+                               supersample=args.supersample)
+    if args.generate:
+        names = [name.strip() for name in args.generate.split(",") if name.strip()]
+        categories = list(CATEGORIES) if names == ["all"] else names
+        sources = generated_sources(categories, args.count, args.seed)
+        source_info = {"kind": "generated", "generator": "zerolevel.learn.shapes",
+                       "generator_version": GENERATOR_VERSION, "categories": categories, "count": args.count}
+    else:
+        sources = mesh_sources(args.meshes)
+        source_info = {"kind": "meshes", "inputs": list(args.meshes)}
+    summary = write_dataset(args.output, sources, settings, fractions, seed=args.seed, workers=args.threads,
+                            progress=not args.quiet, source_info=source_info)
+    splits = summary.info["splits"]
+    print(f"wrote {args.output}: {len(sources)} objects, {len(summary.info['categories'])} categories "
+          f"(train {splits['train']}, val {splits['val']}, test {splits['test']}), {args.views} views "
+          f"{args.res}x{args.res}, voxels {args.voxels}^3; {summary.rendered} rendered, "
+          f"{summary.reused} from the cache, {summary.seconds:.1f} s")
+
+
+# ---------------------------------------------------------------------------- single-view networks
+MESH_FORMATS = ("ply", "obj", "stl", "off", "glb")  # what predict writes, by the output's extension
+
+EPILOG_TRAIN = """examples:
+  zerolevel dataset --generate all --count 200 -o shapes
+  zerolevel train softras shapes -o run --budget 3600          # SoftRas's network and losses for an hour
+  zerolevel train softras shapes -o run --resume --iters 20000 # continue it, up to 20000 iterations in all
+  zerolevel train softras shapes -o run_resnet --encoder resnet --epochs 40 --batch-size 32
+  zerolevel train softras shapes -o run --set eval_every=500 --set val_objects=20 --set checkpoint_every=200
+  torchrun --nproc_per_node 2 -m zerolevel train softras shapes -o run --threads 1   # 2 processes, gloo (CPU)
+  torchrun --nproc_per_node 4 -m zerolevel train softras shapes -o run --device cuda # a GPU per process, NCCL
+
+RUN gets checkpoint.pt (resumable: an interrupted run continues exactly), log.jsonl (losses, validation IoU),
+training.svg (their curves) and summary.json. The defaults are SoftRas's (Adam lr 1e-4, batch 64, 250k
+iterations, cross-render, lr and sigma x0.3 from 150k): on a CPU stop earlier with --budget, --iters or --epochs
+(an epoch: as many samples as the train split has objects). Validation (voxel IoU on the val split) runs once
+per epoch unless --set eval_every=N. --resume keeps the run's own settings; options given with it may change
+only iterations, epochs, budget and the validation / checkpoint / log intervals. --set KEY=VALUE sets any field
+of zerolevel.learn.train.TrainConfig, after the options (an unknown key lists them).
+Distributed: under torchrun (or `python -m torch.distributed.run`) every process draws the same global batch and
+trains on its share (--batch-size is the global batch, divisible by the process count); gradients are averaged,
+BatchNorm statistics are global, and only rank 0 writes RUN and prints. Without --threads each process takes
+its share of the CPUs.
+"""
+EPILOG_PREDICT = """examples:
+  zerolevel predict run chair.png -o chair.ply                 # RGBA PNG, alpha = the object's silhouette
+  zerolevel predict run/checkpoint.pt photo.jpg --mask photo_mask.png -o chair.obj
+
+The image must have the network's size (that of its training set, e.g. 64x64; the error names it) and frame
+the object as the dataset's ring cameras do (centred, seen from 30 degrees above). RGB is multiplied by the
+alpha (the dataset's black background). The mesh (642 vertices, 1280 faces, closed) is in the dataset's
+normalised frame: bounding-box centre at the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front
+towards -z, whichever view the image shows.
+"""
+EPILOG_EVAL_SET = """examples:
+  zerolevel eval-set run shapes                       # test split, all views: the published protocol
+  zerolevel eval-set run shapes --views 4 --surface-views 2 --json run/test_metrics.json
+  zerolevel eval-set run shapes --split val --surface-views 0        # voxel IoU only
+  zerolevel eval-set run shapes --views 1 --surface-views 0 --gallery run/gallery.png   # a look at it
+
+Voxel IoU at 32^3 (SoftRas's protocol): a mesh is predicted from every view of every object and voxelised on
+the dataset's grid as the objects were (the cells its surface passes through and the cells they enclose); a
+category's IoU is the mean over its (object, view) pairs, and the mean is taken over categories. Chamfer and
+F-score (tau in fractions of the GT bounding-box diagonal, as `zerolevel eval`) against each object's
+normalised mesh, on the first --surface-views views evaluated. The mean-shape row is a baseline: the train
+split's voxel occupancy frequency thresholded (at the threshold, near 0.5, that fits the train split best),
+the same shape whatever the image.
+"""
+
+
+def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
+    p = sub.add_parser("train", help="train a single-view network (image -> mesh) on a dataset folder",
+                       epilog=EPILOG_TRAIN, formatter_class=formatter)
+    p.add_argument("method", choices=methods.names("train"), help=methods.help_text("train"))
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder (zerolevel dataset)")
+    p.add_argument("-o", "--output", required=True, metavar="RUN",
+                   help="run folder for checkpoint.pt, log.jsonl, training.svg, summary.json")
+    p.add_argument("--encoder", choices=["baseline", "resnet", "attention"],
+                   help="image encoder: SoftRas's three convolutions (baseline, default), residual blocks "
+                        "(resnet), or convolutions with squeeze-and-excitation and self-attention (attention)")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument("--iters", type=int, help="iterations in all (default: 250000, SoftRas's)")
+    length.add_argument("--epochs", type=float, help="instead of --iters: passes over the train objects")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much training time in all")
+    p.add_argument("--batch-size", type=int, help="global batch of (object, two views) samples (default: 64)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--cross-render", action=argparse.BooleanOptionalAction, default=None,
+                   help="render both views' meshes from both cameras (SoftRas's published variant, default), "
+                        "or encode one view and render it from the other")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a training setting (repeatable), e.g. --set eval_every=500 --set sigma=3e-5")
+    add_common(p)
+    p.set_defaults(seed=None)  # a fresh run: 0; with --resume: the run's own
+
+    p = sub.add_parser("predict", help="mesh from one image with a trained single-view network",
+                       epilog=EPILOG_PREDICT, formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train)")
+    p.add_argument("image", metavar="IMAGE", help="RGBA image (alpha = silhouette), or RGB with --mask")
+    p.add_argument("-o", "--output", required=True, metavar="MESH",
+                   help=f"mesh file to write ({', '.join('.' + f for f in MESH_FORMATS)})")
+    p.add_argument("--mask", help="silhouette image, 8-bit, foreground > 127 (replaces any alpha)")
+    add_common(p)
+
+    p = sub.add_parser("eval-set", help="score a trained single-view network on a dataset split (IoU, F-score)",
+                       epilog=EPILOG_EVAL_SET, formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train)")
+    p.add_argument("dataset", metavar="DATASET", help="dataset folder (zerolevel dataset)")
+    p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score (default: test)")
+    p.add_argument("--views", default="all", metavar="all|N",
+                   help="views per object: all (the protocol, default) or N evenly spaced from view 0")
+    p.add_argument("--surface-views", type=int, default=1, metavar="N",
+                   help="Chamfer / F-score on the first N evaluated views of each object (default: 1; 0: none)")
+    p.add_argument("--tau", type=float, nargs="+", default=[0.005, 0.0025],
+                   help="F-score thresholds as fractions of the GT bounding-box diagonal (default: 0.005 0.0025)")
+    p.add_argument("--points", type=int, default=100_000, help="surface samples per mesh (default: 100000)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per network call (default: 32)")
+    p.add_argument("--json", help="write the results (per category and per object) as JSON to this file")
+    p.add_argument("--gallery", metavar="PNG", help="write a picture of predictions beside the truth: per object, "
+                   "the input, the prediction from it and from +90/+180 degrees, the truth from there")
+    p.add_argument("--gallery-objects", type=int, default=2, metavar="N",
+                   help="objects per category in the gallery (default: 2)")
+    add_common(p)
+
+
+def _torchrun_env() -> tuple[int, int, int]:
+    """(rank, world size, processes on this machine) from torchrun's environment (0, 1, 1 without it)."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", "1"))
+    return int(env.get("RANK", "0")), world, int(env.get("LOCAL_WORLD_SIZE", str(world)))
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from ..optim.loop import CHECKPOINT, load_checkpoint
+    from ..settings import parse_assignments, run_settings
+
+    parts = methods.get(args.method, "train").parts()
+    overrides = parse_assignments(args.set)
+    for name in ("iters", "epochs", "budget", "batch_size", "lr"):
+        if getattr(args, name) is not None:
+            check_positive(args, name)
+    run = Path(args.output)
+    has_checkpoint = (run / CHECKPOINT).is_file()
+    if has_checkpoint and not args.resume:
+        raise InputError("holds a trained network already: add --resume to continue it, or choose another "
+                         "folder", run)
+    saved = load_checkpoint(run)["state"].get("config") if has_checkpoint else None
+    if saved is not None and args.iters is not None:
+        saved = {**saved, "epochs": None}  # --iters replaces a resumed run's epochs
+    given = {"encoder": args.encoder, "iterations": args.iters, "epochs": args.epochs, "budget_s": args.budget,
+             "batch_size": args.batch_size, "lr": args.lr, "cross_render": args.cross_render, "seed": args.seed}
+    config = run_settings(parts.config, saved, given, overrides, str(run / CHECKPOINT))
+    rank, world, local_world = _torchrun_env()
+    if config.batch_size % world:
+        raise InputError(f"--batch-size {config.batch_size} must be divisible by the {world} processes")
+    threads = args.threads
+    if local_world > 1 and threads == default_threads():  # share the machine's CPUs between its processes
+        threads = max(1, threads // local_world)
+    if rank:
+        args.quiet = True  # only rank 0 reports
+    result = parts.train(args.dataset, run, config, args.device, resume=args.resume, progress=not args.quiet,
+                         threads=threads)
+    if rank == 0:
+        print(f"{result.summary()}; wrote {run / CHECKPOINT}")
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from ..atomic import atomic_path
+    from ..images import read_rgba
+    from ..learn.predict import load_run
+
+    suffix = Path(args.output).suffix.lower().lstrip(".")
+    if suffix not in MESH_FORMATS:
+        raise InputError(f"unknown mesh format {suffix!r}: use one of {', '.join('.' + f for f in MESH_FORMATS)}",
+                         args.output)
+    parts = methods.get(load_run(args.run)["name"], "train").parts()
+    net = parts.load_model(args.run, args.device)
+    size = net.config.image_size
+    rgba = read_rgba(args.image, args.mask)
+    height, width = rgba.shape[:2]
+    if (height, width) != (size, size):
+        raise InputError(f"the network takes {size}x{size} images (its training set's size), this one is "
+                         f"{width}x{height}: crop it to a square around the object and resize it to {size}x{size}",
+                         args.image)
+    silhouette = args.mask or args.image
+    foreground = rgba[..., 3] > 127
+    if not foreground.any():
+        raise InputError("no foreground: the silhouette (alpha, or mask > 127) is empty", silhouette)
+    if foreground.all():
+        raise InputError("the silhouette covers the whole image: the object must have background around it",
+                         silhouette)
+    rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # premultiplied
+    mesh = parts.predict(net, rgba, source=args.image)
+    with atomic_path(args.output) as tmp:
+        mesh.export(tmp, file_type=suffix)
+    print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, in the dataset's "
+          f"normalised frame (centred, bounding-box diagonal ~1, y up)")
+
+
+def cmd_eval_set(args: argparse.Namespace) -> None:
+    from ..atomic import check_output_file, write_json
+    from ..learn.evaluate import evaluate_run, format_table
+    from ..learn.gallery import COLUMNS
+
+    views = None
+    if args.views != "all":
+        try:
+            views = int(args.views)
+        except ValueError:
+            views = 0
+        if views <= 0:
+            raise InputError(f"--views must be all or a positive number, got {args.views!r}")
+    check_positive(args, "points", "batch_size", "gallery_objects")
+    if args.surface_views < 0:
+        raise InputError(f"--surface-views must be 0 or more, got {args.surface_views}")
+    if any(t <= 0 for t in args.tau):
+        raise InputError("--tau values must be positive")
+    for output in (args.json, args.gallery):
+        if output:
+            check_output_file(output)  # before the evaluation, not after it
+    result = evaluate_run(args.run, args.dataset, split=args.split, views=views, surface_views=args.surface_views,
+                          taus=tuple(args.tau), points=args.points, batch_size=args.batch_size,
+                          device=args.device, seed=args.seed, progress=not args.quiet,
+                          gallery=args.gallery, gallery_objects=args.gallery_objects)
+    print(format_table(result))
+    if args.gallery:
+        print(f"wrote {args.gallery}: per row {', '.join(COLUMNS)}")
+    if args.json:
+        write_json(args.json, result)
+
+
+def add_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
+    """The single-view learning verbs' parsers."""
+    _add_dataset_parser(sub, formatter)
+    _add_learn_parsers(sub, formatter)
+
+
+VERBS = {"dataset": cmd_dataset, "train": cmd_train, "predict": cmd_predict, "eval-set": cmd_eval_set}
