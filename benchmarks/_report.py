@@ -62,8 +62,18 @@ def _cell(value) -> str:
     return str(value)
 
 
+def previous_invocations(name: str) -> list[dict]:
+    """The invocations (command, date) behind an existing results/{name}.json, oldest first, for a
+    table that merges a new run into it; [] when there is none."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    return old.get("invocations") or [{"command": old["command"], "date": old["date"]}]
+
+
 def write_report(name: str, title: str, command: str, columns: list[str], rows: list[list],
-                 notes: str = "") -> None:
+                 notes: str = "", earlier: list[dict] | None = None) -> None:
     """Write `benchmarks/results/{name}.md` (a markdown table) and `{name}.json`.
 
     Args:
@@ -73,6 +83,8 @@ def write_report(name: str, title: str, command: str, columns: list[str], rows: 
         columns: column headers; each row has one value per column (numbers or strings).
         rows: the table; floats are printed with 4 significant digits in markdown, kept exact in JSON.
         notes: free text (data, thread count, repetitions, caveats) placed under the table.
+        earlier: when the table merges rows of earlier runs, their invocations (`previous_invocations`);
+            each is listed with its date, this one last, so every row's provenance stays readable.
     """
     for i, row in enumerate(rows):
         if len(row) != len(columns):
@@ -86,13 +98,17 @@ def write_report(name: str, title: str, command: str, columns: list[str], rows: 
              f"- machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
              f"{machine['cpu_count']} CPUs, {machine['platform']}"
              + (f", GPU {machine['gpu']}" if "gpu" in machine else ""),
-             f"- command: `{command}`", "",
+             *([f"- earlier run {i + 1}, {run['date']}: `{run['command']}`" for i, run in enumerate(earlier)]
+               if earlier else []),
+             f"- command{' (this run)' if earlier else ''}: `{command}`", "",
              "| " + " | ".join(columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     if notes:
         lines += ["", notes.strip()]
+    invocations = [*(earlier or []), {"command": command, "date": date}]
     payload = {"name": name, "title": title, "date": date, "machine": machine, "command": command,
+               "invocations": invocations,
                "columns": list(columns), "rows": [list(r) for r in rows], "notes": notes}
 
     for path, text in ((RESULTS_DIR / f"{name}.md", "\n".join(lines) + "\n"),

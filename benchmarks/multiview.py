@@ -37,7 +37,7 @@ sys.path.insert(0, str(HERE))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _report import RESULTS_DIR, write_report  # noqa: E402
+from _report import RESULTS_DIR, previous_invocations, write_report  # noqa: E402
 from zerolevel import methods  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data" / "meshes"
@@ -124,17 +124,18 @@ def _world_centres(scene) -> np.ndarray:
     return centres @ to_world[:3, :3].T + to_world[:3, 3]
 
 
-def merge_rows(name: str, rows: list[list], command: str) -> tuple[list[list], str]:
-    """The rows of an earlier results/NAME.json that `rows` do not redo, then `rows`; both commands."""
+def merge_rows(name: str, rows: list[list]) -> tuple[list[list], list[dict]]:
+    """The rows of an earlier results/NAME.json that `rows` do not redo, then `rows`; and the earlier
+    invocations, so the table lists every command that wrote it with its date."""
     path = RESULTS_DIR / f"{name}.json"
     if not path.is_file():
-        return rows, command
+        return rows, []
     old = json.loads(path.read_text())
     redone = {tuple(r[:4]) for r in rows}
     kept = [r + ["-"] * (len(COLUMNS) - len(r)) for r in old["rows"] if tuple(r[:4]) not in redone]
     order = {mesh: i for i, mesh in enumerate(MESHES)}
     merged = sorted(kept + rows, key=lambda r: order.get(r[0], len(order)))  # stable: runs keep their order
-    return merged, f"{old['command']}`, then `{command}"
+    return merged, previous_invocations(name)
 
 
 def summary(rows: list[list]) -> str:
@@ -199,8 +200,9 @@ def main() -> None:
                 for iters in (args.runs if index == 0 else [min(args.runs)]):
                     rows += fit_curve(name, gt, scene, method, mode, iters, args.points)
     command = "python benchmarks/multiview.py " + " ".join(sys.argv[1:])
+    earlier = []
     if args.merge:
-        rows, command = merge_rows(args.name, rows, command)
+        rows, earlier = merge_rows(args.name, rows)
     write_report(args.name, "Multi-view fits on rendered scenes: quality against optimisation time",
                  command, COLUMNS, rows,
                  notes=(f"{args.views} views at {args.res}^2 ("
@@ -212,7 +214,7 @@ def main() -> None:
                         f"points per surface, extraction at 256^3; the optimisation time excludes "
                         f"extraction and evaluation. \"F@0.5% seen\": recall only over the GT samples that "
                         f"some input camera sees unoccluded (\"GT seen\": their fraction). Benchmark wall "
-                        f"time {time.perf_counter() - t0:.0f} s.\n\n" + summary(rows)))
+                        f"time {time.perf_counter() - t0:.0f} s.\n\n" + summary(rows)), earlier=earlier)
 
 
 if __name__ == "__main__":
