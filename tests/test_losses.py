@@ -20,12 +20,15 @@ def test_masked_mean_ignores_garbage_outside_the_weight():
     assert empty.item() == 0.0  # no pixel: exactly 0, not 0/0
 
 
-def test_safe_norm_is_the_norm_with_a_finite_gradient_at_zero():
-    v = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
-    n = L.safe_norm(v)
-    assert n.tolist() == [5.0, 0.0]
-    n.sum().backward()
-    assert torch.allclose(v.grad[0], torch.tensor([0.6, 0.8, 0.0])) and torch.equal(v.grad[1], torch.zeros(3))
+def test_norm_terms_have_finite_gradients_at_zero_vectors():
+    # eikonal and area rely on torch's norm backward being 0 (not 0 / 0) at a zero vector
+    gradient = torch.tensor([[3.0, 4.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    L.eikonal_loss(gradient).backward()
+    assert torch.isfinite(gradient.grad).all() and torch.equal(gradient.grad[1], torch.zeros(3))
+    vertices = torch.tensor([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]], requires_grad=True)
+    area = L.mesh_area(vertices, torch.tensor([[0, 1, 2]]))  # collinear: a zero-area triangle
+    area.backward()
+    assert area.item() == 0.0 and torch.isfinite(vertices.grad).all()
 
 
 def test_normal_terms():

@@ -9,6 +9,7 @@ import pytest
 import torch
 import trimesh
 
+from zerolevel import losses as L
 from zerolevel.cameras import Cameras
 from zerolevel.cli import main
 from zerolevel.data import example_mesh_path
@@ -67,7 +68,25 @@ def test_eikonal_term_is_exact_on_a_linear_function(cells):
     method = TetSDF(_sphere_scene(0.5), iters=1, config=_only("eikonal", eikonal_cells=cells))
     slope = torch.tensor([0.6, -1.2, 0.9])
     method.values.data = method.grid.vertices @ slope  # |grad| = |slope| on every tetrahedron
-    assert method._eikonal().item() == pytest.approx((slope.norm().item() - 1) ** 2, rel=1e-4)
+    assert L.eikonal_loss(method._tet_gradients()).item() == pytest.approx((slope.norm().item() - 1) ** 2, rel=1e-4)
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_not_taken(monkeypatch):
+    method = TetSDF(_sphere_scene(0.5), iters=4, config=_only("mask"))
+    honest = method._losses
+
+    def poisoned(views):  # a finite loss (0) whose gradient is NaN: d sqrt(x)/dx at 0 times 0
+        return {**honest(views), "poison": torch.sqrt(0.0 * method.values).sum()}
+
+    monkeypatch.setattr(method, "_losses", poisoned)
+    before = method.values.detach().clone()
+    report = method.step(0)
+    assert math.isfinite(report["poison"]) and method.skipped_steps == 1
+    assert torch.equal(method.values.detach(), before)  # Adam's moments and the values untouched
+    monkeypatch.setattr(method, "_losses", honest)
+    method.step(1)
+    assert method.skipped_steps == 1 and not torch.equal(method.values.detach(), before)
+    assert method.state_dict()["skipped_steps"] == 1
 
 
 def test_visual_hull_start_hugs_the_silhouettes():

@@ -4,8 +4,9 @@ shrink / expand), as pure functions of tensors.
 
 Every term is NaN-proof where its inputs may legitimately hold garbage: pixels outside a mask are
 selected with `torch.where`, not multiplied by zero (NaN * 0 is NaN), an empty selection gives an
-exact 0 that still carries a (zero) gradient, and norms are taken so that a zero vector has a finite
-gradient. Weights are the caller's: a method writes `w * term`.
+exact 0 that still carries a (zero) gradient, and norms are `torch.norm`, whose backward is 0 at a
+zero vector (a hand-written sqrt of a sum of squares gives 0 / 0 there; tested). Weights are the
+caller's: a method writes `w * term`.
 
 Soft Rasterizer's definitions (silhouette IoU, Laplacian, flatten) follow its code
 (examples/recon/losses.py, soft_renderer/losses.py):
@@ -45,14 +46,6 @@ def masked_mean(values: Tensor, weight: Tensor) -> Tensor:
     weight = weight.to(values.dtype)
     picked = torch.where(weight > 0, values, torch.zeros_like(values))
     return (picked * weight).sum() / weight.sum().clamp_min(1.0)
-
-
-def safe_norm(vectors: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
-    """|v| along `dim` whose gradient at v = 0 is 0 instead of NaN (`torch.norm`'s backward divides
-    by the norm). Equal to the norm wherever |v|^2 > eps^2."""
-    squared = vectors.square().sum(dim)
-    tiny = squared <= eps * eps
-    return torch.where(tiny, torch.zeros_like(squared), squared.clamp_min(eps * eps).sqrt())
 
 
 # ------------------------------------------------------------------------------------------ image terms
@@ -114,7 +107,7 @@ def eikonal_loss(gradient: Tensor) -> Tensor:
     gradient (a flat region) costs 1 and has a finite gradient."""
     if gradient.numel() == 0:
         return gradient.sum()
-    return (safe_norm(gradient) - 1.0).square().mean()
+    return (gradient.norm(dim=-1) - 1.0).square().mean()
 
 
 def eikonal_residual_loss(residual: Tensor) -> Tensor:
@@ -148,7 +141,7 @@ def mesh_area(vertices: Tensor, faces: Tensor) -> Tensor:
     curvature flow: the curvature regulariser of Wu et al. Degenerate triangles add 0 and a finite
     gradient."""
     tri = vertices.index_select(0, faces.reshape(-1)).reshape(*faces.shape, 3)
-    return 0.5 * safe_norm(torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])).sum()
+    return 0.5 * torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=-1).sum()
 
 
 def laplacian_vectors(vertices: Tensor, edges: Tensor) -> Tensor:

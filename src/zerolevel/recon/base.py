@@ -21,6 +21,9 @@ from ..errors import InputError
 from ..scene import Scene
 
 
+_KIND_NAMES = {"normal": "normal maps", "mask": "masks", "image": "shaded images"}
+
+
 def scene_targets(scene: Scene, device: torch.device, kinds: Sequence[str] = ("normal", "mask"),
                   mask_from_normals: bool = True, source: str = "scene") -> dict[str, torch.Tensor]:
     """The observations of a scene as float tensors: "normal" (V, H, W, 3) world-space unit normals,
@@ -33,7 +36,8 @@ def scene_targets(scene: Scene, device: torch.device, kinds: Sequence[str] = ("n
     """
     have = scene.modalities() & set(kinds)
     if not have:
-        raise InputError(f"the scene has no {' or '.join(kinds)} in every view: nothing to fit", source)
+        names = " or ".join(_KIND_NAMES.get(kind, kind) for kind in kinds)
+        raise InputError(f"the scene has no {names} in every view: nothing to fit", source)
     targets = {kind: torch.as_tensor(scene.stack(kind), device=device).float() for kind in sorted(have)}
     if mask_from_normals and "mask" in kinds and "mask" not in targets and "normal" in targets:
         targets["mask"] = (targets["normal"].norm(dim=-1) > 0.5).float()
@@ -61,7 +65,7 @@ class LevelledFit:
 
     Subclasses set `self.level_starts` and call `_enter_level(0, refine=False)` at the end of their
     constructor; they implement `_enter_level(level, refine)` (which sets `self.base_lr` and
-    `self.optimizer`) and `_update(iteration) -> {loss: value}`.
+    `self.optimizer`) and `_update(iteration) -> {loss: value}`, which may call `_apply(total)`.
     """
 
     name = ""  # the registry name, stored in the state
@@ -74,6 +78,7 @@ class LevelledFit:
         self.generator = torch.Generator(device="cpu").manual_seed(seed)
         torch.manual_seed(seed)
         self.step_scale = 1.0  # scaled down by the loop when it recovers from a non-finite loss
+        self.skipped_steps = 0  # updates skipped for a non-finite gradient
         self.level = -1
         self.level_starts: list[int] = [0]
         self.base_lr = 0.0
@@ -84,6 +89,19 @@ class LevelledFit:
 
     def _update(self, iteration: int) -> dict[str, float]:
         raise NotImplementedError
+
+    def _apply(self, total: torch.Tensor) -> None:
+        """Back-propagate `total` and take the optimiser's step, unless a gradient is not finite
+        (a degenerate triangle or a zero-length normal can make one NaN while the loss is finite):
+        such a step would poison Adam's moments, so it is skipped and counted instead."""
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        gradients = [p.grad for group in self.optimizer.param_groups for p in group["params"]
+                     if p.grad is not None]
+        if all(bool(torch.isfinite(g).all()) for g in gradients):
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
 
     def step(self, iteration: int) -> dict[str, float]:
         """Move to the iteration's level, set the learning rate, update."""
@@ -112,7 +130,7 @@ class LevelledFit:
         return {"method": self.name, "config": asdict(self.config),
                 "to_world": np.asarray(self.scene.to_world).tolist(), "level": self.level,
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "step_scale": self.step_scale}
+                "step_scale": self.step_scale, "skipped_steps": self.skipped_steps}
 
     def load_common_state(self, state: dict[str, Any]) -> None:
         """Enter the saved level (its field already restored by the subclass), then restore the
@@ -122,3 +140,4 @@ class LevelledFit:
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         self.step_scale = float(state["step_scale"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))

@@ -186,11 +186,6 @@ class SDFDiff(LevelledFit):
         self._apply(total)
         return {name: v.item() for name, v in losses.items()}
 
-    def _apply(self, total: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
-
     def _losses(self, views: torch.Tensor, uv: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Render the pixels `uv` (N, 2) of `views` (N,) and compare them with the targets."""
         c, cams = self.config, self.cameras

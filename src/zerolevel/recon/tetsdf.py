@@ -28,20 +28,22 @@ re-selected at every level.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import trimesh
 from scipy import ndimage
 
+from .. import losses as L
 from ..errors import InputError
 from ..geometry.marching import marching_tetrahedra
 from ..geometry.tetgrid import KUHN_GRADIENT, TetGrid
 from ..render.raster import render_normals
+from ..render.spheretrace import ray_sphere_interval
 from ..scene import Scene
+from .base import LevelledFit, level_starts, scene_targets
 from .views import resample_views
 from .visual_hull import VisualHullField
 
@@ -82,40 +84,25 @@ class TetSDFConfig:
     init_radius: float = 0.6
 
 
-class TetSDF:
+class TetSDF(LevelledFit):
     """The method object that `optim.loop.run_loop` drives (step / state_dict / load_state_dict)."""
+
+    name = "tetsdf"
 
     def __init__(self, scene: Scene, iters: int, config: TetSDFConfig | None = None,
                  device: str | torch.device = "cpu", seed: int = 0, source: str = "scene"):
-        self.config = config or TetSDFConfig()
+        super().__init__(scene, iters, config or TetSDFConfig(), device, seed)
         c = self.config
         if len(c.level_shares) != len(c.resolutions) or any(b != 2 * a for a, b in
                                                                zip(c.resolutions, c.resolutions[1:])):
             raise ValueError("resolutions must double level by level, with one share per level")
-        self.iters = max(1, iters)
-        self.device = torch.device(device)
-        self.scene = scene
-        modalities = scene.modalities()
-        if not {"normal", "mask"} & modalities:
-            raise InputError("the scene has no normal maps or masks in every view: nothing to fit", source)
+        self.targets = scene_targets(scene, self.device, ("normal", "mask"), source=source)
         self.full_cameras = scene.cameras(device=self.device)
         self.gradient_operator = torch.as_tensor(KUHN_GRADIENT, dtype=torch.float32, device=self.device)
-        self.targets: dict[str, torch.Tensor] = {}
-        if "normal" in modalities:
-            self.targets["normal"] = torch.as_tensor(scene.stack("normal"), device=self.device).float()
-        if "mask" in modalities:
-            self.targets["mask"] = torch.as_tensor(scene.stack("mask"), device=self.device).float()
-        else:  # normal maps have a (0, 0, 0) background: their own silhouettes
-            self.targets["mask"] = (self.targets["normal"].norm(dim=-1) > 0.5).float()
-        self.generator = torch.Generator(device="cpu").manual_seed(seed)
-        self.step_scale = 1.0  # scaled down by the loop when it recovers from a non-finite loss
-        torch.manual_seed(seed)
-        bounds = np.concatenate([[0.0], np.cumsum(c.level_shares) / np.sum(c.level_shares)])[:-1]
-        self.level_starts = [int(round(b * self.iters)) for b in bounds]
+        self.level_starts = level_starts(self.iters, c.level_shares)
         self.grid = TetGrid.regular(c.resolutions[0], device=self.device)
         self.values = torch.nn.Parameter(self._initial_values())
-        self.level = -1
-        self._enter_level(0, subdivide=False)
+        self._enter_level(0, refine=False)
 
     # ------------------------------------------------------------------ set-up
     def _initial_values(self) -> torch.Tensor:
@@ -139,10 +126,10 @@ class TetSDF:
         return torch.as_tensor(sdf[coords[:, 0], coords[:, 1], coords[:, 2]], dtype=torch.float32,
                                device=self.device)
 
-    def _enter_level(self, level: int, subdivide: bool = True) -> None:
+    def _enter_level(self, level: int, refine: bool = True) -> None:
         """Switch to `level`: subdivide the grid in the band, new optimiser, views at this resolution."""
         c = self.config
-        if subdivide:
+        if refine:
             self.grid, values = self.grid.subdivide(self.values.detach(), band=c.band)
             self.values = torch.nn.Parameter(values.float())
         self.level = level
@@ -152,30 +139,16 @@ class TetSDF:
         self.cameras, self.level_targets = resample_views(self.full_cameras, self.targets, width)
 
     # ------------------------------------------------------------------ one step
-    def step(self, iteration: int) -> dict[str, float]:
-        level = max(i for i, start in enumerate(self.level_starts) if start <= iteration)
-        while self.level < level:
-            self._enter_level(self.level + 1)
-        self._set_learning_rate(iteration)
+    def _update(self, iteration: int) -> dict[str, float]:
         views = torch.randperm(len(self.cameras), generator=self.generator)[:self.config.views_per_iter]
         losses = self._losses(views.to(self.device))
-        total = sum(losses.values())
-        self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        self.optimizer.step()
+        self._apply(sum(losses.values()))
         return {name: value.item() for name, value in losses.items()}
 
-    def _set_learning_rate(self, iteration: int) -> None:
-        starts = self.level_starts + [self.iters]
-        span = max(1, starts[self.level + 1] - starts[self.level])
-        progress = min(1.0, (iteration - starts[self.level]) / span)
-        floor = self.config.lr_floor
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.base_lr * self.step_scale * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
     def _losses(self, views: torch.Tensor) -> dict[str, torch.Tensor]:
-        c, grid = self.config, self.grid
-        verts, faces, edges = marching_tetrahedra(grid.vertices, grid.tets, self.values, return_edges=True)
+        c = self.config
+        verts, faces, edges = marching_tetrahedra(self.grid.vertices, self.grid.tets, self.values,
+                                                  return_edges=True)
         if len(faces) == 0:
             raise FloatingPointError("the SDF has no zero level set left on the grid")
         cameras = self.cameras[views]
@@ -183,47 +156,40 @@ class TetSDF:
         frags = out["fragments"]
         target_mask = self.level_targets["mask"][views]
         covered, wanted = frags.mask > 0.5, target_mask > 0.5
+        margin = c.margin * self.grid.cell
         losses: dict[str, torch.Tensor] = {}
         if "normal" in self.level_targets:
-            both = (covered & wanted).float()
-            error = (out["normal"] - self.level_targets["normal"][views]).abs().sum(-1)
-            losses["normal"] = c.w_normal * (error * both).sum() / both.sum().clamp_min(1.0)
-        losses["mask"] = c.w_mask * (out["mask"] - target_mask).square().mean()
-        losses["shrink"] = c.w_shrink * self._shrink(frags, covered & ~wanted, faces, edges)
-        losses["expand"] = c.w_expand * self._expand(cameras, wanted & ~covered)
-        losses["eikonal"] = c.w_eikonal * self._eikonal()
-        tri = gather_rows(verts, faces)
-        area = 0.5 * torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]).norm(dim=1).sum()
-        losses["curvature"] = c.w_curvature * area
+            losses["normal"] = c.w_normal * L.normal_l1(out["normal"], self.level_targets["normal"][views],
+                                                        covered & wanted)
+        losses["mask"] = c.w_mask * L.mask_l2(out["mask"], target_mask)
+        losses["shrink"] = c.w_shrink * L.shrink_loss(self._inside_values(frags, covered & ~wanted, faces, edges),
+                                                      margin)
+        losses["expand"] = c.w_expand * L.expand_loss(self._lowest_values(cameras, wanted & ~covered), margin)
+        losses["eikonal"] = c.w_eikonal * L.eikonal_loss(self._tet_gradients())
+        losses["curvature"] = c.w_curvature * L.mesh_area(verts, faces)
         return losses
 
-    def _shrink(self, frags, extra: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-        """Mean over pixels covered but not wanted of (margin - f) at the inside ends of the grid
-        edges under the visible triangle: raising them lifts the triangle off the pixel."""
-        face = frags.face[extra]
-        if len(face) == 0:
-            return self.values.sum() * 0.0
-        ends = edges[faces[face]]  # (P, 3, 2) grid vertices
+    def _inside_values(self, frags, extra: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+        """For the shrink term: the inside (< 0) end of each grid edge under the triangle visible at
+        each pixel covered but not wanted (P * 3,): raising them lifts the triangle off the pixel."""
+        ends = edges[faces[frags.face[extra]]]  # (P, 3, 2) grid vertices
         values = gather_rows(self.values, ends)
-        inside = torch.where(values[..., 0] < 0, values[..., 0], values[..., 1])  # one end of each is < 0
-        return (self.config.margin * self.grid.cell - inside).clamp_min(0.0).mean()
+        return torch.where(values[..., 0] < 0, values[..., 0], values[..., 1])  # one end of each is < 0
 
-    def _expand(self, cameras, missing: torch.Tensor) -> torch.Tensor:
-        """Mean over wanted but uncovered pixels of (min along the ray of f + margin)^+: lowering the
-        smallest value on the ray makes the surface reach out to it."""
+    def _lowest_values(self, cameras, missing: torch.Tensor) -> torch.Tensor:
+        """For the expand term: the smallest SDF value along the ray of each wanted but uncovered
+        pixel (at most `expand_rays` of them), found by samples half a cell apart over the ray's chord
+        of the unit sphere and evaluated again with gradients there."""
         index = missing.nonzero()
-        if len(index) == 0:
-            return self.values.sum() * 0.0
         if len(index) > self.config.expand_rays:
             pick = torch.randperm(len(index), generator=self.generator)[:self.config.expand_rays]
             index = index[pick.to(index.device)]
+        if len(index) == 0:
+            return self.values[:0]
         uv = index[:, [2, 1]].to(cameras.dtype) + 0.5
         origins, directions = cameras[index[:, 0]].rays(uv[:, None, :])
         origins, directions = origins[:, 0], directions[:, 0]
-        # samples half a cell apart over the ray's chord of the unit sphere
-        b = (origins * directions).sum(-1)
-        disc = (b.square() - (origins.square().sum(-1) - 1.0)).clamp_min(0.0).sqrt()
-        near, far = -b - disc, -b + disc
+        near, far, _ = ray_sphere_interval(origins, directions)
         count = int(math.ceil(2.0 / (0.5 * self.grid.cell))) + 1
         t = torch.linspace(0.0, 1.0, count, device=origins.device)
         depth = near[:, None] + (far - near)[:, None] * t
@@ -232,13 +198,11 @@ class TetSDF:
             values = self.grid.evaluate(points.reshape(-1, 3), self.values, outside=math.inf).reshape(len(uv), -1)
         lowest = points[torch.arange(len(uv)), values.argmin(dim=1)]
         usable = torch.isfinite(values.min(dim=1).values)
-        if not usable.any():
-            return self.values.sum() * 0.0
-        value = self.grid.evaluate(lowest[usable], self.values)
-        return (value + self.config.margin * self.grid.cell).clamp_min(0.0).mean()
+        return self.grid.evaluate(lowest[usable], self.values)
 
-    def _eikonal(self) -> torch.Tensor:
-        """Mean of (|grad f| - 1)^2 over the tetrahedra with a corner within `eikonal_cells` of zero."""
+    def _tet_gradients(self) -> torch.Tensor:
+        """The gradient of the linear function on each tetrahedron with a corner within
+        `eikonal_cells` of zero (all of them when None), by differences along its edges: (T, 3)."""
         grid, cells = self.grid, self.config.eikonal_cells
         f = gather_rows(self.values, grid.tets)  # (T, 4)
         if cells is None:
@@ -247,12 +211,7 @@ class TetSDF:
             near = (f.detach().abs() < cells * grid.cell).any(dim=1)
         kind = torch.arange(len(grid.tets), device=self.device)[near] % 6  # 6 Kuhn tetrahedra per cube
         differences = (f[near, 1:] - f[near, :1]) / grid.cell
-        gradient = torch.einsum("tij,tj->ti", self.gradient_operator[kind], differences)
-        return (gradient.norm(dim=1) - 1.0).square().mean() if len(kind) else self.values.sum() * 0.0
-
-    def reduce_step(self, factor: float) -> None:
-        """Scale the learning rate by `factor` from now on (recovery from a non-finite loss)."""
-        self.step_scale *= factor
+        return torch.einsum("tij,tj->ti", self.gradient_operator[kind], differences)
 
     # ------------------------------------------------------------------ results
     def mesh(self) -> trimesh.Trimesh:
@@ -271,21 +230,15 @@ class TetSDF:
         return mesh
 
     def state_dict(self) -> dict[str, Any]:
-        return {"method": "tetsdf", "config": asdict(self.config),
-                "to_world": np.asarray(self.scene.to_world).tolist(), "level": self.level,
+        return {**self.common_state(),
                 "grid": {"resolution": self.grid.resolution, "bounds": list(self.grid.bounds),
                          "cubes": self.grid.cubes.to(torch.int32)},
-                "values": self.values.detach().clone(), "optimizer": self.optimizer.state_dict(),
-                "generator": self.generator.get_state(), "step_scale": self.step_scale}
+                "values": self.values.detach().clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.grid = grid_from_state(state, self.device)
         self.values = torch.nn.Parameter(state["values"].to(self.device))
-        self.level = -1
-        self._enter_level(state["level"], subdivide=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.step_scale = float(state["step_scale"])
+        self.load_common_state(state)
 
 
 def grid_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> TetGrid:
