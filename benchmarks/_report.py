@@ -56,6 +56,22 @@ def machine_info() -> dict:
     return info
 
 
+def source_commit() -> str:
+    """The git commit of the code that ran (with "+changes" when the tree differs from it), or
+    "unknown" outside a git checkout: a table's rows are reproducible from that commit."""
+    here = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                              text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../src"],
+                               cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
@@ -91,6 +107,7 @@ def write_report(name: str, title: str, command: str, columns: list[str], rows: 
             raise ValueError(f"row {i} has {len(row)} values for {len(columns)} columns")
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     machine = machine_info()
+    commit = source_commit()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
 
     lines = [f"# {title}", "",
@@ -98,16 +115,17 @@ def write_report(name: str, title: str, command: str, columns: list[str], rows: 
              f"- machine: {machine['cpu_model']}, {machine['cpus_usable']} usable of "
              f"{machine['cpu_count']} CPUs, {machine['platform']}"
              + (f", GPU {machine['gpu']}" if "gpu" in machine else ""),
-             *([f"- earlier run {i + 1}, {run['date']}: `{run['command']}`" for i, run in enumerate(earlier)]
-               if earlier else []),
-             f"- command{' (this run)' if earlier else ''}: `{command}`", "",
+             *([f"- earlier run {i + 1}, {run['date']}, code {run.get('commit', 'unknown')}: `{run['command']}`"
+                for i, run in enumerate(earlier)] if earlier else []),
+             f"- command{' (this run)' if earlier else ''}, code {commit}: `{command}`", "",
              "| " + " | ".join(columns) + " |",
              "|" + "|".join("---" for _ in columns) + "|"]
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
     if notes:
         lines += ["", notes.strip()]
-    invocations = [*(earlier or []), {"command": command, "date": date}]
+    invocations = [*(earlier or []), {"command": command, "date": date, "commit": commit}]
     payload = {"name": name, "title": title, "date": date, "machine": machine, "command": command,
+               "commit": commit,
                "invocations": invocations,
                "columns": list(columns), "rows": [list(r) for r in rows], "notes": notes}
 
