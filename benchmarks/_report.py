@@ -72,6 +72,9 @@ def source_commit() -> str:
     return head.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
+STARTED_FROM = source_commit()  # taken when the benchmark starts, before any later commit
+
+
 def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}" if abs(value) < 1e4 else f"{value:.0f}"
@@ -107,7 +110,7 @@ def write_report(name: str, title: str, command: str, columns: list[str], rows: 
             raise ValueError(f"row {i} has {len(row)} values for {len(columns)} columns")
     date = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     machine = machine_info()
-    commit = source_commit()
+    commit = STARTED_FROM
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
 
     lines = [f"# {title}", "",
