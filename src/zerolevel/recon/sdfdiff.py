@@ -62,14 +62,14 @@ class SDFDiffConfig:
     schedule: str = "plain"             # "plain" or "greedy"
     rays_per_iter: int = 12288          # plain schedule: random pixels per step
     lr: float = 0.4                     # Adam step at the first level, in voxels of the current lattice,
-    lr_decay_per_level: float = 1.6     # divided by this per level (SDFDiff: 1.03). Spot from shading +
-                                        # masks, 1000 it., 32 views 256^2, F@0.5%: a flat 0.5 voxel 0.62,
-                                        # 0.1 0.96, 0.05 0.996 (but too slow to grow in 300 it.: 0.44);
-                                        # 0.4 / 1.6 (0.4 -> 0.04 voxel): 0.994, and 0.92 in 300 it.
+    lr_decay_per_level: float = 1.6     # divided by this per level (SDFDiff: 1.03): large early steps to
+                                        # grow, small late ones to settle; flat rates either do not settle
+                                        # (0.5, 0.1) or grow too slowly in 300 it. (0.05) (ablations.md,
+                                        # sdfdiff_lr: spot from shading + masks, 32 views 256^2)
     lr_floor: float = 1.0               # ... and within a level it may decay (cosine) to this fraction
     w_image: float = 1.0
-    image_with_normals: bool = False    # use shaded images when normal maps are there too (Spot, 16 views
-                                        # at 128^2, 100 it.: F@0.5% 0.98 normals + masks, 0.82 with images)
+    image_with_normals: bool = False    # use shaded images when normal maps are there too (worse:
+                                        # ablations.md sdfdiff_images)
     w_normal: float = 1.0
     w_mask: float = 0.5
     mask_background_weight: float = 1.0  # mask loss weight of background pixels (foreground: 1); > 1

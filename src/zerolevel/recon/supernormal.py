@@ -37,25 +37,28 @@ class SuperNormalConfig:
     """Settings; defaults follow SuperNormal's released DiLiGenT-MV config where it has one."""
 
     patch_size: int = 3                 # SuperNormal: 3 x 3 patches
-    patches_per_iter: int = 1024        # SuperNormal: 2048. Rocker arm, 32 views 256^2, ~40 s: F@0.5%
-                                        # 0.92 with 256 x 800 it., 0.986 with 1024 x 300 (fixed costs per step)
+    patches_per_iter: int = 1024        # SuperNormal: 2048. Fixed costs per step favour big steps: rocker
+                                        # arm F@0.5% 0.962 with 1024 x 300 it., 0.943 with 256 x 800 in more
+                                        # time (benchmarks/results/ablations.md, supernormal_patches)
     views_per_iter: int = 8             # views the patches of one iteration are drawn from
     samples_start: int = 32             # samples per ray at the start ...
     samples_end: int = 64               # ... and at the end (SuperNormal shrinks its step 1e-2 -> 1e-3)
-    lr_table: float = 3e-2              # hash table (1e-2: Instant-NGP / NeuS2; 3e-2 with 1e-2 for the MLP:
-    lr_network: float = 1e-2            # rocker arm F@0.5% 0.9995 vs 0.986 at 400 it. of 1024 patches)
-    lr_variance: float = 1e-3           # NeuS variance (5e-3 lets it soften: F@0.5% 0.73 vs 0.85 at 200 it.)
+    lr_table: float = 3e-2              # hash table (1e-2: Instant-NGP / NeuS2; 3e-2: F@0.5% 0.999 vs 0.987,
+    lr_network: float = 1e-2            # ablations.md supernormal_lr)
+    lr_variance: float = 1e-3           # NeuS variance (5e-3 lets it soften: ablations.md supernormal_variance)
     warmup: int = 20                    # iterations of linear warm-up, then cosine decay
     lr_floor: float = 0.05              # final learning rate as a fraction of the initial one
     w_mask: float = 0.5                 # mask BCE weight
     w_eikonal: float = 0.1              # eikonal weight (NeuS: 0.1)
     variance_init: float = 0.5          # SuperNormal's NeuS variance init (inv_s = e^5)
     levels_start: int = 4               # hash levels active at the start (coarse to fine) ...
-    levels_every: int = 10              # ... one more every this many iterations (40: F@0.5% -0.02) ...
+    levels_every: int = 10              # ... one more every this many iterations (40 is worse at 300 it.:
+                                        # ablations.md supernormal_levels) ...
     levels_end: int = 14                # ... up to this many (SuperNormal: all 14)
     init_radius: float = 0.6            # the SDF starts as a sphere of this radius
     gradient: str = "dfd"               # SDF gradients: "dfd" (SuperNormal), "analytic" or "fd"
-    weight_norm: bool = True            # weight-normalised MLP layers (SuperNormal; F@0.5% 0.91 vs 0.85 at 200 it.)
+    weight_norm: bool = True            # weight-normalised MLP layers (SuperNormal; ablations.md
+                                        # supernormal_weight_norm: F@0.5% 0.88 vs 0.83 at 200 it.)
     occupancy_resolution: int = 64      # empty-space skipping grid (SuperNormal: nerfacc's); 0: sample densely
     occupancy_every: int = 8            # iterations between refreshes of the grid
 

@@ -54,19 +54,18 @@ class TetSDFConfig:
 
     resolutions: tuple[int, ...] = (32, 64, 128)  # lattice cubes per axis, level by level (each x2);
                                          # (64, 128) for figures with limbs ~1 cell of 32 thick, which
-                                         # the 32 level bloats (MakeHuman F@0.5% 0.74 -> 0.84, ~1.8x time)
+                                         # the 32 level bloats (benchmarks/results/multiview_tetsdf.md:
+                                         # MakeHuman F@0.5% 0.74 -> 0.83 in ~1.6x the time)
     level_shares: tuple[float, ...] = (0.3, 0.35, 0.35)  # fraction of the iterations per level
     band: int = 2                        # coarse cubes kept on each side of the surface when subdividing
     pixels_per_cube: float = 2.0         # render resolution = min(input, this * lattice)
     views_per_iter: int = 4
-    lr: float = 0.1                      # Adam step in cells of the current lattice (Spot, 16 views at
-                                         # 128^2, 32^3 lattice, 100 it.: F@0.5% 0.895 at 0.02, 0.91 at
-                                         # 0.05-0.2; 0.5 diverges: Adam moves every value ~lr a step)...
+    lr: float = 0.1                      # Adam step in cells of the current lattice: 0.05-0.2 alike,
+                                         # 0.02 slower, 0.5 diverges (Adam moves every value ~lr a step;
+                                         # benchmarks/results/ablations.md, tetsdf_lr) ...
     lr_floor: float = 0.1                # ... decaying (cosine) to this fraction within a level
     lr_decay_per_level: float = 2.5      # ... and divided by this at each finer level: with 1.0 the 128
-                                         # level lost accuracy in long runs (32 views 256^2, 600 it.: Lee
-                                         # Perry-Smith F@0.5% 0.944 at 300 -> 0.906 at 600, spot 0.994 ->
-                                         # 0.981); 1.6: 0.943, 0.9999; 2.5: 0.953, nefertiti 0.982 -> 0.994
+                                         # level loses accuracy in long runs (ablations.md, tetsdf_lr_decay)
     w_normal: float = 1.0
     w_mask: float = 1.0
     w_shrink: float = 0.1
@@ -75,9 +74,8 @@ class TetSDFConfig:
     w_curvature: float = 0.01
     eikonal_cells: float | None = None   # eikonal over tetrahedra with a value within this many cells
                                          # of zero (None: every tetrahedron of the band). Within 2 cells
-                                         # only, the rest of the band drifted and long runs degraded
-                                         # (nefertiti, 16 views 128^2, 600 it.: 0.95 -> 0.93; all: 0.97 ->
-                                         # 0.991 -> 0.991)
+                                         # only, the rest of the band drifts in long runs (ablations.md,
+                                         # tetsdf_eikonal)
     margin: float = 0.1                  # shrink / expand push values this many cells past zero
     expand_rays: int = 1024              # at most this many uncovered pixels per step
     init: str = "visual_hull"            # "visual_hull" (of the masks) or "sphere"
