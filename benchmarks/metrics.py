@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from _report import write_report  # noqa: E402
 from zerolevel import metrics  # noqa: E402
+from zerolevel.geometry import occupancy  # noqa: E402
 from zerolevel.geometry.mesh import load_mesh  # noqa: E402
 
 MESHES = Path("/work/shared/data/meshes")
@@ -100,10 +101,10 @@ def main() -> None:
 
     # ---- why grid lines: occupancy of the 32^3 cell centres by the per-point paths (one run each)
     lo, hi = spot.bounds
-    centres = metrics.grid_centres(np.stack([lo, hi]), 32)
+    centres = occupancy.grid_centres(np.stack([lo, hi]), 32)
     points = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1).reshape(-1, 3)
-    t_rays, _ = timed(lambda: metrics.ray_winding_number(spot, points), 1)
-    t_exact, _ = timed(lambda: metrics.winding_number(spot, points), 1)
+    t_rays, _ = timed(lambda: occupancy.ray_winding_number(spot, points), 1)
+    t_exact, _ = timed(lambda: occupancy.winding_number(spot, points), 1)
     rows += [["occupancy at points, 6 rays per point (one mesh)", spot_data, "32^3", t_rays],
              ["occupancy at points, exact winding number (one mesh)", spot_data, "32^3", t_exact]]
 

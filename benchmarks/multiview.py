@@ -86,8 +86,11 @@ def fit_curve(name: str, gt, scene, method: str, mode: str, iters: int, points: 
     from zerolevel.metrics import evaluate
     from zerolevel.optim.loop import LoopConfig, run_loop
 
+    from zerolevel.render.raycast import MeshRayCaster
+
     fit = make_method(method, scene, iters, mode)
     eyes = _world_centres(scene)
+    caster = MeshRayCaster(gt)
     stops = sorted({max(1, round(iters * (i + 1) / points)) for i in range(points)})
     rows = []
     with tempfile.TemporaryDirectory() as out:
@@ -95,7 +98,7 @@ def fit_curve(name: str, gt, scene, method: str, mode: str, iters: int, points: 
             result = run_loop(fit, out, LoopConfig(iters=stop, progress=False), resume=True)
             mesh = fit.extract(256)
             m = evaluate(mesh, gt, n_points=100_000)
-            seen = evaluate(mesh, gt, n_points=100_000, seen_from=eyes)
+            seen = evaluate(mesh, gt, n_points=100_000, visible=lambda p: caster.seen_from(p, eyes))
             rows.append([name, method, mode, iters, result.iterations, round(result.seconds, 1),
                          round(m["chamfer"], 5), round(m["fscore"]["0.005"], 4), round(m["fscore"]["0.0025"], 4),
                          round(m["normal_consistency"], 4), round(seen["fscore"]["0.005"], 4),

@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         f"\"images/s\": training samples (batch entries: one object, views a and b) per second over that run; "
         f"\"step s\": median of {args.speed_steps} warm steps of the trained network; \"render %\": median "
         f"share of those steps in `soft_silhouette` (forward + backward). IoU: voxel IoU at 32^3 (the published "
-        f"voxelisation, `metrics.solid_voxels`, for the GT and the predicted closed mesh), {'all' if args.test_views is None else args.test_views} ring views per test "
+        f"voxelisation, `geometry.occupancy.solid_voxels`, for the GT and the predicted closed mesh), {'all' if args.test_views is None else args.test_views} ring views per test "
         f"object (`evaluate_run`), mean per category over (object, view) pairs; \"mean IoU\": over categories. "
         f"Mean-shape rows: the train voxels occupied in more than a fitted fraction t of the objects (one "
         f"shape, or one per category given the category), scored on the test voxels. Pictures of each "

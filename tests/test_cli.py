@@ -156,13 +156,13 @@ def test_render_with_the_cameras_of_a_neus_folder(capsys, tmp_path):
     neus = DATA / "neus_layout_spot"
     if not neus.is_dir():
         pytest.skip("shared NeuS-layout data not present")
-    from zerolevel.scene import read_scene
+    from zerolevel.importers import load_scene
 
     out = tmp_path / "again"
     code, _, err = run_cli(capsys, "render", str(neus / "mesh_Gt.ply"), "-o", str(out), "--cameras", str(neus),
                            "--supersample", "1", "--face-normals")  # the NeuS GT has face normals
     assert code == 0, err
-    original, again = read_scene(neus), read_scene(out)
+    original, again = load_scene(neus), load_scene(out)
     np.testing.assert_allclose(again.to_world, original.to_world)
     for a, b in zip(original.views, again.views):
         assert a.name == b.name

@@ -11,7 +11,7 @@ from zerolevel.geometry.mesh import load_mesh
 from zerolevel.learn import dataset as ds
 from zerolevel.learn.dataset import (DatasetSettings, generated_sources, load_split, mesh_sources, split_counts,
                                      split_objects, write_dataset)
-from zerolevel.metrics import grid_centres, solid_voxels, winding_number
+from zerolevel.geometry.occupancy import grid_centres, solid_voxels, winding_number
 from zerolevel.render.lights import DirectionalLight
 from zerolevel.render.raycast import render_mesh
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from zerolevel.errors import InputError
-from zerolevel.importers import import_middlebury, import_neus
+from zerolevel.importers import import_middlebury, import_neus, load_scene
 from zerolevel.scene import Scene, read_scene
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -94,7 +94,7 @@ def test_neus_normals_match_mesh(neus_scene, neus_mesh):
 
 
 def test_neus_folder_reads_directly_and_round_trips(neus_scene, tmp_path):
-    direct = read_scene(NEUS)
+    direct = load_scene(NEUS)
     assert len(direct.views) == 12
     neus_scene.write(tmp_path / "s")
     back = read_scene(tmp_path / "s")

@@ -12,7 +12,7 @@ from torch import nn
 
 from zerolevel.learn.evaluate import (category_means, fit_mean_shape, format_table, mean_shape_voxels,
                                       occupancy_frequency, score_predictions, view_indices, voxel_ious)
-from zerolevel.metrics import grid_centres, solid_voxels
+from zerolevel.geometry.occupancy import grid_centres, solid_voxels
 
 N = 32  # voxels per axis
 BOUNDS = np.array([[-0.5] * 3, [0.5] * 3])

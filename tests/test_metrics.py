@@ -15,7 +15,9 @@ import pytest
 import trimesh
 
 from zerolevel import metrics
+from zerolevel.geometry import occupancy as occ
 from zerolevel.errors import InputError
+from zerolevel.render.raycast import MeshRayCaster
 
 
 def sphere(radius: float = 1.0, subdivisions: int = 4) -> trimesh.Trimesh:
@@ -107,19 +109,21 @@ def test_normal_consistency_ignores_orientation_and_sees_perpendicular_planes():
     assert cross["normal_consistency"] < 0.05
 
 
-def test_seen_from_leaves_hidden_ground_truth_out_of_recall():
+def test_visibility_filter_leaves_hidden_ground_truth_out_of_recall():
     outer = trimesh.creation.icosphere(subdivisions=4, radius=0.5)
     inner = trimesh.creation.icosphere(subdivisions=3, radius=0.2)  # a part no camera can see
     gt = trimesh.util.concatenate([outer, inner])
     eyes = 3.0 * np.array([[1.0, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]])
     plain = metrics.surface_metrics(outer, gt, n_points=20_000, taus=(0.02,))  # above the sampling floor
-    seen = metrics.surface_metrics(outer, gt, n_points=20_000, taus=(0.02,), seen_from=eyes)
+    caster = MeshRayCaster(gt)
+    seen = metrics.surface_metrics(outer, gt, n_points=20_000, taus=(0.02,),
+                                   visible=lambda p: caster.seen_from(p, eyes))
     hidden = inner.area / gt.area
     assert plain["recall"]["0.02"] == pytest.approx(1 - hidden, abs=0.01)
     assert seen["recall"]["0.02"] == 1.0 and seen["precision"] == plain["precision"]
     assert seen["gt_seen_fraction"] == pytest.approx(1 - hidden, abs=0.01)
     with pytest.raises(InputError, match="seen"):
-        metrics.surface_metrics(outer, gt, n_points=1000, seen_from=np.zeros((0, 3)))
+        metrics.surface_metrics(outer, gt, n_points=1000, visible=lambda p: caster.seen_from(p, np.zeros((0, 3))))
 
 
 def test_tau_keys_and_bad_input():
@@ -141,34 +145,34 @@ def test_occupancy_of_sphere_and_box(method):
     ball = sphere(1.0, 4)
     radius = np.linalg.norm(points, axis=1)
     clear = np.abs(radius - 1.0) > 0.01  # the icosphere's facets sit up to 0.0012 inside the sphere
-    inside = metrics.occupancy(ball, points, method=method)
+    inside = occ.occupancy(ball, points, method=method)
     np.testing.assert_array_equal(inside[clear], radius[clear] < 1.0)
 
     box = trimesh.creation.box((1.0, 2.0, 0.8))
     half = np.array([0.5, 1.0, 0.4])
-    inside = metrics.occupancy(box, points, method=method)
+    inside = occ.occupancy(box, points, method=method)
     np.testing.assert_array_equal(inside, np.all(np.abs(points) < half, axis=1))
 
 
 def test_winding_number_is_exact_and_orientation_signed():
     ball = sphere(1.0, 3)
     points = np.array([[0.0, 0.0, 0.0], [0.3, -0.2, 0.5], [2.0, 0.0, 0.0], [0.0, 0.0, -5.0]])
-    np.testing.assert_allclose(metrics.winding_number(ball, points), [1, 1, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(occ.winding_number(ball, points), [1, 1, 0, 0], atol=1e-9)
     ball.invert()
-    np.testing.assert_allclose(metrics.winding_number(ball, points), [-1, -1, 0, 0], atol=1e-9)
+    np.testing.assert_allclose(occ.winding_number(ball, points), [-1, -1, 0, 0], atol=1e-9)
     # inside-out meshes still have their inside
-    assert metrics.occupancy(ball, points).tolist() == [True, True, False, False]
+    assert occ.occupancy(ball, points).tolist() == [True, True, False, False]
 
 
 def test_fast_paths_agree_with_the_exact_winding_number():
     mesh = trimesh.creation.torus(major_radius=0.6, minor_radius=0.25)
     bounds = np.array([[-1.0, -1.0, -0.4], [1.0, 1.0, 0.4]])
     n = 20
-    centres = metrics.grid_centres(bounds, n)
+    centres = occ.grid_centres(bounds, n)
     points = np.stack(np.meshgrid(*centres, indexing="ij"), axis=-1).reshape(-1, 3)
-    exact = np.abs(metrics.winding_number(mesh, points)) >= 0.5
-    rays = np.abs(metrics.ray_winding_number(mesh, points)) >= 0.5
-    grid = metrics.grid_occupancy(mesh, bounds, n)
+    exact = np.abs(occ.winding_number(mesh, points)) >= 0.5
+    rays = np.abs(occ.ray_winding_number(mesh, points)) >= 0.5
+    grid = occ.grid_occupancy(mesh, bounds, n)
     assert grid.shape == (n, n, n)
     assert 0.05 < exact.mean() < 0.5
     np.testing.assert_array_equal(rays, exact)
@@ -177,13 +181,13 @@ def test_fast_paths_agree_with_the_exact_winding_number():
 
 def test_open_mesh_warns_and_degrades_gracefully():
     mesh = open_sphere()
-    assert not metrics.is_watertight(mesh)
+    assert not occ.is_watertight(mesh)
     points = np.array([[0.0, 0.0, 0.0], [0.2, 0.1, -0.3], [1.5, 0.0, 0.0]])
     with pytest.warns(UserWarning, match="not watertight"):
-        inside = metrics.occupancy(mesh, points, method="winding")
+        inside = occ.occupancy(mesh, points, method="winding")
     assert inside.tolist() == [True, True, False]
     with pytest.warns(UserWarning, match="not watertight"):
-        inside = metrics.occupancy(mesh, points, method="rays")
+        inside = occ.occupancy(mesh, points, method="rays")
     assert inside.tolist() == [True, True, False]
     with pytest.warns(UserWarning, match="prediction mesh is not watertight"):
         iou = metrics.volume_iou(mesh, sphere(1.0, 3), resolution=24)
@@ -195,7 +199,7 @@ def test_seam_split_closed_mesh_counts_as_watertight():
     split = trimesh.Trimesh(mesh.vertices[mesh.faces].reshape(-1, 3),
                             np.arange(3 * len(mesh.faces)).reshape(-1, 3), process=False)
     assert not split.is_watertight
-    assert metrics.is_watertight(split)
+    assert occ.is_watertight(split)
 
 
 # ---------------------------------------------------------------------------------------------- IoU
@@ -265,26 +269,26 @@ def test_solid_voxels_of_a_box_are_the_cells_it_overlaps():
     box = trimesh.creation.box(extents)
     box.apply_translation([0.013, -0.05, 0.021])
     expected = _overlapping_cells(box.bounds[0], box.bounds[1])
-    np.testing.assert_array_equal(metrics.solid_voxels(box, UNIT_BOX, 32), expected)
+    np.testing.assert_array_equal(occ.solid_voxels(box, UNIT_BOX, 32), expected)
 
 
 def test_solid_voxels_keep_parts_thinner_than_a_cell():
     plate = trimesh.creation.box((0.6, 0.01, 0.6))  # a third of a 1/32 cell thick
     plate.apply_translation([0.0, -0.5 + 22.25 / 32, 0.0])  # inside layer 22, below its centres
-    voxels = metrics.solid_voxels(plate, UNIT_BOX, 32)
-    assert not metrics.grid_occupancy(plate, UNIT_BOX, 32).any()  # no cell centre is inside
+    voxels = occ.solid_voxels(plate, UNIT_BOX, 32)
+    assert not occ.grid_occupancy(plate, UNIT_BOX, 32).any()  # no cell centre is inside
     np.testing.assert_array_equal(voxels, _overlapping_cells(plate.bounds[0], plate.bounds[1]))
     assert voxels.any(axis=(0, 2)).sum() == 1
 
 
 def test_solid_voxels_fill_closed_surfaces_only():
     ball = trimesh.creation.icosphere(4, radius=0.3)
-    solid = metrics.solid_voxels(ball, UNIT_BOX, 32)
-    centres = metrics.grid_occupancy(ball, UNIT_BOX, 32)
+    solid = occ.solid_voxels(ball, UNIT_BOX, 32)
+    centres = occ.grid_occupancy(ball, UNIT_BOX, 32)
     assert not (centres & ~solid).any()  # contains the centre occupancy
     assert solid[16, 16, 16] and solid.sum() < centres.sum() + 4 * np.pi * 0.3 ** 2 * 32 ** 2 * 2
     sheet = trimesh.Trimesh([[-0.3, 0.01, -0.3], [0.3, 0.01, -0.3], [0.3, 0.01, 0.3], [-0.3, 0.01, 0.3]],
                             [[0, 1, 2], [0, 2, 3]])
-    voxels = metrics.solid_voxels(sheet, UNIT_BOX, 32)  # open: its cells and nothing enclosed
+    voxels = occ.solid_voxels(sheet, UNIT_BOX, 32)  # open: its cells and nothing enclosed
     np.testing.assert_array_equal(voxels, _overlapping_cells(sheet.bounds[0], sheet.bounds[1]))
-    assert not metrics.solid_voxels(trimesh.Trimesh(), UNIT_BOX, 32).any()
+    assert not occ.solid_voxels(trimesh.Trimesh(), UNIT_BOX, 32).any()

@@ -1,6 +1,5 @@
 """Tetrahedral grids: Kuhn-split lattices that are conforming, positively oriented and nested."""
 
-import numpy as np
 import pytest
 import torch
 

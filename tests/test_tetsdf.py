@@ -14,11 +14,10 @@ from zerolevel.cameras import Cameras
 from zerolevel.cli import main
 from zerolevel.data import example_mesh_path
 from zerolevel.geometry.mesh import load_mesh
-from zerolevel.metrics import evaluate
 from zerolevel.pipeline import render_scene
 from zerolevel.optim.loop import LoopConfig, run_loop
 from zerolevel.recon.tetsdf import TetSDF, TetSDFConfig
-from zerolevel.scene import Scene, read_scene
+from zerolevel.scene import Scene
 
 
 def _sphere_scene(radius: float, views: int = 8, size: int = 48) -> Scene:

@@ -21,7 +21,7 @@ from zerolevel.learn.predict import load_model, predict
 from zerolevel.learn.sampling import PairSampler, split_cameras, split_images
 from zerolevel.learn.train import TrainConfig, batch_losses, train
 from zerolevel.optim.loop import read_log
-from zerolevel.metrics import grid_centres
+from zerolevel.geometry.occupancy import grid_centres
 
 SIZE = 32  # image size of the tiny sets
 

@@ -1,4 +1,5 @@
-"""Importers: other multi-view layouts turned into zerolevel scenes.
+"""Importers: other multi-view layouts turned into zerolevel scenes, and `load_scene`, which reads
+a scene folder or any layout imported here.
 
 `import_neus` reads the NeuS / IDR layout that SuperNormal uses (`cameras_sphere.npz`, world-space
 EXR normals, masks); `import_middlebury` reads a Middlebury multi-view sequence (`*_par.txt`
@@ -19,7 +20,17 @@ from .cameras import Cameras
 from .errors import InputError
 from .images import read_image, read_mask, read_normal_map
 from .scene import (Scene, View, _check_similarity, check_camera, check_sees_object, normalize_scene,
-                    validate_normals)
+                    read_scene, validate_normals)
+
+
+def load_scene(path: str | Path, load_images: bool = True) -> Scene:
+    """Read a zerolevel scene folder, or import a NeuS folder (detected by its
+    `cameras_sphere.npz`; `load_images` does not apply to it). InputError naming the file on
+    anything missing or malformed."""
+    path = Path(path)
+    if path.is_dir() and not (path / "scene.json").is_file() and (path / "cameras_sphere.npz").is_file():
+        return import_neus(path)
+    return read_scene(path, load_images=load_images)
 
 
 # ====================================================================== NeuS / IDR / SuperNormal

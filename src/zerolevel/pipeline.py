@@ -130,12 +130,12 @@ def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, ite
     from .metrics import evaluate
     from .optim.loop import LoopConfig, run_loop
     from .recon.checks import check_scene
-    from .scene import read_scene
+    from .importers import load_scene
 
     entry = methods.get(method, "fit")
     iters = entry.default_iters if iters is None else iters
     gt = load_mesh(gt_path) if gt_path else None  # fail on a bad GT before a long fit
-    scene = read_scene(scene_path)
+    scene = load_scene(scene_path)
     warnings_ = check_scene(scene, str(scene_path))
     for line in warnings_:
         print(f"warning: {line}")

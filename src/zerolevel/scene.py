@@ -264,7 +264,7 @@ def _check_similarity(M: np.ndarray, path, what: str) -> np.ndarray:
 
 # ====================================================================== reading a scene folder
 def read_scene(path: str | Path, load_images: bool = True) -> Scene:
-    """Read a zerolevel scene folder, or a NeuS folder (detected by its `cameras_sphere.npz`).
+    """Read a zerolevel scene folder (`importers.load_scene` also reads the layouts it imports).
 
     Args:
         path: the scene folder (or its scene.json).
@@ -278,10 +278,6 @@ def read_scene(path: str | Path, load_images: bool = True) -> Scene:
     if not path.is_dir():
         raise InputError("no such scene folder", path)
     if not (path / "scene.json").is_file():
-        if (path / "cameras_sphere.npz").is_file():
-            from .importers import import_neus  # importers build on this module
-
-            return import_neus(path)
         raise InputError("no such file: not a scene folder (nor a NeuS folder with cameras_sphere.npz)",
                          path / "scene.json")
     scene = _read_scene_json(path / "scene.json")

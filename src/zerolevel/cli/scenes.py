@@ -178,9 +178,9 @@ def cmd_render(args: argparse.Namespace) -> None:
 
 
 def _read_scene_cameras(path: str):
-    from ..scene import read_scene
+    from ..importers import load_scene
 
-    return read_scene(path, load_images=False)
+    return load_scene(path, load_images=False)
 
 
 def cmd_import(args: argparse.Namespace) -> None:
@@ -222,9 +222,9 @@ def cmd_extract(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from ..scene import read_scene
+    from ..importers import load_scene
 
-    scene = read_scene(args.scene)
+    scene = load_scene(args.scene)
     sizes = sorted({(v.width, v.height) for v in scene.views})
     scale = abs(np.linalg.det(scene.to_world[:3, :3])) ** (1 / 3)
     coverage = [float(v.mask.mean()) for v in scene.views if v.mask is not None]

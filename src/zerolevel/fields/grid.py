@@ -38,7 +38,7 @@ import trimesh
 from scipy import ndimage
 from torch import Tensor, nn
 
-from .. import metrics
+from ..geometry.occupancy import occupancy
 
 Bounds = Sequence[Sequence[float]] | Tensor
 DEFAULT_BOUNDS: tuple[tuple[float, float, float], tuple[float, float, float]] = (
@@ -112,7 +112,7 @@ class DenseGridSDF(nn.Module):
                   device: torch.device | str | None = None) -> "DenseGridSDF":
         """Signed distance to a closed, outward-oriented mesh, sampled at the nodes of an R^3 grid.
 
-        Sign: `zerolevel.metrics.occupancy` (Embree ray crossings). Magnitude: exact
+        Sign: `zerolevel.geometry.occupancy.occupancy` (Embree ray crossings). Magnitude: exact
         point-to-triangle distance (trimesh) at nodes within `band` voxels of the surface; beyond,
         the Euclidean distance transform of the occupancy: the distance to the nearest node on
         the other side, which exceeds the true distance by at most a voxel diagonal — enough to
@@ -129,7 +129,7 @@ class DenseGridSDF(nn.Module):
         lo, hi = lo_t.numpy(), hi_t.numpy()
         shape = (int(resolution),) * 3
         points = node_positions(shape, lo_t, hi_t).reshape(-1, 3).numpy()
-        inside = metrics.occupancy(mesh, points, method="rays").reshape(shape)
+        inside = occupancy(mesh, points, method="rays").reshape(shape)
         voxel = (hi - lo) / (np.asarray(shape) - 1)
         distance = np.where(inside, ndimage.distance_transform_edt(inside, sampling=voxel),
                             ndimage.distance_transform_edt(~inside, sampling=voxel)).reshape(-1)

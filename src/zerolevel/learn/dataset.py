@@ -33,7 +33,7 @@ Conventions:
   intensity 0.7) plus ambient 0.3, premultiplied by coverage, i.e. composited on black. Smooth
   normals (creases kept above 60 degrees for mesh files; generated marching-cubes meshes have none).
 - Voxels: the published single-view protocol's voxelisation (Kato et al.'s, which SoftRas scores
-  with; `zerolevel.metrics.solid_voxels`) on an n^3 grid over [-0.5, 0.5]^3, indexed [x, y, z]: the
+  with; `zerolevel.geometry.occupancy.solid_voxels`) on an n^3 grid over [-0.5, 0.5]^3, indexed [x, y, z]: the
   cells the surface passes through and the cells they enclose, so thin parts keep their cells.
 - Splits are drawn per category, deterministically from the seed (every category is in every split
   once it has at least three objects); within a split, objects keep the order they were given in.
@@ -65,7 +65,7 @@ from ..atomic import atomic_path, write_json
 from ..cameras import Cameras
 from ..errors import InputError
 from ..geometry.mesh import load_mesh
-from ..metrics import solid_voxels
+from ..geometry.occupancy import solid_voxels
 from ..render.lights import DirectionalLight
 from ..render.raycast import MeshRayCaster
 from . import shapes

@@ -7,7 +7,7 @@ The protocol (Soft Rasterizer's examples/recon/test.py, and DESIGN.md):
 - Voxel IoU: every view of every object of the split (SoftRas: all 24 ring views; `views` evenly
   spaced ones when asked) goes through the network; the predicted closed mesh is voxelised on the
   dataset's 32^3 grid over [-0.5, 0.5]^3 the way the object was (the published voxelisation,
-  `zerolevel.metrics.solid_voxels`) and compared with the object's voxels (`train.voxel_iou`). A
+  `zerolevel.geometry.occupancy.solid_voxels`) and compared with the object's voxels (`train.voxel_iou`). A
   category's IoU is the mean over all its (object, view) pairs; the headline figure is the mean over
   categories, each counting once however many objects it has.
 - Surface metrics: Chamfer distance, F-score at tau = 0.005 and 0.0025 of the ground truth's
@@ -38,7 +38,8 @@ from tqdm import tqdm
 
 from ..errors import InputError
 from ..geometry.mesh import load_mesh
-from ..metrics import DEFAULT_TAUS, evaluate, solid_voxels, tau_key
+from ..geometry.occupancy import solid_voxels
+from ..metrics import DEFAULT_TAUS, evaluate, tau_key
 from .predict import load_run, network_from_run
 from .sampling import split_images
 from .softras_net import SoftRasNet

@@ -27,7 +27,7 @@ so `resume=True` continues exactly where an uninterrupted run would be),
 `log.jsonl` (losses every `log_every` iterations, validation IoU lines), `training.svg` (loss and
 IoU curves) and `summary.json`. Validation: the predicted mesh (closed: template topology) of a
 validation view is voxelised on the dataset's 32^3 grid over [-0.5, 0.5]^3 as the objects were
-(`zerolevel.metrics.solid_voxels`) and compared with the object's voxels.
+(`zerolevel.geometry.occupancy.solid_voxels`) and compared with the object's voxels.
 
 Distributed: launched with `torchrun` (`optim.distributed`) or inside an initialised process
 group, the same function runs
