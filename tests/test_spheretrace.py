@@ -18,7 +18,8 @@ from zerolevel.geometry.extract import sample_grid
 from zerolevel.geometry.mesh import load_mesh, transform_mesh, unit_sphere_transform
 from zerolevel.render.raycast import DirectionalLight, render_mesh
 from zerolevel.render.shading import lambertian
-from zerolevel.render.spheretrace import march, ray_sphere_interval, render_sdf, sphere_trace
+from zerolevel.geometry.rays import ray_sphere_interval
+from zerolevel.render.spheretrace import march, render_sdf, sphere_trace
 
 CENTER = (0.1, -0.05, 0.02)
 RADIUS = 0.5

@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..geometry.rays import ray_sphere_interval
 from ..scene import Scene, View
 
 # A view is wrong when more than this fraction of its foreground normals face away from the camera;
@@ -171,10 +172,7 @@ def _check_unit_sphere(views: list[View]) -> list[str]:
         if view.mask is None or view.mask.sum() < _MIN_PIXELS:
             continue
         origin, rays = _pixel_rays(view)
-        b = np.einsum("...i,i->...", rays, origin)  # |o + s d|^2 = 1  ->  s^2 + 2 b s + (|o|^2 - 1) = 0
-        c = origin @ origin - 1.0
-        disc = b * b - c
-        hits = (disc >= 0) & ((c <= 0) | (-b + np.sqrt(np.maximum(disc, 0)) > 0))
+        hits = ray_sphere_interval(origin, rays)[2]
         outside = float((view.mask & ~hits).sum() / view.mask.sum())
         if outside > OUTSIDE_SPHERE:
             bad.append((view, outside))

@@ -39,9 +39,9 @@ from scipy import ndimage
 from .. import losses as L
 from ..errors import InputError
 from ..geometry.marching import marching_tetrahedra
+from ..geometry.rays import ray_sphere_interval
 from ..geometry.tetgrid import KUHN_GRADIENT, TetGrid
 from ..render.raster import render_normals
-from ..render.spheretrace import ray_sphere_interval
 from ..scene import Scene
 from .base import LevelledFit, level_starts, scene_targets
 from .views import resample_views

@@ -43,10 +43,11 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
+from ..geometry.rays import ray_sphere_interval
 from .lights import LightSpec
 from .shading import lambertian, light_tensors
 
-__all__ = ["sphere_trace", "render_sdf", "march", "ray_sphere_interval", "field_gradient",
+__all__ = ["sphere_trace", "render_sdf", "march", "field_gradient",
            "DEFAULT_SOFT_K"]
 
 Field = Callable[[Tensor], Tensor]
@@ -182,24 +183,6 @@ def render_sdf(field: Field, cameras: Cameras, *, lights: LightSpec = None, ambi
                        ambient, albedo)
     out["image"] = torch.where(out["mask"], shade, torch.zeros_like(shade))
     return {key: value.reshape(shape + value.shape[2:]) for key, value in out.items()}
-
-
-def ray_sphere_interval(origins: Tensor, directions: Tensor, radius: float = 1.0
-                        ) -> tuple[Tensor, Tensor, Tensor]:
-    """Where rays cross a sphere of `radius` centred at the origin.
-
-    Args:
-        origins, directions: (N, 3) ray origins and unit directions.
-    Returns:
-        near (N,) entry parameter, clamped to >= 0 (rays starting inside begin at their origin);
-        far (N,) exit parameter; hit (N,) bool, the ray meets the sphere ahead of its origin.
-    """
-    b = (origins * directions).sum(-1)
-    c = (origins * origins).sum(-1) - radius * radius
-    disc = b * b - c
-    s = disc.clamp_min(0.0).sqrt()
-    near, far = (-b - s).clamp_min(0.0), -b + s
-    return near, far, (disc > 0) & (far > 0)
 
 
 @torch.no_grad()

@@ -58,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cameras import Cameras
+from ..geometry.rays import ray_sphere_interval
 
 __all__ = ["NeuSVariance", "OccupancyGrid", "update_occupancy", "volume_render",
            "volume_render_patches", "render_normals", "dfd_gradient", "GRADIENT_MODES"]
@@ -385,7 +386,7 @@ def _sample(origins: Tensor, directions: Tensor, normal: Tensor, n: int,
     """Shared planes between each patch's near and far, and which intervals to evaluate/render."""
     with torch.no_grad():
         cos = (directions * normal[:, None, None, :]).sum(-1)  # (P, k, k)
-        t0, t1, hit = _sphere_interval(origins, directions, radius)
+        t0, t1, hit = ray_sphere_interval(origins, directions, radius)
         hit = hit & (cos > 0)
         inf = torch.full_like(t0, math.inf)
         near = torch.where(hit, t0 * cos, inf).amin(dim=(1, 2))
@@ -408,17 +409,6 @@ def _sample(origins: Tensor, directions: Tensor, normal: Tensor, n: int,
         needed[:, 1:] |= keep
         rendered = inside[:, :-1] & keep[:, :, None, None]
     return _Samples(points, t, z, rendered, keep, needed)
-
-
-def _sphere_interval(origins: Tensor, directions: Tensor, radius: float
-                     ) -> tuple[Tensor, Tensor, Tensor]:
-    """Ray-sphere (centre 0) intersection for unit directions: t_near >= 0, t_far, hit (all (...))."""
-    b = (origins * directions).sum(-1)
-    c = origins.square().sum(-1) - radius * radius
-    disc = b * b - c
-    root = disc.clamp_min(0).sqrt()
-    t_far = -b + root
-    return (-b - root).clamp_min(0), t_far, (disc > 0) & (t_far > 0)
 
 
 def _offsets(n: int, generator: torch.Generator | None, like: Tensor) -> Tensor:
