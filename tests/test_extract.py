@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from zerolevel.fields.analytic import BoxSDF, SphereSDF, TorusSDF, UnionSDF
-from zerolevel.geometry.extract import (largest_component, marching_cubes, marching_cubes_narrow_band,
+from zerolevel.geometry.components import largest_component
+from zerolevel.geometry.extract import (marching_cubes, marching_cubes_narrow_band,
                                         mesh_from_grid, sample_grid)
 
 # off-centre so that the grid is not symmetric about the shape

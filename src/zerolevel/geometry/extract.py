@@ -36,6 +36,7 @@ import trimesh
 from skimage import measure
 from tqdm import tqdm
 
+from .components import largest_component
 from .mesh import transform_mesh
 
 Field = Callable[[torch.Tensor], torch.Tensor]
@@ -263,16 +264,6 @@ def mesh_from_grid(
     step = (hi - lo) / (np.asarray(values.shape, dtype=np.float64) - 1.0)
     verts = lo + verts.astype(np.float64) * step
     return trimesh.Trimesh(vertices=verts, faces=faces, process=True)  # process: merge vertices
-
-
-def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """The connected component (by shared vertices) with the largest surface area."""
-    if len(mesh.faces) == 0:
-        return mesh
-    parts = mesh.split(only_watertight=False)
-    if len(parts) <= 1:
-        return mesh
-    return max(parts, key=lambda part: part.area)
 
 
 # --------------------------------------------------------------------------------------------

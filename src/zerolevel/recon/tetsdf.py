@@ -38,6 +38,7 @@ from scipy import ndimage
 
 from .. import losses as L
 from ..errors import InputError
+from ..geometry.components import largest_component
 from ..geometry.marching import marching_tetrahedra
 from ..geometry.rays import ray_sphere_interval
 from ..geometry.tetgrid import KUHN_GRADIENT, TetGrid
@@ -216,7 +217,7 @@ class TetSDF(LevelledFit):
         """The current zero level set in working space (largest component)."""
         with torch.no_grad():
             verts, faces = marching_tetrahedra(self.grid.vertices, self.grid.tets, self.values)
-        return _largest_component(trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False))
+        return largest_component(trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False))
 
     def extract(self, resolution: int = 256, progress: bool = False) -> trimesh.Trimesh:
         """The zero level set by marching tetrahedra on the grid (the grid fixes the resolution), in
@@ -251,7 +252,7 @@ def mesh_from_state(state: dict[str, Any], resolution: int | None = None, device
     tetrahedra on its own grid: the grid fixes the resolution, so `resolution` is not used."""
     grid = grid_from_state(state, device)
     verts, faces = marching_tetrahedra(grid.vertices, grid.tets, state["values"].to(device))
-    mesh = _largest_component(trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False))
+    mesh = largest_component(trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False))
     mesh.apply_transform(np.asarray(state["to_world"], dtype=np.float64))
     return mesh
 
@@ -260,11 +261,3 @@ def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """`values[index]` by `index_select`, whose backward sums in a fixed order (advanced indexing's
     multi-threaded accumulate differs run to run in the last bits, which breaks exact resume)."""
     return values.index_select(0, index.reshape(-1)).reshape(*index.shape, *values.shape[1:])
-
-
-def _largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    if len(mesh.faces) == 0:
-        return mesh
-    mesh.merge_vertices()
-    parts = mesh.split(only_watertight=False)
-    return max(parts, key=lambda part: len(part.faces)) if len(parts) > 1 else mesh

@@ -1,0 +1,38 @@
+"""Connected pieces of a triangle mesh, and the largest of them: what every extraction keeps when
+a fit leaves floaters.
+
+The rule, the same everywhere: two faces belong to one piece when they share a vertex, vertices at
+the same position counting as one (marching output that repeats a vertex per face stays one piece);
+the largest piece is the one of largest area.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import trimesh
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+def face_components(mesh: trimesh.Trimesh) -> tuple[int, np.ndarray]:
+    """(number of pieces, (F,) piece label of each face) by shared vertex positions."""
+    faces = np.asarray(mesh.faces, dtype=np.int64)
+    if len(faces) == 0:
+        return 0, np.zeros(0, dtype=np.int64)
+    _, same = np.unique(np.asarray(mesh.vertices), axis=0, return_inverse=True)
+    corners = same.reshape(-1)[faces]  # (F, 3) merged vertex ids
+    edges = np.concatenate([corners[:, :2], corners[:, 1:]])
+    n = int(corners.max()) + 1
+    graph = coo_matrix((np.ones(len(edges), dtype=np.int8), (edges[:, 0], edges[:, 1])), shape=(n, n))
+    count, labels = connected_components(graph, directed=False)
+    return int(count), labels[corners[:, 0]]
+
+
+def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The piece of largest area (module docstring); a mesh in one piece is returned as it is."""
+    count, labels = face_components(mesh)
+    if count <= 1:
+        return mesh
+    areas = np.bincount(labels, weights=np.asarray(mesh.area_faces), minlength=count)
+    keep = np.flatnonzero(labels == int(np.argmax(areas)))
+    return mesh.submesh([keep], append=True, repair=False)

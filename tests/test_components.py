@@ -1,0 +1,29 @@
+"""Connected pieces: the one rule (shared vertex positions) and the largest piece by area."""
+
+import numpy as np
+import trimesh
+
+from zerolevel.geometry.components import face_components, largest_component
+
+
+def test_the_largest_piece_is_the_largest_by_area_not_by_faces():
+    big = trimesh.creation.icosphere(subdivisions=1, radius=1.0)  # 80 faces
+    small = trimesh.creation.icosphere(subdivisions=3, radius=0.2)  # 1280 faces
+    small.apply_translation([3.0, 0.0, 0.0])
+    kept = largest_component(trimesh.util.concatenate([small, big]))
+    assert len(kept.faces) == len(big.faces) and np.isclose(kept.area, big.area)
+
+
+def test_a_triangle_soup_of_one_surface_is_one_piece_and_is_kept_whole():
+    sphere = trimesh.creation.icosphere(subdivisions=2)
+    soup = trimesh.Trimesh(sphere.triangles.reshape(-1, 3), np.arange(3 * len(sphere.faces)).reshape(-1, 3),
+                           process=False)  # every face with its own three vertices
+    assert face_components(soup)[0] == 1
+    assert largest_component(soup) is soup
+
+
+def test_pieces_touching_at_one_vertex_are_one_piece_and_an_empty_mesh_has_none():
+    tri = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [-1, 0, 0], [0, -1, 0]])
+    mesh = trimesh.Trimesh(tri, [[0, 1, 2], [0, 3, 4]], process=False)
+    assert face_components(mesh)[0] == 1
+    assert face_components(trimesh.Trimesh())[0] == 0
