@@ -7,7 +7,7 @@ from ../shared/data/meshes when present, else an icosphere of similar size), a 2
 (the issue's comparison: PyTorch3D's CPU rasteriser needs 6.4 s for a 20k-face mesh at 256^2) and a
 330k-face icosphere, each with the default z-buffer visibility and with Embree ray casting (BVH
 rebuilt every call). Reports the median wall-clock (and process CPU) time of a few repetitions
-after a warm-up (edge topology memoised, as in a fit).
+after a warm-up (edge topology built once per mesh and passed in).
 
     python benchmarks/renderers_raster.py [--threads 2] [--repeats 5]
 
@@ -46,6 +46,7 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256) -> list[dict]:
         from zerolevel.cameras import Cameras
     from zerolevel.geometry.mesh import load_mesh, transform_mesh, unit_sphere_transform
     from zerolevel.render import raster
+    from zerolevel.render.antialias import edge_topology
 
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -66,10 +67,11 @@ def run(threads: int = 2, repeats: int = 5, size: int = 256) -> list[dict]:
             mesh = transform_mesh(mesh, np.linalg.inv(unit_sphere_transform(mesh)))
             v = torch.tensor(np.asarray(mesh.vertices), dtype=torch.float32)
             f = torch.tensor(np.asarray(mesh.faces))
+            topology = edge_topology(f)  # the faces stay the same over the repeats: built once
             for method in ("zbuffer", "embree"):
                 def forward():
                     x = v.clone().requires_grad_(True)
-                    return x, raster.render_normals(x, f, cams, visibility=method)
+                    return x, raster.render_normals(x, f, cams, visibility=method, topology=topology)
 
                 def forward_backward():
                     x, out = forward()

@@ -29,8 +29,9 @@ import trimesh
 from zerolevel.cameras import Cameras
 from zerolevel.data import example_mesh_path
 from zerolevel.geometry.mesh import load_mesh, transform_mesh, unit_sphere_transform
-from zerolevel.render.raster import (antialias, edge_topology, face_normals, interpolate, rasterize,
-                                     render_normals, vertex_normals)
+from zerolevel.render.antialias import antialias, edge_topology
+from zerolevel.render.fragments import interpolate
+from zerolevel.render.raster import face_normals, rasterize, render_normals, vertex_normals
 from zerolevel.render.raycast import render_mesh
 
 
