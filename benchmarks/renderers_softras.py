@@ -64,7 +64,8 @@ def run(threads: int = 2, repeats: int = 3) -> list[dict]:
     except ImportError:  # not installed: use the checkout's src/
         sys.path.insert(0, str(HERE.parent / "src"))
         from zerolevel.cameras import Cameras
-    from zerolevel.render.softras import _build_scene, soft_render, soft_silhouette
+    from zerolevel.render.softras import soft_render, soft_silhouette
+    from zerolevel.render.softras_scene import build_scene
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -92,8 +93,8 @@ def run(threads: int = 2, repeats: int = 3) -> list[dict]:
             def forward_backward() -> None:
                 forward().backward()
 
-            scene = _build_scene(vertices.detach(), faces, cams, options["sigma"],
-                                 options.get("dist_eps", 1e-4))
+            scene = build_scene(vertices.detach(), faces, cams, options["sigma"],
+                                options.get("dist_eps", 1e-4))
             pairs = int(scene.starts[-1])
             rows.append({
                 "renderer": "softras",

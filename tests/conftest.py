@@ -4,7 +4,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared test helpers (hashgrid_checks)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # shared test helpers (hashgrid_checks, softras_reference)
 
 
 def assert_one_line_error(err: str, name: str) -> None:

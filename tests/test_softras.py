@@ -12,9 +12,11 @@ import trimesh
 from zerolevel.cameras import Cameras
 from zerolevel.geometry.mesh import load_mesh, transform_mesh, unit_sphere_transform
 from zerolevel.render.raycast import render_mesh
-from zerolevel.render import softras
-from zerolevel.render.softras import (_build_scene, _reference_soft_render,
-                                      _reference_soft_silhouette, soft_render, soft_silhouette)
+from zerolevel.render import softras_silhouette
+from zerolevel.render.softras import soft_render, soft_silhouette
+from zerolevel.render.softras_scene import build_scene
+
+from softras_reference import reference_soft_render, reference_soft_silhouette  # tests/ (conftest)
 
 SPOT = Path(__file__).resolve().parents[1] / "src" / "zerolevel" / "data" / "spot.obj"
 
@@ -60,12 +62,12 @@ def _finite_difference(loss, x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------------------- reference
 @pytest.mark.parametrize("sigma", [1e-4, 3e-3])
-@pytest.mark.parametrize("min_group", [softras._MIN_GROUP, 1])  # faces pair by pair; by box shape
+@pytest.mark.parametrize("min_group", [softras_silhouette._MIN_GROUP, 1])  # faces pair by pair; by box shape
 def test_fast_silhouette_matches_dense_reference(sigma, min_group, monkeypatch):
-    monkeypatch.setattr(softras, "_MIN_GROUP", min_group)
+    monkeypatch.setattr(softras_silhouette, "_MIN_GROUP", min_group)
     v, f = _icosphere(1, 0.7, noise=0.05)
     cams = Cameras.ring(3, width=24, height=20).to(dtype=torch.float64)
-    ref = _reference_soft_silhouette(v, f, cams, sigma=sigma)
+    ref = reference_soft_silhouette(v, f, cams, sigma=sigma)
     assert 0.1 < ref.mean() < 0.9  # the mesh is partly in view
     for max_pairs in (1 << 20, 97):  # one chunk; many chunks
         fast = soft_silhouette(v, f, cams, sigma=sigma, max_pairs=max_pairs)
@@ -82,14 +84,14 @@ def test_fast_render_matches_dense_reference(options):
     v, f = _icosphere(1, 0.7, noise=0.05)
     cams = Cameras.ring(2, width=20, height=20, azimuth_start_deg=10).to(dtype=torch.float64)
     colours = torch.rand(v.shape[0], 3, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    ref = _reference_soft_render(v, f, cams, colours, **options)
+    ref = reference_soft_render(v, f, cams, colours, **options)
     for max_pairs in (1 << 20, 53):
         fast = soft_render(v, f, cams, colours, max_pairs=max_pairs, **options)
         torch.testing.assert_close(fast["image"], ref["image"], rtol=0, atol=1e-10)
         torch.testing.assert_close(fast["alpha"], ref["alpha"], rtol=0, atol=1e-12)
     face_colours = torch.rand(len(f), 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     fast = soft_render(v, f, cams, face_attributes=face_colours, **options)
-    ref = _reference_soft_render(v, f, cams, face_attributes=face_colours, **options)
+    ref = reference_soft_render(v, f, cams, face_attributes=face_colours, **options)
     torch.testing.assert_close(fast["image"], ref["image"], rtol=0, atol=1e-10)
 
 
@@ -97,7 +99,7 @@ def test_culling_visits_few_pairs():
     """The candidate pairs of a 1280-face sphere in 8 views at 64^2 are a small fraction of all."""
     v, f = _icosphere(3, 0.5, dtype=torch.float32)
     cams = Cameras.ring(8)
-    scene = _build_scene(v, f, cams, sigma=1e-4, dist_eps=1e-4)
+    scene = build_scene(v, f, cams, sigma=1e-4, dist_eps=1e-4)
     dense = len(cams) * 64 * 64 * len(f)
     assert 0 < int(scene.starts[-1]) < 0.01 * dense
 
@@ -180,11 +182,11 @@ def test_silhouette_gradient_matches_finite_differences():
     torch.testing.assert_close(x.grad, fd, rtol=1e-4, atol=1e-7)
 
 
-@pytest.mark.parametrize("min_group", [softras._MIN_GROUP, 1])
+@pytest.mark.parametrize("min_group", [softras_silhouette._MIN_GROUP, 1])
 def test_silhouette_gradient_matches_dense_reference_autograd(min_group, monkeypatch):
     """The analytic backward of the fast silhouette equals autograd through the dense reference,
     in one chunk and in many, w.r.t. vertices and cameras."""
-    monkeypatch.setattr(softras, "_MIN_GROUP", min_group)
+    monkeypatch.setattr(softras_silhouette, "_MIN_GROUP", min_group)
     v, f = _icosphere(1, 0.6, noise=0.04, seed=2)
     cams = Cameras.ring(3, width=20, height=20, azimuth_start_deg=10).to(dtype=torch.float64)
     weights = torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
@@ -196,7 +198,7 @@ def test_silhouette_gradient_matches_dense_reference_autograd(min_group, monkeyp
         (render(x, f, Cameras(K, cams.world_to_camera, 20, 20), **options, **extra) * weights).sum().backward()
         return x.grad, K.grad
 
-    expected = grads(_reference_soft_silhouette)
+    expected = grads(reference_soft_silhouette)
     assert expected[0].abs().max() > 1e-2
     for max_pairs in (1 << 20, 61):
         for got, want in zip(grads(soft_silhouette, max_pairs=max_pairs), expected):
@@ -301,7 +303,7 @@ def test_degenerate_faces_and_empty_mesh():
     cams = Cameras.ring(2, width=20, height=20).to(dtype=torch.float64)
     x = v.clone().requires_grad_()
     out = soft_render(x, f, cams, sigma=1e-3, gamma=1e-3)
-    ref = _reference_soft_render(v, f, cams, sigma=1e-3, gamma=1e-3)
+    ref = reference_soft_render(v, f, cams, sigma=1e-3, gamma=1e-3)
     torch.testing.assert_close(out["image"], ref["image"], rtol=0, atol=1e-10)
     (out["image"].sum() + out["alpha"].sum()).backward()
     assert torch.isfinite(x.grad).all()
