@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
 	@# build the hash-grid CPU kernel now (g++, cached) rather than in the middle of a first fit
-	$(PY) -c "from zerolevel.fields.hashgrid import compiled_kernel_available as ok; \
+	$(PY) -c "from zerolevel.fields.hashgrid_kernel import compiled_kernel_available as ok; \
 	print('hash-grid kernel:', 'built' if ok() else 'not built (falls back to PyTorch)')"
 	touch $(STAMP)
 

@@ -54,7 +54,8 @@ def run(threads: int = 2, repeats: int = 3) -> list[dict]:
         import zerolevel  # noqa: F401
     except ImportError:  # not installed: use the checkout's src/
         sys.path.insert(0, str(HERE.parent / "src"))
-    from zerolevel.fields.hashgrid import HashGridEncoding, HashGridSDF, compiled_kernel_available
+    from zerolevel.fields.hashgrid import HashGridEncoding, HashGridSDF
+    from zerolevel.fields.hashgrid_kernel import compiled_kernel_available
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

@@ -14,10 +14,10 @@ from zerolevel.fields.hashgrid import (
     HashGridEncoding,
     HashGridLevels,
     HashGridSDF,
-    compiled_kernel_available,
     hash_encode,
     vertex_rows,
 )
+from zerolevel.fields.hashgrid_kernel import compiled_kernel_available
 
 needs_kernel = pytest.mark.skipif(not compiled_kernel_available(),
                                   reason="compiled hash-grid kernel unavailable (no C++ compiler)")

@@ -1,4 +1,4 @@
-// zerolevel hash-grid encoding: CPU kernel (float32). Built and loaded by zerolevel/fields/hashgrid.py.
+// zerolevel hash-grid encoding: CPU kernel (float32). Built and loaded by zerolevel/fields/hashgrid_kernel.py.
 // Same arithmetic as the torch reference there: u = clamp((x + 1) * 0.5, 0, 1), pos = u * N,
 // cell = min(floor(pos), N - 1), t = pos - cell, w = (a_x * a_y) * a_z with a = (1 - t, t).
 // Levels are processed one at a time (a level's table slice stays in cache); points are handled in
