@@ -13,8 +13,9 @@ from scipy.ndimage import binary_erosion
 from zerolevel.cameras import Cameras
 from zerolevel.fields.analytic import SphereSDF, TorusSDF
 from zerolevel.render.raycast import render_mesh
-from zerolevel.render.volume import (NeuSVariance, OccupancyGrid, dfd_gradient, render_normals,
-                                     update_occupancy, volume_render, volume_render_patches)
+from zerolevel.render.occupancy import OccupancyGrid, update_occupancy
+from zerolevel.render.volume import (NeuSVariance, dfd_gradient, render_normals, volume_render,
+                                     volume_render_patches)
 
 CENTER = (0.05, -0.03, 0.02)
 RADIUS = 0.5

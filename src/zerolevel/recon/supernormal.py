@@ -26,7 +26,8 @@ import trimesh
 from .. import losses as L
 from ..fields.hashgrid import HashGridEncoding, HashGridSDF
 from ..geometry.extract import marching_cubes_narrow_band
-from ..render.volume import NeuSVariance, OccupancyGrid, update_occupancy, volume_render_patches
+from ..render.occupancy import OccupancyGrid, update_occupancy
+from ..render.volume import NeuSVariance, volume_render_patches
 from ..scene import Scene
 from .base import scene_targets
 from .visual_hull import visual_hull_cells

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from ..render.volume import OccupancyGrid
+from ..render.occupancy import OccupancyGrid
 
 
 class VisualHullField(torch.nn.Module):
@@ -52,7 +52,7 @@ def visual_hull_cells(cameras: Cameras, masks: Tensor, resolution: int = 64) -> 
     Conservative: a cell is kept when its centre projects onto the foreground of every view after
     the view's mask is dilated by the largest image radius a cell can cover (its half-diagonal at
     the nearest depth a cell centre has in that view), so no cell the object touches is carved.
-    Indexed [ix, iy, iz] as `render.volume.OccupancyGrid`.
+    Indexed [ix, iy, iz] as `render.occupancy.OccupancyGrid`.
     """
     masks = torch.as_tensor(masks, device=cameras.device)
     if masks.shape != (len(cameras), cameras.height, cameras.width):

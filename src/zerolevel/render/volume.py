@@ -8,7 +8,7 @@ differentiably with respect to the field's parameters and the NeuS sharpness.
     out = volume_render(field, origins, directions, variance=variance)           # plain rays
     out = volume_render_patches(field, cameras, top_left, 3, variance=variance,  # SuperNormal
                                 gradient="dfd")
-    grid = update_occupancy(field, OccupancyGrid.full(64), variance=variance)    # every N steps
+    grid = update_occupancy(field, OccupancyGrid.full(64), variance=variance)    # occupancy.py
     images = render_normals(field, cameras, variance=variance)   # whole (B, H, W) images, chunked
 
 Rendering (NeuS, Wang et al. 2021, as implemented by SuperNormal, Cao & Taketomi 2024):
@@ -37,14 +37,14 @@ Gradient modes: `analytic` (autograd, `create_graph=True`: double back-propagati
 differences along x, y, z: 6 extra evaluations per sample, SuperNormal's step 1e-3) and `dfd`
 (directional finite differences, no extra evaluation): see `dfd_gradient`.
 
-Empty-space skipping: an `OccupancyGrid` (refreshed by `update_occupancy`) marks cells near the zero
-level set; intervals whose ends both lie in empty cells are neither evaluated nor rendered (for
-patches, a plane is skipped only when every ray of the patch is empty there). SuperNormal's
-published code returns a partial output dict when a batch yields no sample (an empty grid), and its
-training loop then crashes; here an entirely empty grid falls back to dense sampling with a
-`RuntimeWarning` and `out["occupancy_fallback"] = True`, and a batch that only sees empty space of
-a non-empty grid returns every output (zeros, `evaluations == 0`, an empty `eikonal`), still
-attached to the sharpness so that `backward()` works.
+Empty-space skipping: an `OccupancyGrid` (`occupancy.py`, refreshed by `update_occupancy`) marks
+cells near the zero level set; intervals whose ends both lie in empty cells are neither evaluated
+nor rendered (for patches, a plane is skipped only when every ray of the patch is empty there).
+SuperNormal's published code returns a partial output dict when a batch yields no sample (an empty
+grid), and its training loop then crashes; here an entirely empty grid falls back to dense sampling
+with a `RuntimeWarning` and `out["occupancy_fallback"] = True`, and a batch that only sees empty
+space of a non-empty grid returns every output (zeros, `evaluations == 0`, an empty `eikonal`),
+still attached to the sharpness so that `backward()` works.
 """
 
 from __future__ import annotations
@@ -59,18 +59,18 @@ from torch import Tensor, nn
 
 from ..cameras import Cameras
 from ..geometry.rays import ray_sphere_interval
+from .occupancy import OccupancyGrid
 
-__all__ = ["NeuSVariance", "OccupancyGrid", "update_occupancy", "volume_render",
-           "volume_render_patches", "render_normals", "dfd_gradient", "GRADIENT_MODES"]
+__all__ = ["NeuSVariance", "volume_render", "volume_render_patches", "render_normals", "dfd_gradient",
+           "GRADIENT_MODES"]
 
 Field = Callable[[Tensor], Tensor]
 GRADIENT_MODES = ("analytic", "fd", "dfd")
 _ALPHA_EPS = 1e-5  # NeuS / SuperNormal: (p + 1e-5) / (c + 1e-5)
-_OCCUPANCY_TAIL = 7.0  # |f| > 7 / inv_s: less than 1e-3 of a ray's opacity lies beyond (sigmoid tails)
 
 
 # --------------------------------------------------------------------------------------------
-# Sharpness and occupancy
+# Sharpness
 
 
 class NeuSVariance(nn.Module):
@@ -89,91 +89,6 @@ class NeuSVariance(nn.Module):
     def forward(self) -> Tensor:
         """0-d tensor inv_s."""
         return torch.exp(self.variance * 10.0).clamp(1e-6, 1e6)
-
-
-@dataclass
-class OccupancyGrid:
-    """Cells of a regular grid over the cube [-1, 1]^3 that may hold visible surface.
-
-    Attributes:
-        occupied: (R, R, R) bool, indexed [ix, iy, iz]; cell i spans [-1 + i c, -1 + (i + 1) c],
-            c = 2 / R.
-        margin: a cell is occupied when |f(centre)| <= margin * half-diagonal (+ a band for the
-            current sharpness, see `update_occupancy`); 1.5 allows for neural SDFs that are not exact
-            (the extraction's narrow band uses the same bound).
-
-    An interval is tested at its two ends only, so the sample spacing must stay below the width of
-    the occupied shell (about 2 * margin * half-diagonal: 0.08 at 64^3); with fewer samples per
-    ray, use a coarser grid.
-    """
-
-    occupied: Tensor
-    margin: float = 1.5
-
-    @staticmethod
-    def full(resolution: int = 64, device: torch.device | str | None = None,
-             margin: float = 1.5) -> "OccupancyGrid":
-        """A grid with every cell occupied (dense sampling until the first `update_occupancy`)."""
-        return OccupancyGrid(torch.ones((resolution,) * 3, dtype=torch.bool, device=device), margin)
-
-    @property
-    def resolution(self) -> int:
-        return self.occupied.shape[0]
-
-    @property
-    def half_diagonal(self) -> float:
-        """Half the diagonal of one cell."""
-        return math.sqrt(3.0) / self.resolution
-
-    def cell_centres(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """(R^3, 3) cell centres, in the flattened order of `occupied`."""
-        r = self.resolution
-        axis = -1.0 + (torch.arange(r, device=self.occupied.device, dtype=dtype) + 0.5) * (2.0 / r)
-        return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-
-    def lookup(self, points: Tensor) -> Tensor:
-        """(..., 3) points -> (...) bool: inside the cube and in an occupied cell."""
-        r = self.resolution
-        idx = ((points.detach() + 1.0) * (r / 2.0)).floor().long()
-        inside = ((idx >= 0) & (idx < r)).all(dim=-1)
-        idx = idx.clamp(0, r - 1)
-        flat = (idx[..., 0] * r + idx[..., 1]) * r + idx[..., 2]
-        return self.occupied.reshape(-1)[flat] & inside
-
-
-@torch.no_grad()
-def update_occupancy(field: Field, grid: OccupancyGrid, *,
-                     variance: NeuSVariance | Tensor | float | None = None,
-                     grow_into: Tensor | None = None, chunk: int = 2**18) -> OccupancyGrid:
-    """Refresh `grid` in place from the field at the cell centres, and return it.
-
-    A cell is occupied when `|f(centre)| <= margin * half_diagonal + 7 / inv_s`: the first term
-    covers any surface inside the cell (for a field whose gradient norm stays below `margin`), the
-    second (only when `variance` is given) the sigmoid tails where NeuS still puts more than 1e-3 of
-    a ray's opacity. Called by a method every few iterations (SuperNormal: every 8).
-
-    Args:
-        field: points (M, 3) -> SDF (M,) or (M, 1), evaluated without gradients on the grid's
-            device, in the dtype of the module's first parameter (else float32).
-        grid: the grid to refresh.
-        variance: current sharpness (a `NeuSVariance`, or inv_s); None: no sharpness band.
-        grow_into: optional (R, R, R) bool cells where the surface may still have to go (e.g. the
-            visual hull): those the field puts outside (f > 0) stay occupied too, so that rays
-            crossing them keep a gradient that pulls the surface out. Without it, a fit started
-            from a small sphere only receives gradients within the band around its current surface.
-        chunk: points per field call.
-    """
-    dtype = next((p.dtype for p in field.parameters()), torch.float32) \
-        if isinstance(field, nn.Module) else torch.float32
-    values = torch.cat([_call_field(field, c) for c in grid.cell_centres(dtype).split(chunk)])
-    threshold = grid.margin * grid.half_diagonal
-    if variance is not None:
-        threshold += _OCCUPANCY_TAIL / float(_inv_s(variance, values))
-    occupied = (values.abs() <= threshold).reshape(grid.occupied.shape)
-    if grow_into is not None:
-        occupied |= grow_into & (values > 0).reshape(grid.occupied.shape)
-    grid.occupied = occupied
-    return grid
 
 
 # --------------------------------------------------------------------------------------------
