@@ -88,7 +88,8 @@ def _project_items(points: Tensor, view: Tensor, P: Tensor) -> tuple[Tensor, Ten
 
 @dataclass
 class _Crossings:
-    """Silhouette-edge crossings of pixel-pair segments found by `_find_crossings` (no grad)."""
+    """Silhouette-edge crossings of pixel-pair segments found by `_find_crossings` (no grad;
+    coordinates in float64)."""
 
     view: Tensor  # (K,) view index
     edge: Tensor  # (K, 2) vertex indices of the silhouette edge
@@ -106,7 +107,6 @@ def _find_crossings(fragments: Fragments, vertices: Tensor, cameras: Cameras,
     B, H, W = fragments.face.shape
     HW = H * W
     device = vertices.device
-    dtype = vertices.dtype  # decisions in float64; the blend weights are recomputed in `dtype`
     verts = vertices.detach().to(torch.float64)
     cameras = cameras.to(dtype=torch.float64)
     e, ef, es = topology.edges, topology.faces, topology.sign.to(verts.dtype)
@@ -192,9 +192,9 @@ def _find_crossings(fragments: Fragments, vertices: Tensor, cameras: Cameras,
     pick = order[first]
     item = item[pick]
     return _Crossings(view=view[item], edge=torch.stack([ea[item], eb[item]], 1), down=down[item],
-                      line=line[pick].to(dtype), first=j[pick].to(dtype) + 0.5, front=front[pick],
+                      line=line[pick], first=j[pick].to(verts.dtype) + 0.5, front=front[pick],
                       back=back[pick],
-                      towards=torch.where(back[pick] > front[pick], 1.0, -1.0).to(dtype))
+                      towards=torch.where(back[pick] > front[pick], 1.0, -1.0).to(verts.dtype))
 
 
 def antialias(image: Tensor, fragments: Fragments, vertices: Tensor, faces, cameras: Cameras, *,
@@ -240,18 +240,23 @@ def antialias(image: Tensor, fragments: Fragments, vertices: Tensor, faces, came
     if (cameras.height, cameras.width, len(cameras)) != (H, W, B):
         raise ValueError("cameras do not match the fragments' image size or batch")
     topology = (edge_topology(faces) if topology is None else topology).to(vertices.device)
-    cams = cameras.to(device=vertices.device, dtype=vertices.dtype)
+    # float64, as the search: an edge of a sub-pixel triangle can project to one float32 point
+    cams = cameras.to(device=vertices.device, dtype=torch.float64)
     with torch.no_grad():
         cr = _find_crossings(fragments, vertices, cams, topology)
     if len(cr.front) == 0:
         return image
-    # differentiable crossing: the edge's projected end points with gradients
-    uv, _ = _project_items(gather_vertices(vertices, cr.edge, cr.view), cr.view,
+    # differentiable crossing: the edge's projected end points with gradients (cast back at the end)
+    uv, _ = _project_items(gather_vertices(vertices.to(torch.float64), cr.edge, cr.view), cr.view,
                            cams.projection_matrix())
     s = torch.where(cr.down[:, None], uv[..., 1], uv[..., 0])  # along the pair's axis
     t = torch.where(cr.down[:, None], uv[..., 0], uv[..., 1])  # across it: the pair's row/column
-    # the edge crosses the line (t = cr.line) at s_c; the pair's centres are at s = first, first + 1
-    s_c = s[:, 0] + (cr.line - t[:, 0]) * (s[:, 1] - s[:, 0]) / (t[:, 1] - t[:, 0])
+    # the edge crosses the line (t = cr.line) at s_c; the pair's centres are at s = first, first + 1.
+    # The search found t_0 != t_1 on these very numbers; the guard keeps 0 / 0 out all the same
+    span = t[:, 1] - t[:, 0]
+    crossing = span.detach() != 0
+    frac = torch.where(crossing, (cr.line - t[:, 0]) / torch.where(crossing, span, 1.0), 0.5)
+    s_c = s[:, 0] + frac * (s[:, 1] - s[:, 0])
     front_s = torch.where(cr.towards > 0, cr.first, cr.first + 1)
     c = ((s_c - front_s) * cr.towards).clamp(0.0, 1.0)  # from the front centre to the back one
     alpha = (0.5 - c).to(image.dtype)

@@ -14,6 +14,10 @@ from ..cameras import Cameras
 
 __all__ = ["Fragments", "check_mesh", "gather_vertices", "make_fragments", "interpolate"]
 
+# A ray's barycentric solve is degenerate when twice the triangle's area seen along the ray is below
+# this fraction of |d| max|a|^2: float64 rounds the terms at ~1e-16 of that.
+_DEGENERATE = 1e-13
+
 
 @dataclass
 class Fragments:
@@ -145,24 +149,48 @@ def make_fragments(vertices: Tensor, faces: Tensor, cameras: Cameras, pixel: Ten
     pixel, pixel_face = pixel.to(device), pixel_face.to(device)
     face_img = torch.full((B * H * W,), -1, dtype=torch.int64, device=device)
     face_img[pixel] = pixel_face
-    cams = cameras.to(device=device, dtype=vertices.dtype)
+    # float64 throughout (cast back at the end; gradients flow through the casts): the tiny and
+    # sliver triangles of a fine marching-tetrahedra mesh cancel the solve's terms in float32
+    cams = cameras.to(device=device, dtype=torch.float64)
     view = torch.div(pixel, H * W, rounding_mode="floor")
     rem = pixel - view * (H * W)
-    u = (rem % W).to(vertices.dtype) + 0.5
-    v = torch.div(rem, W, rounding_mode="floor").to(vertices.dtype) + 0.5
+    u = (rem % W).to(torch.float64) + 0.5
+    v = torch.div(rem, W, rounding_mode="floor").to(torch.float64) + 0.5
     ray_matrix = torch.linalg.inv(cams.K).transpose(1, 2) @ cams.R  # (B, 3, 3): d = (u, v, 1) @ M
     m = ray_matrix.index_select(0, view)
     d = u[:, None] * m[:, 0] + v[:, None] * m[:, 1] + m[:, 2]  # (N, 3) world-space ray directions
     tri = faces.index_select(0, pixel_face)
-    a = gather_vertices(vertices, tri, view) - cams.centers.index_select(0, view)[:, None, :]
-    # b_i ~ det[d, a_j, a_k] = a_j . (a_k x d) for (i, j, k) cyclic: the ray's barycentrics in the
-    # triangle's plane (exact, perspective-correct; rotation-invariant, so world space will do)
-    cr = torch.linalg.cross(a, d[:, None, :].expand_as(a), dim=-1)  # a_k x d
-    w = (a.roll(-1, 1) * cr.roll(1, 1)).sum(-1)  # a[:, [1, 2, 0]] . cr[:, [2, 0, 1]]
-    bary = w / w.sum(-1, keepdim=True)
+    a = gather_vertices(vertices, tri, view).to(torch.float64) \
+        - cams.centers.index_select(0, view)[:, None, :]
+    bary = _ray_barycentrics(a, d)
     depth = ((bary[..., None] * a).sum(1) * cams.forward.index_select(0, view)).sum(-1)
     return Fragments(face=face_img.reshape(B, H, W), pixel=pixel, pixel_face=pixel_face,
-                     pixel_barycentric=bary, pixel_depth=depth, faces=faces)
+                     pixel_barycentric=bary.to(vertices.dtype), pixel_depth=depth.to(vertices.dtype),
+                     faces=faces)
+
+
+def _ray_barycentrics(a: Tensor, d: Tensor) -> Tensor:
+    """Barycentrics of the rays' hits in the triangles' planes, guarded against degenerate ones.
+
+    b_i ~ det[d, a_j, a_k] = a_j . (a_k x d) for (i, j, k) cyclic: exact and perspective-correct,
+    and rotation-invariant, so world space will do. Their sum is d . (a_1 - a_0) x (a_2 - a_0),
+    twice the triangle's area seen along the ray; where it is within ~1000x rounding of the terms
+    (`_DEGENERATE`, relative to |d| max|a|^2) the triangle has no plane to speak of for this ray
+    (a sub-pixel or collinear triangle, or one seen edge-on) and gets (1/3, 1/3, 1/3) with no
+    gradient, instead of 0 / 0.
+
+    Args:
+        a: (N, 3, 3) triangle corners minus the camera centre (float64); differentiable.
+        d: (N, 3) ray directions.
+    Returns:
+        (N, 3) barycentrics summing to 1; differentiable.
+    """
+    cr = torch.linalg.cross(a, d[:, None, :].expand_as(a), dim=-1)  # a_k x d
+    w = (a.roll(-1, 1) * cr.roll(1, 1)).sum(-1)  # a[:, [1, 2, 0]] . cr[:, [2, 0, 1]]
+    total = w.sum(-1, keepdim=True)
+    scale = d.detach().norm(dim=-1, keepdim=True) * a.detach().square().sum(-1).amax(-1, keepdim=True)
+    solid = total.detach().abs() > _DEGENERATE * scale
+    return torch.where(solid, w / torch.where(solid, total, 1.0), 1.0 / 3.0)
 
 
 def interpolate(attributes: Tensor, fragments: Fragments) -> Tensor:
