@@ -179,7 +179,7 @@ def evaluate_iou(net: SoftRasNet, split: Any, views: int = 24, objects: int | No
     """
     n_obj = len(split) if objects is None else min(int(objects), len(split))
     V = split.images.shape[1]
-    view_ids = np.unique(np.linspace(0, V, min(views, V), endpoint=False).astype(np.int64))
+    view_ids = view_indices(V, views)
     obj = np.repeat(np.arange(n_obj), len(view_ids))
     vid = np.tile(view_ids, n_obj)
     device, dtype = next(net.parameters()).device, next(net.parameters()).dtype

@@ -25,7 +25,7 @@ import trimesh
 
 from .. import losses as L
 from ..fields.hashgrid import HashGridEncoding, HashGridSDF
-from ..geometry.extract import marching_cubes_narrow_band
+from ..geometry.narrowband import marching_cubes_narrow_band
 from ..render.volume import NeuSVariance, OccupancyGrid, update_occupancy, volume_render_patches
 from ..scene import Scene
 from .base import scene_targets
