@@ -288,7 +288,7 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
     Raises:
         InputError: a missing or foreign run or dataset, an empty split, a network of another image size.
     """
-    from .dataset import load_split
+    from .dataset.folder import load_split
 
     start = time.perf_counter()
     net, meta = _load_network(run, device)
