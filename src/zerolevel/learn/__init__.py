@@ -3,7 +3,7 @@
 - `shapes`: procedural shape families (airplane, car, chair, lamp, table, vase), one watertight mesh
   per (category, seed) — the category data set the project makes itself.
 - `dataset`: the dataset folder (every object rendered from one ring of cameras, 32^3 voxels, meshes,
-  train / val / test): `write_dataset` and `load_split`.
+  train / val / test): `dataset.write.write_dataset` and `load_split`.
 - `template`, `encoders`, `softras_net`, `sampling`, `train`, `predict`, `evaluate`, `gallery`: the
   network, its training (on the shared loop, `optim`), prediction and evaluation.
 
