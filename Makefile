@@ -29,7 +29,7 @@ test: $(STAMP)
 	$(PY) -m pytest
 
 bench: $(STAMP)
-	$(PY) benchmarks/raycast.py && $(PY) benchmarks/extraction.py && $(PY) benchmarks/metrics.py && $(PY) benchmarks/renderers.py
+	$(PY) benchmarks/raycast.py && $(PY) benchmarks/extraction.py && $(PY) benchmarks/metrics.py && $(PY) benchmarks/renderers.py && $(PY) benchmarks/checks.py
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import write_report  # noqa: E402
 
 from zerolevel.fields.analytic import SphereSDF  # noqa: E402
-from zerolevel.geometry.extract import marching_cubes, marching_cubes_narrow_band  # noqa: E402
+from zerolevel.geometry.extract import marching_cubes  # noqa: E402
+from zerolevel.geometry.narrowband import marching_cubes_narrow_band  # noqa: E402
 
 
 class BumpySphereMLP(torch.nn.Module):

@@ -77,7 +77,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 # ---------------------------------------------------------------------------------------- data
 def make_dataset(args: argparse.Namespace) -> Path:
-    from zerolevel.learn.dataset import generated_sources, write_dataset
+    from zerolevel.learn.dataset.sources import generated_sources
+    from zerolevel.learn.dataset.write import write_dataset
     from zerolevel.learn.shapes import CATEGORIES
 
     categories = args.categories or list(CATEGORIES)
@@ -173,7 +174,7 @@ def per_category_mean_shape(data: Path) -> dict:
     category's train objects, given the test object's category."""
     import numpy as np
 
-    from zerolevel.learn.dataset import load_split
+    from zerolevel.learn.dataset.folder import load_split
     from zerolevel.learn.evaluate import category_means, fit_mean_shape, voxel_ious
 
     train, test = load_split(data, "train"), load_split(data, "test")
@@ -208,7 +209,7 @@ def _departures(args: argparse.Namespace) -> str:
 
 def run_encoder(encoder: str, data: Path, runs: Path, args: argparse.Namespace) -> dict:
     """Budgeted training run, test IoU (`evaluate_run`), then step speed of the trained network."""
-    from zerolevel.learn.dataset import load_split
+    from zerolevel.learn.dataset.folder import load_split
     from zerolevel.learn.evaluate import evaluate_run
     from zerolevel.learn.predict import load_model
     from zerolevel.learn.train import train
@@ -233,7 +234,7 @@ def main(argv: list[str] | None = None) -> None:
     limit_threads(args.threads)  # before numpy / torch load
     import torch
 
-    from zerolevel.learn.dataset import load_split
+    from zerolevel.learn.dataset.folder import load_split
 
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

@@ -7,7 +7,7 @@ import trimesh
 
 from conftest import assert_one_line_error
 from zerolevel.cli import build_parser, main
-from zerolevel.learn.dataset import load_split
+from zerolevel.learn.dataset.folder import load_split
 from zerolevel.learn.shapes import CATEGORIES
 
 SMALL = ["--views", "4", "--res", "32", "-q", "--threads", "1"]

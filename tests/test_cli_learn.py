@@ -12,7 +12,11 @@ import trimesh
 from zerolevel.cli import main
 from zerolevel.geometry.mesh import load_mesh
 from zerolevel.images import write_png
-from zerolevel.learn.dataset import DatasetSettings, generated_sources, load_split, render_rgba, write_dataset
+from zerolevel.learn.dataset.folder import load_split
+from zerolevel.learn.dataset.settings import DatasetSettings
+from zerolevel.learn.dataset.sources import generated_sources
+from zerolevel.learn.dataset.views import render_rgba
+from zerolevel.learn.dataset.write import write_dataset
 from zerolevel.learn.gallery import BACKGROUND, GAP, gallery_objects
 from zerolevel.optim.loop import read_log
 from zerolevel.render.raycast import MeshRayCaster

@@ -1,9 +1,9 @@
-"""Connected pieces: the one rule (shared vertex positions) and the largest piece by area."""
+"""Connected pieces: the one mesh rule (shared vertex positions, largest by area) and the voxel rule."""
 
 import numpy as np
 import trimesh
 
-from zerolevel.geometry.components import face_components, largest_component
+from zerolevel.geometry.components import face_components, largest_component, largest_voxel_component
 
 
 def test_the_largest_piece_is_the_largest_by_area_not_by_faces():
@@ -27,3 +27,15 @@ def test_pieces_touching_at_one_vertex_are_one_piece_and_an_empty_mesh_has_none(
     mesh = trimesh.Trimesh(tri, [[0, 1, 2], [0, 3, 4]], process=False)
     assert face_components(mesh)[0] == 1
     assert face_components(trimesh.Trimesh())[0] == 0
+
+
+def test_largest_voxel_component_keeps_the_piece_of_most_voxels():
+    grid = np.zeros((6, 6, 6), bool)
+    grid[0:2, 0:2, 0:2] = True  # 8 voxels
+    grid[3:6, 3:6, 3] = True  # 9 voxels
+    grid[2, 2, 2] = True  # touches the first piece only along an edge: a piece of its own
+    kept = largest_voxel_component(grid)
+    assert kept.sum() == 9 and kept[4, 4, 3] and not kept[0, 0, 0]
+    one = np.zeros((3, 3, 3), bool)
+    one[1, :, 1] = True
+    assert largest_voxel_component(one) is one

@@ -8,9 +8,12 @@ import trimesh
 
 from zerolevel.errors import InputError
 from zerolevel.geometry.mesh import load_mesh
-from zerolevel.learn import dataset as ds
-from zerolevel.learn.dataset import (DatasetSettings, generated_sources, load_split, mesh_sources, split_counts,
-                                     split_objects, write_dataset)
+from zerolevel.learn.dataset import write as ds_write
+from zerolevel.learn.dataset.folder import load_split
+from zerolevel.learn.dataset.settings import VOXEL_BOUNDS, DatasetSettings
+from zerolevel.learn.dataset.sources import generated_sources, mesh_sources
+from zerolevel.learn.dataset.splits import split_counts, split_objects
+from zerolevel.learn.dataset.write import write_dataset
 from zerolevel.geometry.occupancy import grid_centres, solid_voxels, winding_number
 from zerolevel.render.lights import DirectionalLight
 from zerolevel.render.raycast import render_mesh
@@ -72,13 +75,13 @@ def test_rgb_is_headlight_plus_ambient(small):
 def test_voxels_agree_with_the_mesh(small):
     root, _, _ = small
     split = load_split(root, "test")
-    centres = np.stack(np.meshgrid(*grid_centres(ds.VOXEL_BOUNDS, 32), indexing="ij"), axis=-1)
+    centres = np.stack(np.meshgrid(*grid_centres(VOXEL_BOUNDS, 32), indexing="ij"), axis=-1)
     np.testing.assert_allclose(centres[0, 0, 0], [-0.5 + 0.5 / 32] * 3)
     rng = np.random.default_rng(0)
     for i in range(len(split)):
         mesh = load_mesh(split.mesh_path(i))
         voxels = np.asarray(split.voxels[i])
-        np.testing.assert_array_equal(voxels, solid_voxels(mesh, ds.VOXEL_BOUNDS, 32))
+        np.testing.assert_array_equal(voxels, solid_voxels(mesh, VOXEL_BOUNDS, 32))
         # the surface's cells and what they enclose: the volume plus at most a 2-cell shell
         assert mesh.volume <= voxels.mean() <= mesh.volume + 2 * mesh.area / 32
         cells = rng.integers(0, 32, size=(400, 3))
@@ -111,7 +114,7 @@ def test_split_counts():
 
 def test_resume_skips_finished_objects(small, monkeypatch):
     root, sources, _ = small
-    monkeypatch.setattr(ds, "render_object", lambda *a, **k: pytest.fail("re-rendered a finished object"))
+    monkeypatch.setattr(ds_write, "render_object", lambda *a, **k: pytest.fail("re-rendered a finished object"))
     again = write_dataset(root, sources, SETTINGS, seed=0, progress=False, source_info={"kind": "test"})
     assert (again.rendered, again.reused) == (0, len(sources))
     assert again.info == json.loads((root / "dataset.json").read_text())
@@ -120,7 +123,7 @@ def test_resume_skips_finished_objects(small, monkeypatch):
 def test_interrupted_run_is_unfinished_then_resumes(tmp_path, monkeypatch):
     root = tmp_path / "set"
     sources = generated_sources(["lamp"], 4, seed=3)
-    real, calls = ds.build_part, []
+    real, calls = ds_write.build_part, []
 
     def flaky(*args):
         calls.append(args[1].id)
@@ -128,13 +131,13 @@ def test_interrupted_run_is_unfinished_then_resumes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(ds, "build_part", flaky)
+    monkeypatch.setattr(ds_write, "build_part", flaky)
     with pytest.raises(KeyboardInterrupt):
         write_dataset(root, sources, SETTINGS, progress=False)
     assert not (root / "dataset.json").exists()
     with pytest.raises(InputError, match="unfinished dataset"):
         load_split(root, "train")
-    monkeypatch.setattr(ds, "build_part", real)
+    monkeypatch.setattr(ds_write, "build_part", real)
     summary = write_dataset(root, sources, SETTINGS, progress=False)
     assert (summary.rendered, summary.reused) == (2, 2)
     assert len(load_split(root, "train")) + len(load_split(root, "val")) + len(load_split(root, "test")) == 4

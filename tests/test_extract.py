@@ -8,8 +8,8 @@ import torch
 
 from zerolevel.fields.analytic import BoxSDF, SphereSDF, TorusSDF, UnionSDF
 from zerolevel.geometry.components import largest_component
-from zerolevel.geometry.extract import (marching_cubes, marching_cubes_narrow_band,
-                                        mesh_from_grid, sample_grid)
+from zerolevel.geometry.extract import marching_cubes, mesh_from_grid, sample_grid
+from zerolevel.geometry.narrowband import marching_cubes_narrow_band
 
 # off-centre so that the grid is not symmetric about the shape
 SPHERE_CENTER, SPHERE_RADIUS = (0.07, -0.05, 0.03), 0.55

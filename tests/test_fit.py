@@ -1,16 +1,20 @@
 """`zerolevel fit`: a short SuperNormal fit of a small Spot scene reaches a modest F-score, writes its
 outputs and report, resumes, and refuses a scene with flipped normals before starting."""
 
+import copy
 import json
 
 import numpy as np
 import pytest
 import torch
+import trimesh
 
 from zerolevel.cli import main
 from zerolevel.data import example_mesh_path
 from zerolevel.geometry.mesh import load_mesh
+from zerolevel.metrics import surface_metrics
 from zerolevel.pipeline import render_scene
+from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
 from zerolevel.scene import read_scene
 
 
@@ -76,28 +80,71 @@ def test_fit_refuses_flipped_normals(small_scene, tmp_path, capsys):
     assert not (tmp_path / "out" / "mesh.ply").exists()
 
 
-@pytest.mark.parametrize("keep", [{"mask"}, {"normal"}])
-def test_fits_with_masks_only_or_normals_only(small_scene, keep):
-    from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
+BOX = trimesh.creation.box(extents=(1.0, 0.6, 0.8))
+# Few and cheap steps: the cost of a step is mostly the 15M-entry hash table's Adam update.
+QUICK = dict(patches_per_iter=256, samples_start=16, samples_end=24, occupancy_resolution=32)
 
-    scene = read_scene(small_scene)
+
+@pytest.fixture(scope="module")
+def box_scene():
+    """A 1 x 0.6 x 0.8 box rendered by the project's ray caster: 8 views at 48^2."""
+    return render_scene(BOX, views=8, resolution=48, progress=False)
+
+
+def _keeping(scene, kind: str):
+    """A copy of the scene with only its masks or only its normal maps."""
+    scene = copy.deepcopy(scene)
     for view in scene.views:
-        view.normal = view.normal if "normal" in keep else None
-        view.mask = view.mask if "mask" in keep else None
+        view.normal = view.normal if kind == "normal" else None
+        view.mask = view.mask if kind == "mask" else None
         view.image = view.depth = None
-    method = SuperNormal(scene, iters=10, config=SuperNormalConfig(patches_per_iter=32))
-    first = method.step(0)
-    assert set(first) == keep | {"eikonal", "inv_s"}
-    for i in range(1, 6):
-        last = method.step(i)
-    term = next(iter(keep))
-    assert np.isfinite(last[term]) and last[term] < first[term] * 1.5  # runs and does not blow up
+    return scene
+
+
+def _fit(scene, kind: str, iters: int, **config) -> tuple[SuperNormal, list[float]]:
+    """SuperNormal run for `iters` steps; the method and its `kind` loss per step."""
+    method = SuperNormal(scene, iters=iters, config=SuperNormalConfig(**config))
+    losses = [method.step(i) for i in range(iters)]
+    assert set(losses[0]) == {kind, "eikonal", "inv_s"}
+    assert all(np.isfinite(step[kind]) for step in losses)
+    return method, [step[kind] for step in losses]
+
+
+def _initial_mesh(scene) -> trimesh.Trimesh:
+    """The mesh SuperNormal starts from (a sphere of `init_radius`), in the scene's units."""
+    return SuperNormal(_keeping(scene, "mask"), iters=1, config=SuperNormalConfig(**QUICK)).extract(48)
+
+
+def test_masks_only_fit_carves_the_box(box_scene):
+    """40 steps from masks alone: the mask loss falls ~7x (0.33 -> 0.045 over the last five steps)
+    and the mesh moves from the initial sphere (Chamfer 0.053, F@2% 0.21 of the diagonal) to the
+    box (measured 0.018 and 0.65)."""
+    method, losses = _fit(_keeping(box_scene, "mask"), "mask", 40, **QUICK)
+    start = surface_metrics(_initial_mesh(box_scene), BOX, n_points=20_000, taus=(0.02,))
+    assert np.mean(losses[-5:]) < np.mean(losses[:3]) / 4
+    fitted = surface_metrics(method.extract(48), BOX, n_points=20_000, taus=(0.02,))
+    assert fitted["chamfer"] < 0.026 and fitted["chamfer"] < 0.5 * start["chamfer"]
+    assert fitted["fscore"]["0.02"] > 0.5 > 2 * start["fscore"]["0.02"]
+
+
+@pytest.mark.parametrize("occupancy_resolution", [
+    0, pytest.param(64, marks=pytest.mark.xfail(strict=True, reason=(
+        "known bug: without masks there is no visual hull to keep cells sampled, and the "
+        "occupancy refresh at step 16 drops the cells that hold the surface (normal loss "
+        "0.26 -> 0.75)")))])
+def test_normals_only_fit_matches_the_normal_maps(box_scene, occupancy_resolution):
+    """30 steps from normal maps alone: the normal loss falls ~3x (0.69 -> 0.22). Without masks
+    nothing says where the object is not, nor how far along its rays a surface lies (a plane at
+    any depth has the right normal), so after 30 steps the mesh is no closer to the box than the
+    initial sphere: no Chamfer bound here (masks-only and the CLI fit of Spot bound it)."""
+    losses = _fit(_keeping(box_scene, "normal"), "normal", 30,
+                  **{**QUICK, "patches_per_iter": 128, "occupancy_resolution": occupancy_resolution})[1]
+    assert np.mean(losses[-5:]) < np.mean(losses[:3]) / 2.2
 
 
 def test_fit_with_occupancy_grid_resumes_exactly(small_scene, tmp_path):
     """The skipping grid is part of the state: a run cut in two ends bit-identical to one run."""
     from zerolevel.optim.loop import LoopConfig, run_loop
-    from zerolevel.recon.supernormal import SuperNormal, SuperNormalConfig
 
     scene = read_scene(small_scene)
     config = SuperNormalConfig(patches_per_iter=32, occupancy_resolution=32, occupancy_every=3)
@@ -115,7 +162,6 @@ def test_fit_with_occupancy_grid_resumes_exactly(small_scene, tmp_path):
 
 def test_nothing_to_fit_is_refused(small_scene):
     from zerolevel.errors import InputError
-    from zerolevel.recon.supernormal import SuperNormal
 
     scene = read_scene(small_scene)
     for view in scene.views:
@@ -125,7 +171,6 @@ def test_nothing_to_fit_is_refused(small_scene):
 
 
 def test_a_diverging_fit_stops_with_one_line_and_exit_1(small_scene, tmp_path, capsys, monkeypatch):
-    from zerolevel.recon.supernormal import SuperNormal
 
     real_step = SuperNormal.step
 

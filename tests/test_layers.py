@@ -144,3 +144,10 @@ def test_evaluation_and_fields_need_no_renderer_or_metrics(module):
     # the review's findings stay fixed: metrics may not ray-cast, fields may not score
     targets = {t for t, _ in imports(module)}
     assert not {t for t in targets if t.startswith(("zerolevel.render", "zerolevel.metrics"))}
+
+
+@pytest.mark.parametrize("package", ["zerolevel.fields", "zerolevel.geometry", "zerolevel.learn",
+                                     "zerolevel.recon", "zerolevel.render"])
+def test_packages_import_nothing_on_their_own(package):
+    # `import zerolevel.learn.train` must not pay for the data set writer's ray caster and shapes
+    assert not list(imports(package))

@@ -19,7 +19,6 @@ checks that the hard mask does not change over the same step (its difference quo
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -504,18 +503,15 @@ def test_empty_views_and_bad_input():
 
 
 def test_large_mesh_smoke():
-    """330k faces at 128^2, forward + backward, edge topology built on the way: seconds, not
-    minutes (~0.6 s on one idle core; the bound leaves room for a shared, loaded machine)."""
+    """330k faces at 128^2, forward + backward, edge topology built on the way, runs and gives
+    sensible images and gradients (its speed is measured by benchmarks/renderers_raster.py)."""
     mesh = trimesh.creation.icosphere(subdivisions=7, radius=0.8)
     assert len(mesh.faces) > 300_000
     v, f = _tensors(mesh, dtype=torch.float32)
     cams = Cameras.sphere(1, distance=3.0, fov_deg=40, width=128, height=128)
     x = v.clone().requires_grad_(True)
-    t0 = time.perf_counter()
     out = render_normals(x, f, cams)
     (out["mask"].sum() + out["normal"].sum()).backward()
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 20.0, elapsed
     assert out["fragments"].mask.sum() > 0.3 * 128 * 128
     assert (out["mask"] - out["fragments"].mask).abs().sum() > 10  # silhouettes antialiased
     assert x.grad.abs().sum() > 0

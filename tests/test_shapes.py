@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from zerolevel.errors import InputError
-from zerolevel.learn import shapes
-from zerolevel.learn.shapes import CATEGORIES, generate, mesh_union, normalize_unit_diagonal, object_specs
+from zerolevel.geometry import solids
+from zerolevel.learn.shapes import CATEGORIES, generate, normalize_unit_diagonal, object_specs
 
 
 @pytest.mark.parametrize("category", CATEGORIES)
@@ -56,23 +56,23 @@ def test_chair_faces_minus_z():
 
 def test_union_of_a_box_has_the_box_volume():
     """Analytic check of the SDF grid and marching cubes: one box of known volume."""
-    mesh = mesh_union([shapes.box((0.1, 0.2, 0.3), (0.3, 0.2, 0.1))], resolution=64)
+    mesh = solids.mesh_union([solids.box((0.1, 0.2, 0.3), (0.3, 0.2, 0.1))], resolution=64)
     assert mesh.is_watertight
     assert mesh.volume == pytest.approx(0.6 * 0.4 * 0.2, rel=0.02)
     np.testing.assert_allclose(mesh.bounds, [[-0.2, 0.0, 0.2], [0.4, 0.4, 0.4]], atol=0.01)
 
 
 def test_primitive_sdfs_signs():
-    square = shapes.slab([(0, 0), (1, 0), (1, 1), (0, 1)], 0.1)
-    reversed_square = shapes.slab([(0, 1), (1, 1), (1, 0), (0, 0)], 0.1)
+    square = solids.slab([(0, 0), (1, 0), (1, 1), (0, 1)], 0.1)
+    reversed_square = solids.slab([(0, 1), (1, 1), (1, 0), (0, 0)], 0.1)
     points = np.array([[0.5, 0, 0.5], [1.5, 0, 0.5], [0.5, 0.2, 0.5], [0.9, 0.05, 0.2]], np.float32)
     for part in (square, reversed_square):
         np.testing.assert_allclose(part.sdf(points), [-0.1, 0.5, 0.1, -0.05], atol=1e-6)
-    tube = shapes.revolve([0.0, 1.0], [0.5, 0.5], wall=0.1, bottom=0.2)
+    tube = solids.revolve([0.0, 1.0], [0.5, 0.5], wall=0.1, bottom=0.2)
     inside_wall, in_cavity, in_floor = [0.45, 0.5, 0], [0.0, 0.5, 0], [0.0, 0.1, 0]
     d = tube.sdf(np.array([inside_wall, in_cavity, in_floor], np.float32))
     assert d[0] < 0 and d[1] > 0 and d[2] < 0
-    up = shapes.rotation("x", 90) @ np.array([0.0, 1.0, 0.0])
+    up = solids.rotation("x", 90) @ np.array([0.0, 1.0, 0.0])
     np.testing.assert_allclose(up, [0, 0, 1], atol=1e-12)
 
 

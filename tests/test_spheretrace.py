@@ -415,15 +415,17 @@ def test_rays_that_miss_everything():
     assert grid.values.grad.abs().sum() > 0  # the soft mask reaches the grid from the near misses
 
 
-def test_lambertian_matches_the_ground_truth_shader():
-    from zerolevel.render.raycast import shade_lambertian
-
+def test_lambertian_is_the_clipped_cosine_sum():
     g = torch.Generator().manual_seed(4)
     n = torch.nn.functional.normalize(torch.randn(50, 3, generator=g, dtype=torch.float64), dim=-1)
     light = torch.nn.functional.normalize(torch.randn(2, 3, generator=g, dtype=torch.float64), dim=-1)
     inten = torch.tensor([0.7, 0.6], dtype=torch.float64)
-    expected = shade_lambertian(n.numpy(), light.numpy(), inten.numpy(), 0.1, 0.9)
-    np.testing.assert_allclose(lambertian(n, light, inten, 0.1, 0.9).numpy(), expected, atol=1e-12)
+    expected = 0.9 * (0.1 + sum(inten[i] * (n @ light[i]).clamp_min(0) for i in range(2)))
+    np.testing.assert_allclose(lambertian(n, light, inten, 0.1, 0.9).numpy(), expected.clamp(0, 1).numpy(),
+                               atol=1e-12)
+    per_point = light.expand(50, 2, 3)  # per-point lights (the ray caster's case) give the same
+    np.testing.assert_allclose(lambertian(n, per_point, inten.expand(50, 2), 0.1, 0.9).numpy(),
+                               expected.clamp(0, 1).numpy(), atol=1e-12)
 
 
 def test_headlight_image_is_the_cosine(spot):

@@ -28,7 +28,7 @@ SIZE = 32  # image size of the tiny sets
 
 @dataclass
 class FakeSplit:
-    """What `train` needs of a dataset split (zerolevel.learn.dataset.DatasetSplit's attributes)."""
+    """What `train` needs of a dataset split (zerolevel.learn.dataset.folder.DatasetSplit's attributes)."""
 
     images: np.ndarray   # (N, V, S, S, 4) uint8
     voxels: np.ndarray   # (N, n, n, n) bool

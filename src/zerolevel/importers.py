@@ -19,7 +19,8 @@ from scipy import ndimage
 from .cameras import Cameras
 from .errors import InputError
 from .images import read_image, read_mask, read_normal_map
-from .scene import (Scene, View, _check_similarity, check_camera, check_sees_object, normalize_scene,
+from .geometry.components import largest_voxel_component
+from .scene import (Scene, View, check_camera, check_sees_object, check_similarity, normalize_scene,
                     read_scene, validate_normals)
 
 
@@ -136,7 +137,7 @@ def _neus_to_world(mats: dict, order: list[int], path: Path) -> np.ndarray:
         if not np.allclose(S, used[0], rtol=1e-6, atol=1e-9 * np.abs(used[0]).max()):
             raise InputError("scale_mat_i differ between views; zerolevel needs one normalisation",
                              path)
-    return _check_similarity(used[0], path, "scale_mat")
+    return check_similarity(used[0], path, "scale_mat")
 
 
 def _neus_view(index: int, P: np.ndarray, files: dict, A: np.ndarray) -> View:
@@ -350,14 +351,6 @@ def _grid_points(center: np.ndarray, half: float, res: int) -> np.ndarray:
     return np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) + center
 
 
-def _largest_component(occupied: np.ndarray) -> np.ndarray:
-    labels, n = ndimage.label(occupied)
-    if n <= 1:
-        return occupied
-    sizes = ndimage.sum(occupied, labels, np.arange(1, n + 1))
-    return labels == 1 + int(np.argmax(sizes))
-
-
 def visual_hull_points(P: np.ndarray, masks: np.ndarray, res: int = 64) -> tuple[np.ndarray, float]:
     """Centres of the visual hull's voxels (largest connected component), and the voxel size.
 
@@ -377,7 +370,7 @@ def visual_hull_points(P: np.ndarray, masks: np.ndarray, res: int = 64) -> tuple
     half = distance * np.hypot(W, H) / focal  # twice the widest image footprint at the centre
     for level, n in enumerate((32, res)):
         points = _grid_points(center, half, n)
-        occupied = _largest_component(_carve(P, masks, points).reshape(n, n, n)).reshape(-1)
+        occupied = largest_voxel_component(_carve(P, masks, points).reshape(n, n, n)).reshape(-1)
         voxel = 2 * half / n
         if not occupied.any() or level == 1:
             return points[occupied], voxel

@@ -178,7 +178,7 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
     from .recon.fit_report import silhouette_sheet, turntable_frames, write_fit_report
 
     working = transform_mesh(mesh, np.linalg.inv(scene.to_world))
-    shown = list(np.linspace(0, len(scene.views) - 1, min(6, len(scene.views))).round().astype(int))
+    shown = _spread(len(scene.views), 6)
     rendered = render_mesh(working, scene.cameras()[shown])
     method = summary["method"]
     settings = {"scene": str(scene_path), "method": f"{method}: {methods.get(method, 'fit').summary}",
@@ -194,13 +194,18 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
     ious, sheet = None, None
     if silhouettes is not None:
         ious = summary["silhouette_iou"]["per_view"]
-        picked = list(np.linspace(0, len(scene.views) - 1, min(8, len(scene.views))).round().astype(int))
+        picked = _spread(len(scene.views), 8)
         sheet = silhouette_sheet(scene, [silhouettes[i] for i in picked], picked)
     return write_fit_report(output, title=f"zerolevel fit ({summary['method']})", scene=scene,
                             rendered_normals=list(rendered["normal"]), rendered_masks=list(rendered["mask"] > 0.5),
                             view_indices=shown, settings=settings, timings=timings, metrics=flat,
                             log_path=output / "log.jsonl", silhouette_iou=ious, silhouettes=sheet,
                             turntable=turntable_frames(working, scene))
+
+
+def _spread(count: int, k: int) -> list[int]:
+    """min(k, count) view indices spread evenly from the first view to the last, for contact sheets."""
+    return list(np.linspace(0, count - 1, min(k, count)).round().astype(int))
 
 
 def _silhouettes(scene: Scene, mesh: trimesh.Trimesh) -> list[np.ndarray]:

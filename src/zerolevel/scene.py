@@ -249,7 +249,7 @@ def normalize_scene(scene: Scene, center, radius: float) -> Scene:
     return Scene(views, to_world, scene.normal_space)
 
 
-def _check_similarity(M: np.ndarray, path, what: str) -> np.ndarray:
+def check_similarity(M: np.ndarray, path: str | Path, what: str) -> np.ndarray:
     """Validate a (4, 4) similarity (uniform scale, rotation, translation); return it as float64."""
     M = np.asarray(M, dtype=np.float64)
     if M.shape != (4, 4) or not np.all(np.isfinite(M)):
@@ -302,7 +302,7 @@ def _read_scene_json(path: Path) -> Scene:
     space = data.get("normal_space", "world")
     if space not in ("world", "camera"):
         raise InputError(f'normal_space must be "world" or "camera", got {space!r}', path)
-    to_world = _check_similarity(_matrix(data, "to_world", (4, 4), path), path, "to_world")
+    to_world = check_similarity(_matrix(data, "to_world", (4, 4), path), path, "to_world")
     views = data.get("views")
     if not isinstance(views, list) or not views:
         raise InputError('"views" must be a non-empty list', path)

@@ -21,7 +21,7 @@ EPILOG_DATASET = """examples:
 
 The folder: dataset.json, {train,val,test}/images.npy (N, V, H, W, 4) uint8 RGBA, voxels.npy (N, 32, 32, 32)
 bool, objects.json, meshes/<id>.ply (normalised: bounding-box diagonal 1, centred); read it with
-zerolevel.learn.dataset.load_split. Objects are cached in DATASET/.parts (delete it once you are done).
+zerolevel.learn.dataset.folder.load_split. Objects are cached in DATASET/.parts (delete it once you are done).
 --threads N renders N objects at a time in worker processes; --seed draws the shapes and the splits.
 """
 
@@ -47,7 +47,10 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, formatter: type) -> Non
 
 
 def cmd_dataset(args: argparse.Namespace) -> None:
-    from ..learn.dataset import DatasetSettings, check_fractions, generated_sources, mesh_sources, write_dataset
+    from ..learn.dataset.settings import DatasetSettings
+    from ..learn.dataset.sources import generated_sources, mesh_sources
+    from ..learn.dataset.splits import check_fractions
+    from ..learn.dataset.write import write_dataset
     from ..learn.shapes import CATEGORIES, GENERATOR_VERSION
 
     if bool(args.meshes) == bool(args.generate):

@@ -3,6 +3,8 @@
 Every field is a `torch.nn.Module` mapping points `(..., 3)` to signed distances `(...)`, negative
 inside, in the points' units. Shape parameters (centres, radii, sizes) are `nn.Parameter`s so that
 gradient tests can differentiate through them; they live on whatever device the module is moved to.
+The formulas are `zerolevel.geometry.primitives`' (the shape generator's too); a module holds the
+parameters and moves points into the primitive's frame.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+
+from ..geometry import primitives
 
 
 def _vector(values: Sequence[float] | torch.Tensor, name: str) -> nn.Parameter:
@@ -40,7 +44,7 @@ class SphereSDF(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """(..., 3) points -> (...) signed distances."""
-        return torch.linalg.vector_norm(points - self.center, dim=-1) - self.radius
+        return primitives.sphere(points - self.center, self.radius)
 
 
 class BoxSDF(nn.Module):
@@ -60,10 +64,7 @@ class BoxSDF(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """(..., 3) points -> (...) signed distances."""
-        q = (points - self.center).abs() - self.half_size
-        outside = torch.linalg.vector_norm(q.clamp(min=0.0), dim=-1)
-        inside = q.amax(dim=-1).clamp(max=0.0)
-        return outside + inside
+        return primitives.box(points - self.center, self.half_size)
 
 
 class TorusSDF(nn.Module):
@@ -84,9 +85,8 @@ class TorusSDF(nn.Module):
 
     def forward(self, points: torch.Tensor) -> torch.Tensor:
         """(..., 3) points -> (...) signed distances."""
-        p = points - self.center
-        ring = torch.linalg.vector_norm(p[..., :2], dim=-1) - self.major_radius
-        return torch.sqrt(ring * ring + p[..., 2] * p[..., 2]) - self.minor_radius
+        local = (points - self.center)[..., [0, 2, 1]]  # the primitive's axis is y, this torus's z
+        return primitives.torus(local, self.major_radius, self.minor_radius)
 
 
 class UnionSDF(nn.Module):

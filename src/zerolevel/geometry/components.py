@@ -1,15 +1,17 @@
-"""Connected pieces of a triangle mesh, and the largest of them: what every extraction keeps when
-a fit leaves floaters.
+"""Connected pieces of a triangle mesh or a voxel grid, and the largest of them: what every
+extraction keeps when a fit leaves floaters, and what a carved visual hull keeps.
 
-The rule, the same everywhere: two faces belong to one piece when they share a vertex, vertices at
-the same position counting as one (marching output that repeats a vertex per face stays one piece);
-the largest piece is the one of largest area.
+The mesh rule, the same everywhere: two faces belong to one piece when they share a vertex,
+vertices at the same position counting as one (marching output that repeats a vertex per face stays
+one piece); the largest piece is the one of largest area. The voxel rule: occupied voxels sharing a
+face are one piece; the largest piece is the one of most voxels.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import trimesh
+from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -36,3 +38,12 @@ def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     areas = np.bincount(labels, weights=np.asarray(mesh.area_faces), minlength=count)
     keep = np.flatnonzero(labels == int(np.argmax(areas)))
     return mesh.submesh([keep], append=True, repair=False)
+
+
+def largest_voxel_component(occupied: np.ndarray) -> np.ndarray:
+    """The face-connected piece of most voxels of a boolean grid (the grid itself when in one piece)."""
+    labels, n = ndimage.label(occupied)
+    if n <= 1:
+        return occupied
+    sizes = ndimage.sum(occupied, labels, np.arange(1, n + 1))
+    return labels == 1 + int(np.argmax(sizes))

@@ -3,13 +3,11 @@
 - `shapes`: procedural shape families (airplane, car, chair, lamp, table, vase), one watertight mesh
   per (category, seed) — the category data set the project makes itself.
 - `dataset`: the dataset folder (every object rendered from one ring of cameras, 32^3 voxels, meshes,
-  train / val / test): `write_dataset` and `load_split`.
+  train / val / test): `dataset.write.write_dataset` and `load_split`.
 - `template`, `encoders`, `softras_net`, `sampling`, `train`, `predict`, `evaluate`, `gallery`: the
   network, its training (on the shared loop, `optim`), prediction and evaluation.
+
+Import the submodule you need (`from zerolevel.learn.dataset import load_split`): the package
+itself imports nothing, so `import zerolevel.learn.train` loads neither the ray caster nor the shape
+builders.
 """
-
-from .dataset import DatasetSettings, DatasetSplit, ObjectSource, load_split, write_dataset
-from .shapes import CATEGORIES, generate, object_specs
-
-__all__ = ["CATEGORIES", "DatasetSettings", "DatasetSplit", "ObjectSource", "generate", "load_split",
-           "object_specs", "write_dataset"]

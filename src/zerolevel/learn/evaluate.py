@@ -7,7 +7,7 @@ The protocol (Soft Rasterizer's examples/recon/test.py, and DESIGN.md):
 - Voxel IoU: every view of every object of the split (SoftRas: all 24 ring views; `views` evenly
   spaced ones when asked) goes through the network; the predicted closed mesh is voxelised on the
   dataset's 32^3 grid over [-0.5, 0.5]^3 the way the object was (the published voxelisation,
-  `zerolevel.geometry.occupancy.solid_voxels`) and compared with the object's voxels (`train.voxel_iou`). A
+  `zerolevel.geometry.occupancy.solid_voxels`) and compared with the object's voxels (`voxel_iou`). A
   category's IoU is the mean over all its (object, view) pairs; the headline figure is the mean over
   categories, each counting once however many objects it has.
 - Surface metrics: Chamfer distance, F-score at tau = 0.005 and 0.0025 of the ground truth's
@@ -40,6 +40,7 @@ from ..errors import InputError
 from ..geometry.mesh import load_mesh
 from ..geometry.occupancy import solid_voxels
 from ..metrics import DEFAULT_TAUS, evaluate, tau_key
+from .dataset.settings import VOXEL_BOUNDS
 from .predict import load_run, network_from_run
 from .sampling import split_images
 from .softras_net import SoftRasNet
@@ -47,7 +48,6 @@ from .softras_net import SoftRasNet
 FORMAT = "zerolevel-eval-set"
 SURFACE_POINTS = 100_000  # DESIGN.md: at least 100k samples per surface
 MEAN_SHAPE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
-VOXEL_BOUNDS = np.array([[-0.5, -0.5, -0.5], [0.5, 0.5, 0.5]])  # the dataset's voxel box
 
 
 # ---------------------------------------------------------------------------------------- aggregation
@@ -179,7 +179,7 @@ def evaluate_iou(net: SoftRasNet, split: Any, views: int = 24, objects: int | No
     """
     n_obj = len(split) if objects is None else min(int(objects), len(split))
     V = split.images.shape[1]
-    view_ids = np.unique(np.linspace(0, V, min(views, V), endpoint=False).astype(np.int64))
+    view_ids = view_indices(V, views)
     obj = np.repeat(np.arange(n_obj), len(view_ids))
     vid = np.tile(view_ids, n_obj)
     device, dtype = next(net.parameters()).device, next(net.parameters()).dtype
@@ -288,7 +288,7 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
     Raises:
         InputError: a missing or foreign run or dataset, an empty split, a network of another image size.
     """
-    from .dataset import load_split
+    from .dataset.folder import load_split
 
     start = time.perf_counter()
     net, meta = _load_network(run, device)

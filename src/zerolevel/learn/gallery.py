@@ -3,7 +3,7 @@
 One row per object (the first few objects of each category of a split, so the same run always shows
 the same ones), six tiles: the input image, the predicted mesh seen from the input view, then the
 prediction and the ground truth a quarter and half a turn around the ring. Predictions are rendered
-with the dataset's own camera and light (`dataset.render_rgba`), so a perfect prediction's tiles
+with the dataset's own camera and light (`dataset.views.render_rgba`), so a perfect prediction's tiles
 equal the dataset's images. Tiles are composited on dark grey (the objects are light grey) and laid
 out by `report.contact_sheet` (white gaps); the picture is written atomically.
 """
@@ -20,7 +20,7 @@ import trimesh
 
 from ..render.raycast import MeshRayCaster
 from ..report import contact_sheet, write_png
-from .dataset import render_rgba
+from .dataset.views import render_rgba
 from .softras_net import SoftRasNet
 from .sampling import split_images
 

@@ -1,6 +1,6 @@
 """Training batches from a dataset split: which (object, view) pairs, and their images and cameras.
 
-A split (`learn.dataset.DatasetSplit`, or any object with the same attributes) holds images
+A split (`learn.dataset.folder.DatasetSplit`, or any object with the same attributes) holds images
 (N, V, S, S, 4) uint8 of N objects from V ring cameras, the V `cameras`, per-object `categories` and
 (N, n, n, n) bool `voxels`.
 """
@@ -21,7 +21,7 @@ from ..errors import InputError
 def open_splits(dataset: Any, train_split: str, val_split: str | None, val: Any = None) -> tuple[Any, Any]:
     """(train split, validation split or None) from a dataset folder, or from split objects."""
     if isinstance(dataset, (str, Path)):
-        from .dataset import load_split  # the dataset folder reader
+        from .dataset.folder import load_split  # the dataset folder reader
         return load_split(dataset, train_split), (load_split(dataset, val_split) if val_split else None)
     return dataset, (val if val_split else None)
 

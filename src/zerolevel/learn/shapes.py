@@ -7,11 +7,10 @@ single-view learning trains on these.
 How an object is made: a category builder draws random proportions and styles (a chair is a seat, a
 back, legs of one of three kinds and sometimes arms; a vase is a random profile curve revolved, solid
 or hollow) and places overlapping primitive solids — rounded boxes, capsules, cylinders, ellipsoids,
-tori, extruded convex polygons (wings, cabins), solids of revolution (shades, vases, fuselages). The
-object is their union: the minimum of the primitives' signed distance functions (SDFs), sampled on a
-grid whose longest axis has `resolution` samples, then meshed by marching cubes
-(`zerolevel.geometry.extract.mesh_from_grid`), keeping the largest component. Each primitive is only
-evaluated in its own bounding box (plus two cells), so thin parts cost little.
+tori, extruded convex polygons (wings, cabins), solids of revolution (shades, vases, fuselages):
+`zerolevel.geometry.solids`. The object is their union, sampled on a grid whose longest axis has
+`resolution` samples and meshed by marching cubes (`geometry.solids.mesh_union`), largest component
+kept. This module holds the categories: what to place, with which random proportions.
 
 Conventions (like ShapeNet): y up, the front faces -z (a chair's seat is entered from -z, its back is
 at +z; an airplane's nose and a car's bonnet point to -z); the mesh is centred at its bounding-box
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -36,14 +34,11 @@ import trimesh
 from scipy.interpolate import PchipInterpolator
 
 from ..errors import InputError
-from ..geometry.components import largest_component
-from ..geometry.extract import mesh_from_grid
+from ..geometry.solids import Part, box, capsule, cylinder, ellipsoid, mesh_union, revolve, rotation, slab, torus
 
 CATEGORIES: tuple[str, ...] = ("airplane", "car", "chair", "lamp", "table", "vase")
 GENERATOR_VERSION = 1  # bump whenever a builder changes what a seed makes (dataset caches key on it)
 DEFAULT_RESOLUTION = 72  # grid samples along the object's longest axis: ~5-35k faces per object
-
-SDF = Callable[[np.ndarray], np.ndarray]  # (M, 3) float32 points -> (M,) float32 signed distances
 
 
 class ShapeSpec(NamedTuple):
@@ -113,196 +108,6 @@ def normalize_unit_diagonal(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     scale = 1.0 / diagonal if diagonal > 0 else 1.0
     return trimesh.Trimesh(vertices=(vertices - 0.5 * (lo + hi)) * scale, faces=np.asarray(mesh.faces),
                            process=False)
-
-
-def mesh_union(parts: Sequence[Part], resolution: int = DEFAULT_RESOLUTION) -> trimesh.Trimesh:
-    """Marching-cubes mesh of the union of `parts`, largest component only, in the parts' frame.
-
-    The grid has `resolution` samples along the longest side of the parts' joint bounding box, cubic
-    cells, and three empty cells of margin on every side.
-    """
-    lo = np.min([p.lo for p in parts], axis=0)
-    hi = np.max([p.hi for p in parts], axis=0)
-    step = float(np.max(hi - lo)) / (resolution - 7)
-    lo = lo - 3 * step
-    shape = np.ceil((hi + 3 * step - lo) / step).astype(int) + 1
-    values = np.full(shape, 1.0, dtype=np.float32)  # any positive value: outside every part
-    for part in parts:
-        _min_into(values, part, lo, step)
-    # Samples within rounding error of the level set (parts whose faces are coplanar, rotated
-    # frames) flicker in sign and make slivers and degenerate triangles: count them as outside.
-    eps = np.float32(1e-3 * step)
-    values[np.abs(values) < eps] = eps
-    hi_grid = lo + (shape - 1) * step
-    return largest_component(mesh_from_grid(values, (lo, hi_grid)))
-
-
-# --------------------------------------------------------------------------------------------
-# Primitives: world-space bounding box + SDF
-
-
-@dataclass
-class Part:
-    """A primitive solid placed in the object's frame.
-
-    Attributes:
-        lo, hi: (3,) corners of a box that contains the solid (the SDF is only sampled there).
-        sdf: (M, 3) float32 points -> (M,) signed distance (or a bound of it), negative inside.
-    """
-
-    lo: np.ndarray
-    hi: np.ndarray
-    sdf: SDF
-
-
-def _min_into(values: np.ndarray, part: Part, lo: np.ndarray, step: float) -> None:
-    """values[block] = min(values[block], part.sdf) over the grid block around the part's box."""
-    start = np.maximum(np.floor((part.lo - lo) / step).astype(int) - 2, 0)
-    stop = np.minimum(np.ceil((part.hi - lo) / step).astype(int) + 3, values.shape)
-    axes = [(lo[k] + np.arange(start[k], stop[k]) * step).astype(np.float32) for k in range(3)]
-    grid = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1)
-    d = part.sdf(grid.reshape(-1, 3)).reshape(grid.shape[:3])
-    block = tuple(slice(a, b) for a, b in zip(start, stop))
-    np.minimum(values[block], d, out=values[block])
-
-
-def rotation(axis: str, degrees: float) -> np.ndarray:
-    """(3, 3) right-handed rotation by `degrees` about the world axis "x", "y" or "z"."""
-    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
-    i, j = {"x": (1, 2), "y": (2, 0), "z": (0, 1)}[axis]
-    r = np.eye(3)
-    r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-    return r
-
-
-def placed(local_sdf: SDF, local_lo: Sequence[float], local_hi: Sequence[float],
-           centre: Sequence[float] = (0.0, 0.0, 0.0), rot: np.ndarray | None = None) -> Part:
-    """A primitive given in a local frame, placed by world = rot @ local + centre."""
-    rot = np.eye(3) if rot is None else np.asarray(rot, dtype=np.float64)
-    centre = np.asarray(centre, dtype=np.float64)
-    corners = np.array(np.meshgrid(*zip(local_lo, local_hi), indexing="ij")).reshape(3, -1).T
-    world = corners @ rot.T + centre
-    c32, r32 = centre.astype(np.float32), rot.astype(np.float32)
-    return Part(world.min(axis=0), world.max(axis=0), lambda p: local_sdf((p - c32) @ r32))
-
-
-def box(centre: Sequence[float], half: Sequence[float], rot: np.ndarray | None = None,
-        rounding: float = 0.0) -> Part:
-    """Box with half-extents `half` (its local axes), edges rounded by `rounding`."""
-    h = np.asarray(half, dtype=np.float32)
-    r = np.float32(min(rounding, 0.99 * float(h.min())))
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        q = np.abs(p) - (h - r)
-        return np.linalg.norm(np.maximum(q, 0), axis=1) + np.minimum(q.max(axis=1), 0) - r
-
-    return placed(sdf, -h, h, centre, rot)
-
-
-def capsule(a: Sequence[float], b: Sequence[float], radius: float) -> Part:
-    """Segment a-b swept by a ball of `radius`."""
-    a32, b32 = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    ab = b32 - a32
-    denom = np.float32(max(float(ab @ ab), 1e-12))
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        pa = p - a32
-        t = np.clip(pa @ ab / denom, 0, 1)
-        return np.linalg.norm(pa - t[:, None] * ab, axis=1) - np.float32(radius)
-
-    lo = np.minimum(a32, b32) - radius
-    hi = np.maximum(a32, b32) + radius
-    return Part(lo.astype(np.float64), hi.astype(np.float64), sdf)
-
-
-def cylinder(centre: Sequence[float], radius: float, half_height: float, rot: np.ndarray | None = None) -> Part:
-    """Capped cylinder around its local y axis."""
-    r, h = np.float32(radius), np.float32(half_height)
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        d0 = np.hypot(p[:, 0], p[:, 2]) - r
-        d1 = np.abs(p[:, 1]) - h
-        return np.minimum(np.maximum(d0, d1), 0) + np.hypot(np.maximum(d0, 0), np.maximum(d1, 0))
-
-    return placed(sdf, (-radius, -half_height, -radius), (radius, half_height, radius), centre, rot)
-
-
-def ellipsoid(centre: Sequence[float], radii: Sequence[float], rot: np.ndarray | None = None,
-              above: float | None = None) -> Part:
-    """Ellipsoid (the usual SDF bound k0 (k0 - 1) / k1); `above`: cut off below local y = above."""
-    rad = np.asarray(radii, dtype=np.float32)
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        k0 = np.linalg.norm(p / rad, axis=1)
-        k1 = np.maximum(np.linalg.norm(p / (rad * rad), axis=1), 1e-9)
-        d = k0 * (k0 - 1) / k1
-        return d if above is None else np.maximum(d, np.float32(above) - p[:, 1])
-
-    return placed(sdf, -rad, rad, centre, rot)
-
-
-def torus(centre: Sequence[float], major: float, minor: float, rot: np.ndarray | None = None,
-          keep: SDF | None = None) -> Part:
-    """Torus around its local y axis; `keep` (a world-space SDF) intersects it with another solid."""
-    R, r = np.float32(major), np.float32(minor)
-
-    def local(p: np.ndarray) -> np.ndarray:
-        return np.hypot(np.hypot(p[:, 0], p[:, 2]) - R, p[:, 1]) - r
-
-    part = placed(local, (-major - minor, -minor, -major - minor), (major + minor, minor, major + minor),
-                  centre, rot)
-    if keep is not None:
-        inner = part.sdf
-        part.sdf = lambda p: np.maximum(inner(p), keep(p))
-    return part
-
-
-def slab(polygon: Sequence[Sequence[float]], half_thickness: float, centre: Sequence[float] = (0, 0, 0),
-         rot: np.ndarray | None = None) -> Part:
-    """Convex polygon in the local xz-plane (vertices (K, 2) as (x, z), either winding) extruded along y."""
-    poly = np.asarray(polygon, dtype=np.float64)
-    edges = np.roll(poly, -1, axis=0) - poly
-    normals = np.stack([edges[:, 1], -edges[:, 0]], axis=1)
-    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
-    if np.sum(normals * (poly.mean(axis=0) - poly)) > 0:
-        normals = -normals  # outward: away from the centroid
-    offsets = np.einsum("kj,kj->k", normals, poly).astype(np.float32)
-    n32, h = normals.astype(np.float32), np.float32(half_thickness)
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        d2 = (p[:, [0, 2]] @ n32.T - offsets).max(axis=1)  # exact inside, a bound outside
-        return np.maximum(d2, np.abs(p[:, 1]) - h)
-
-    lo2, hi2 = poly.min(axis=0), poly.max(axis=0)
-    return placed(sdf, (lo2[0], -half_thickness, lo2[1]), (hi2[0], half_thickness, hi2[1]), centre, rot)
-
-
-def revolve(ys: Sequence[float], radii: Sequence[float], centre: Sequence[float] = (0, 0, 0),
-            rot: np.ndarray | None = None, wall: float = 0.0, bottom: float | None = None,
-            top: float | None = None) -> Part:
-    """Solid of revolution of the profile radius(y) (piecewise linear through (ys, radii)) around local y.
-
-    With `wall > 0` it is hollow: the cavity is `wall` inside the profile, closed by a floor of
-    thickness `bottom` and a ceiling of thickness `top` (None: open at that end).
-    """
-    ys32, rs32 = np.asarray(ys, np.float32), np.asarray(radii, np.float32)
-    y0, y1 = ys32[0], ys32[-1]
-
-    def sdf(p: np.ndarray) -> np.ndarray:
-        rho, y = np.hypot(p[:, 0], p[:, 2]), p[:, 1]
-        r = np.interp(y, ys32, rs32).astype(np.float32)
-        d = np.maximum(np.maximum(rho - r, y0 - y), y - y1)
-        if wall <= 0:
-            return d
-        cavity = rho - (r - np.float32(wall))
-        if bottom is not None:
-            cavity = np.maximum(cavity, y0 + np.float32(bottom) - y)
-        if top is not None:
-            cavity = np.maximum(cavity, y - (y1 - np.float32(top)))
-        return np.maximum(d, -cavity)
-
-    rmax = float(np.max(radii))
-    return placed(sdf, (-rmax, float(y0), -rmax), (rmax, float(y1), rmax), centre, rot)
 
 
 def _u(rng: np.random.Generator, lo: float, hi: float) -> float:

@@ -292,7 +292,7 @@ def train(dataset: str | Path | Any, run_dir: str | Path, config: TrainConfig | 
 
     Args:
         dataset: a dataset folder (splits `config.train_split` / `config.val_split` are read with
-            `zerolevel.learn.dataset.load_split`) or a split object (images (N, V, S, S, 4) uint8,
+            `zerolevel.learn.dataset.folder.load_split`) or a split object (images (N, V, S, S, 4) uint8,
             voxels (N, n, n, n) bool, cameras: V Cameras, categories, len()).
         run_dir: the run folder (created).
         config: TrainConfig (default SoftRas's settings).

@@ -41,7 +41,7 @@ from ..cameras import Cameras
 from ..errors import InputError
 from ..fields.analytic import SphereSDF
 from ..fields.grid import DenseGridSDF
-from ..geometry.extract import marching_cubes_narrow_band
+from ..geometry.narrowband import marching_cubes_narrow_band
 from ..render.lights import DirectionalLight
 from ..render.shading import lambertian, light_tensors
 from ..render.spheretrace import sphere_trace

@@ -25,7 +25,7 @@ import trimesh
 
 from .. import losses as L
 from ..fields.hashgrid import HashGridEncoding, HashGridSDF
-from ..geometry.extract import marching_cubes_narrow_band
+from ..geometry.narrowband import marching_cubes_narrow_band
 from ..render.occupancy import OccupancyGrid, update_occupancy
 from ..render.volume import NeuSVariance, volume_render_patches
 from ..scene import Scene

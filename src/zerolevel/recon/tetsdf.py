@@ -65,8 +65,9 @@ class TetSDFConfig:
                                          # 0.02 slower, 0.5 diverges (Adam moves every value ~lr a step;
                                          # benchmarks/results/ablations.md, tetsdf_lr) ...
     lr_floor: float = 0.1                # ... decaying (cosine) to this fraction within a level
-    lr_decay_per_level: float = 2.5      # ... and divided by this at each finer level: with 1.0 the 128
-                                         # level loses accuracy in long runs (ablations.md, tetsdf_lr_decay)
+    lr_decay_per_level: float = 2.5      # ... and divided by this at each finer level (Lee Perry-Smith, 600
+                                         # it.: F@0.5% 0.91 at 1.0, 0.95 at 1.6 and 2.5; ablations.md,
+                                         # tetsdf_lr_decay)
     w_normal: float = 1.0
     w_mask: float = 1.0
     w_shrink: float = 0.1
@@ -74,9 +75,10 @@ class TetSDFConfig:
     w_eikonal: float = 0.1
     w_curvature: float = 0.01
     eikonal_cells: float | None = None   # eikonal over tetrahedra with a value within this many cells
-                                         # of zero (None: every tetrahedron of the band). Within 2 cells
-                                         # only, the rest of the band drifts in long runs (ablations.md,
-                                         # tetsdf_eikonal)
+                                         # of zero (None: every tetrahedron of the band). An early study
+                                         # chose the whole band; rerun on today's fit, nefertiti at 600 it.
+                                         # scores 0.975 within 2 cells vs 0.952 (ablations.md,
+                                         # tetsdf_eikonal): to settle on more scenes with issue 20
     margin: float = 0.1                  # shrink / expand push values this many cells past zero
     expand_rays: int = 1024              # at most this many uncovered pixels per step
     init: str = "visual_hull"            # "visual_hull" (of the masks) or "sphere"

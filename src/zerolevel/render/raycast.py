@@ -27,6 +27,7 @@ import trimesh
 from ..cameras import Cameras
 from ..errors import InputError
 from .lights import DirectionalLight, LightSpec, light_arrays
+from .shading import lambertian
 
 try:  # Embree through embreex; trimesh's pure-Python ray caster is the fallback
     from embreex import rtcore_scene as _rtcore_scene
@@ -35,7 +36,7 @@ except ImportError:
     _rtcore_scene = None
     _EmbreeTriangleMesh = None
 
-__all__ = ["DirectionalLight", "RayHits", "MeshRayCaster", "render_mesh", "shade_lambertian"]
+__all__ = ["DirectionalLight", "RayHits", "MeshRayCaster", "render_mesh"]
 
 
 @dataclass
@@ -376,7 +377,8 @@ class MeshRayCaster:
                 points = np.einsum("mk,mkj->mj", bary, self.vertices[self.faces[face]])
                 z = np.einsum("mj,mj->m", points, R[view, 2]) + t[view, 2]
                 n = self.hit_normals(face, bary, dirs, smooth=smooth)
-                shade = shade_lambertian(n, light_dirs[view], light_int[view], ambient, albedo)
+                shade = lambertian(torch.from_numpy(n), torch.from_numpy(light_dirs[view]),
+                                   torch.from_numpy(light_int[view]), ambient, albedo).numpy()
                 first = b0 * H * W + r0 * W  # flattened index of the chunk's first pixel
                 _accumulate(out, first, (b1 - b0) * (r1 - r0) * W, ray, S, G, centre, z, n, shade)
         out["normal"] = out["normal"].reshape(B, H, W, 3)
@@ -420,25 +422,6 @@ def _accumulate(out: dict[str, np.ndarray], first: int, n_pix: int, ray: np.ndar
     at_centre = sample == centre
     depth[pixel[at_centre]] = z[at_centre]  # the centre ray's depth wherever it hits
     out["depth"][view] = depth
-
-
-def shade_lambertian(normals: np.ndarray, light_dirs: np.ndarray, light_intensity: np.ndarray,
-                     ambient: float = 0.1, albedo: float = 1.0) -> np.ndarray:
-    """Lambertian grey shading `albedo * (ambient + sum_i I_i * max(0, n . l_i))`, clipped to [0, 1].
-
-    Args:
-        normals: (M, 3) unit normals.
-        light_dirs: (M, L, 3) unit directions towards each light (per point, so lights may differ
-            per view); or (L, 3) shared.
-        light_intensity: (M, L) or (L,) intensities (0 for padding).
-    Returns:
-        (M,) float64 shading.
-    """
-    light_dirs = np.broadcast_to(light_dirs, (len(normals),) + np.shape(light_dirs)[-2:])
-    light_intensity = np.broadcast_to(light_intensity, light_dirs.shape[:2])
-    cos = np.einsum("mj,mlj->ml", normals, light_dirs)
-    value = albedo * (ambient + (light_intensity * np.maximum(cos, 0.0)).sum(-1))
-    return np.clip(value, 0.0, 1.0)
 
 
 def crease_normals(faces: np.ndarray, face_normals: np.ndarray, face_areas: np.ndarray,

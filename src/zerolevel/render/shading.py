@@ -1,8 +1,8 @@
 """Differentiable shading shared by the torch renderers: Lambertian grey shading under directional lights.
 
-One job: turn normals (and lights) into pixel values with torch, matching the ground-truth ray
-caster's `zerolevel.render.raycast.shade_lambertian` (numpy) so that rendered and observed images
-are comparable: `albedo * (ambient + sum_i I_i * max(0, n . l_i))`, clipped to [0, 1].
+One job: turn normals (and lights) into pixel values, `albedo * (ambient + sum_i I_i * max(0,
+n . l_i))` clipped to [0, 1]; the ground-truth ray caster shades its float64 hits with the same
+function, so rendered and observed images are comparable by construction.
 """
 
 from __future__ import annotations

@@ -1,0 +1,170 @@
+"""Building a dataset folder: each object rendered into its cached part (skipped when the cached
+key matches, so a rerun resumes), in worker processes when there are many, then the split arrays
+assembled and dataset.json written last."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import shutil
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from tqdm import tqdm
+
+from ...atomic import atomic_path, write_json
+from ...cameras import Cameras
+from ...errors import InputError
+from .folder import FORMAT, PARTS, VERSION, mesh_path, part_path
+from .settings import LIGHT, VOXEL_BOUNDS, VOXEL_RULE, DatasetSettings
+from .sources import ObjectSource, check_sources
+from .splits import DEFAULT_FRACTIONS, check_fractions, split_objects
+from .views import render_object
+
+
+@dataclass
+class WriteSummary:
+    """What `write_dataset` did: the dataset.json it wrote, objects rendered now and reused from the cache."""
+
+    info: dict
+    rendered: int
+    reused: int
+    seconds: float
+
+
+def write_dataset(root: str | Path, sources: Sequence[ObjectSource], settings: DatasetSettings = DatasetSettings(),
+                  fractions: Sequence[float] = DEFAULT_FRACTIONS, seed: int = 0, workers: int = 1,
+                  progress: bool = True, source_info: dict | None = None) -> WriteSummary:
+    """Render `sources` into the dataset folder `root` (resumable), then assemble the splits.
+
+    Objects whose cached part was made with the same source and settings are skipped. With
+    `workers > 1` and enough objects left, objects are made in that many processes.
+    `source_info` is recorded as dataset.json's "source". On bad input (InputError: a corrupt mesh
+    file) a folder that this call created is removed again; an existing one keeps its cache.
+    Returns a `WriteSummary`; dataset.json's contents are `summary.info`.
+    """
+    root = Path(root)
+    fractions = check_fractions(fractions)
+    check_sources(sources)
+    created = not root.exists()
+    if not created and any(root.iterdir()) and not ((root / "dataset.json").exists() or (root / PARTS).exists()):
+        raise InputError("exists and is not a dataset folder: choose a new or empty folder", root)
+    start = time.perf_counter()
+    try:
+        (root / "dataset.json").unlink(missing_ok=True)  # unfinished from here until the end
+        todo = [s for s in sources if not _part_done(root, s, settings)]
+        _build_parts(root, todo, settings, workers, progress, len(sources))
+        splits = split_objects(sources, fractions, seed)
+        info = _assemble(root, splits, settings, seed, source_info)
+    except InputError:
+        if created:
+            shutil.rmtree(root, ignore_errors=True)
+        raise
+    return WriteSummary(info, len(todo), len(sources) - len(todo), time.perf_counter() - start)
+
+
+_CAMERAS: dict[DatasetSettings, Cameras] = {}  # per process: the ring of each settings
+
+
+def build_part(root: str | Path, source: ObjectSource, settings: DatasetSettings) -> float:
+    """Make one object, render it, and write its part and mesh atomically; returns the seconds taken."""
+    start = time.perf_counter()
+    root = Path(root)
+    if settings not in _CAMERAS:
+        _CAMERAS[settings] = settings.cameras()
+    cameras = _CAMERAS[settings]
+    mesh = source.mesh()
+    # PLY stores float32 vertices: render exactly the mesh that meshes/<id>.ply will hold
+    mesh = trimesh.Trimesh(np.asarray(mesh.vertices, np.float32).astype(np.float64), mesh.faces, process=False)
+    images, occupancy = render_object(mesh, cameras, settings.supersample, settings.voxels, source.crease_deg)
+    with atomic_path(mesh_path(root, source.id)) as tmp:
+        mesh.export(tmp, file_type="ply", vertex_normal=False)
+    with atomic_path(part_path(root, source.id)) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez_compressed(handle, images=images, voxels=occupancy, key=np.array(_part_key(source, settings)))
+    return time.perf_counter() - start
+
+
+def _part_key(source: ObjectSource, settings: DatasetSettings) -> str:
+    return json.dumps({"source": source.key(), "settings": asdict(settings), "light": LIGHT,
+                       "voxels": VOXEL_RULE}, sort_keys=True)
+
+
+def _part_done(root: Path, source: ObjectSource, settings: DatasetSettings) -> bool:
+    """True when the object's cached part and mesh exist and were made from the same key."""
+    path = part_path(root, source.id)
+    if not (path.is_file() and mesh_path(root, source.id).is_file()):
+        return False
+    try:
+        with np.load(path) as part:
+            return str(part["key"]) == _part_key(source, settings)
+    except Exception:  # a damaged cache file is simply redone
+        return False
+
+
+def _build_parts(root: Path, todo: Sequence[ObjectSource], settings: DatasetSettings, workers: int,
+                 progress: bool, total: int) -> None:
+    """Build the missing parts, in this process or (many objects, workers > 1) in a process pool."""
+    bar = tqdm(total=total, initial=total - len(todo), desc="dataset", unit="obj", disable=not progress)
+    try:
+        if workers <= 1 or len(todo) < 4 * workers:
+            for source in todo:
+                build_part(root, source, settings)
+                bar.update(1)
+            return
+        context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
+            futures = [pool.submit(build_part, root, source, settings) for source in todo]
+            try:
+                for future in as_completed(futures):
+                    future.result()
+                    bar.update(1)
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
+    finally:
+        bar.close()
+
+
+def _worker_init() -> None:
+    """One torch thread per worker process: the processes are the parallelism."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _assemble(root: Path, splits: dict[str, list[ObjectSource]], settings: DatasetSettings, seed: int,
+              source_info: dict | None) -> dict:
+    """Write each split's arrays and object list from the parts, drop stale meshes, then dataset.json."""
+    V, R, n = settings.views, settings.resolution, settings.voxels
+    for name, members in splits.items():
+        folder = root / name
+        with atomic_path(folder / "images.npy") as images_tmp, atomic_path(folder / "voxels.npy") as voxels_tmp:
+            images = np.lib.format.open_memmap(images_tmp, mode="w+", dtype=np.uint8, shape=(len(members), V, R, R, 4))
+            voxels = np.lib.format.open_memmap(voxels_tmp, mode="w+", dtype=bool, shape=(len(members), n, n, n))
+            for i, source in enumerate(members):
+                with np.load(part_path(root, source.id)) as part:
+                    images[i], voxels[i] = part["images"], part["voxels"]
+            images.flush()
+            voxels.flush()
+            del images, voxels
+        write_json(folder / "objects.json", [{"id": s.id, "category": s.category} for s in members])
+    keep = {f"{s.id}.ply" for members in splits.values() for s in members}
+    for path in (root / "meshes").glob("*.ply"):
+        if path.name not in keep:
+            path.unlink()
+    categories = list(dict.fromkeys(s.category for members in splits.values() for s in members))
+    info = {"format": FORMAT, "version": VERSION, "views": V, "resolution": R,
+            "elevation": settings.elevation, "distance": settings.distance, "fov": settings.fov,
+            "voxels": n, "voxelization": VOXEL_RULE, "supersample": settings.supersample, "light": LIGHT,
+            "voxel_bounds": VOXEL_BOUNDS.tolist(), "categories": sorted(categories),
+            "splits": {name: len(members) for name, members in splits.items()}, "seed": int(seed),
+            "source": source_info or {}}
+    write_json(root / "dataset.json", info)
+    return info
