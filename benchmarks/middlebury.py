@@ -74,7 +74,7 @@ def hull_iou(scene) -> dict:
     384^3): how consistent the silhouettes and cameras are, the ceiling of any fit."""
     from zerolevel.geometry.extract import marching_cubes
     from zerolevel.pipeline import silhouette_iou
-    from zerolevel.recon.visual_hull import VisualHullField
+    from zerolevel.geometry.visual_hull import VisualHullField
 
     field = VisualHullField(scene.cameras(), torch.as_tensor(scene.stack("mask")).float())
     return silhouette_iou(scene, marching_cubes(field, 384, to_world=scene.to_world))

@@ -6,7 +6,7 @@ import trimesh
 
 from zerolevel.cameras import Cameras
 from zerolevel.geometry.extract import marching_cubes
-from zerolevel.recon.visual_hull import VisualHullField, visual_hull_cells
+from zerolevel.geometry.visual_hull import VisualHullField, visual_hull_cells
 from zerolevel.render.raycast import render_mesh
 
 

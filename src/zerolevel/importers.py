@@ -19,7 +19,7 @@ from scipy import ndimage
 from .cameras import Cameras
 from .errors import InputError
 from .images import read_image, read_mask, read_normal_map
-from .geometry.components import largest_voxel_component
+from .geometry.visual_hull import hull_silhouettes, visual_hull_points
 from .scene import (Scene, View, check_camera, check_sees_object, check_similarity, normalize_scene,
                     read_scene, validate_normals)
 
@@ -270,13 +270,6 @@ def _parse_par(path: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return entries
 
 
-def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Dilation by a Euclidean disk (via the distance transform: cost independent of the radius)."""
-    if not mask.any():
-        return mask.copy()
-    return ndimage.distance_transform_edt(~mask) <= radius
-
-
 def _box_close(mask: np.ndarray, radius: int) -> np.ndarray:
     """Closing by a (2r+1)^2 square (separable, so fast); the image border does not erode."""
     size = 2 * radius + 1
@@ -310,99 +303,3 @@ def silhouette(image: np.ndarray, threshold: float = 0.1, close: int = 5, open_:
         small = np.concatenate([[False], sizes < max_hole * mask.size])
         mask |= small[labels]
     return _box_open(mask, open_)
-
-
-# ---------------------------------------------------------------------- visual hull (numpy)
-def _axes_center(P: np.ndarray) -> np.ndarray:
-    """(3,) least-squares point nearest to all optical axes of (B, 3, 4) projections."""
-    A, b = np.zeros((3, 3)), np.zeros(3)
-    for Pi in P:
-        M = Pi[:, :3]
-        C = -np.linalg.solve(M, Pi[:, 3])
-        d = M[2] / np.linalg.norm(M[2])
-        Q = np.eye(3) - np.outer(d, d)
-        A, b = A + Q, b + Q @ C
-    return np.linalg.lstsq(A, b, rcond=None)[0]
-
-
-def _carve(P: np.ndarray, masks: np.ndarray, points: np.ndarray, min_seen: float = 0.5) -> np.ndarray:
-    """(N,) bool: points in front of at least `min_seen` of the cameras' images and on the
-    foreground of every image they fall in (points outside an image are not carved by it)."""
-    B, H, W = masks.shape
-    alive = np.arange(len(points))  # only points not yet carved are projected again
-    seen = np.zeros(len(points), dtype=np.int32)
-    homogeneous = np.c_[points, np.ones(len(points))].astype(np.float32)
-    for Pi, mask in zip(P.astype(np.float32), masks):
-        x = homogeneous[alive] @ Pi.T
-        z = np.where(x[:, 2] > 0, x[:, 2], np.float32(np.nan))
-        u, v = x[:, 0] / z, x[:, 1] / z
-        inside = (u >= 0) & (u < W) & (v >= 0) & (v < H)  # False for NaN (behind the camera)
-        fg = np.ones(len(alive), dtype=bool)
-        fg[inside] = mask[v[inside].astype(np.int64), u[inside].astype(np.int64)]
-        seen[alive] += inside
-        alive = alive[fg]
-    keep = np.zeros(len(points), dtype=bool)
-    keep[alive] = True
-    return keep & (seen >= np.ceil(min_seen * B))
-
-
-def _grid_points(center: np.ndarray, half: float, res: int) -> np.ndarray:
-    g = (np.arange(res) + 0.5) / res * 2 * half - half
-    return np.stack(np.meshgrid(g, g, g, indexing="ij"), -1).reshape(-1, 3) + center
-
-
-def visual_hull_points(P: np.ndarray, masks: np.ndarray, res: int = 64) -> tuple[np.ndarray, float]:
-    """Centres of the visual hull's voxels (largest connected component), and the voxel size.
-
-    A generous cube around the point nearest to all optical axes is carved at 32^3, then a cube
-    around that hull's bounding box (plus two coarse voxels) at `res`^3.
-
-    Args:
-        P: (B, 3, 4) projections onto pixel coordinates (pixel centres at integer + 0.5).
-        masks: (B, H, W) bool silhouettes.
-    Returns:
-        points (N, 3), voxel edge length.
-    """
-    B, H, W = masks.shape
-    center = _axes_center(P)
-    distance = max(np.linalg.norm(-np.linalg.solve(Pi[:, :3], Pi[:, 3]) - center) for Pi in P)
-    focal = min(_focal(Pi) for Pi in P)
-    half = distance * np.hypot(W, H) / focal  # twice the widest image footprint at the centre
-    for level, n in enumerate((32, res)):
-        points = _grid_points(center, half, n)
-        occupied = largest_voxel_component(_carve(P, masks, points).reshape(n, n, n)).reshape(-1)
-        voxel = 2 * half / n
-        if not occupied.any() or level == 1:
-            return points[occupied], voxel
-        lo, hi = points[occupied].min(0), points[occupied].max(0)
-        center, half = (lo + hi) / 2, (hi - lo).max() / 2 + 2 * voxel
-    raise AssertionError("unreachable")
-
-
-def _focal(Pi: np.ndarray) -> float:
-    """Smaller focal length (pixels) of a projection matrix, via its RQ-free row norms."""
-    M = Pi[:, :3] / np.linalg.norm(Pi[2, :3])
-    r3 = M[2]
-    fx = np.linalg.norm(np.cross(M[0], r3))
-    fy = np.linalg.norm(np.cross(M[1], r3))
-    return float(min(fx, fy))
-
-
-def hull_silhouettes(P: np.ndarray, points: np.ndarray, voxel: float, masks: np.ndarray) -> np.ndarray:
-    """(B, H, W) masks restricted to the visual hull's footprint in each view.
-
-    Each hull voxel centre is splatted and dilated by the voxel's projected half-diagonal, so the
-    footprint contains the hull; mask pixels outside it cannot be the object."""
-    B, H, W = masks.shape
-    out = np.zeros_like(masks)
-    homogeneous = np.c_[points, np.ones(len(points))]
-    for i, (Pi, mask) in enumerate(zip(P, masks)):
-        x = homogeneous @ Pi.T
-        z = x[:, 2]
-        u, v = x[:, 0] / z, x[:, 1] / z
-        inside = (z > 0) & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        splat = np.zeros((H, W), dtype=bool)
-        splat[v[inside].astype(int), u[inside].astype(int)] = True
-        radius = int(np.ceil(np.sqrt(3) / 2 * voxel * _focal(Pi) / z[z > 0].min())) + 1
-        out[i] = mask & _dilate(splat, radius)
-    return out

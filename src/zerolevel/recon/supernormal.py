@@ -26,11 +26,11 @@ import trimesh
 from .. import losses as L
 from ..fields.hashgrid import HashGridEncoding, HashGridSDF
 from ..geometry.narrowband import marching_cubes_narrow_band
+from ..geometry.visual_hull import visual_hull_cells
 from ..render.occupancy import OccupancyGrid, update_occupancy
 from ..render.volume import NeuSVariance, volume_render_patches
 from ..scene import Scene
 from .base import scene_targets
-from .visual_hull import visual_hull_cells
 
 
 @dataclass

@@ -42,11 +42,11 @@ from ..geometry.components import largest_component
 from ..geometry.marching import marching_tetrahedra
 from ..geometry.rays import ray_sphere_interval
 from ..geometry.tetgrid import KUHN_GRADIENT, TetGrid
+from ..geometry.visual_hull import VisualHullField
 from ..render.raster import render_normals
 from ..scene import Scene
 from .base import LevelledFit, level_starts, scene_targets
 from .views import resample_views
-from .visual_hull import VisualHullField
 
 
 @dataclass

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..geometry.visual_hull import cube_cell_centres
+
 __all__ = ["OccupancyGrid", "update_occupancy"]
 
 _OCCUPANCY_TAIL = 7.0  # |f| > 7 / inv_s: less than 1e-3 of a ray's opacity lies beyond (sigmoid tails)
@@ -53,9 +55,7 @@ class OccupancyGrid:
 
     def cell_centres(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """(R^3, 3) cell centres, in the flattened order of `occupied`."""
-        r = self.resolution
-        axis = -1.0 + (torch.arange(r, device=self.occupied.device, dtype=dtype) + 0.5) * (2.0 / r)
-        return torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        return cube_cell_centres(self.resolution, dtype, self.occupied.device)
 
     def lookup(self, points: Tensor) -> Tensor:
         """(..., 3) points -> (...) bool: inside the cube and in an occupied cell."""
