@@ -13,8 +13,8 @@ import os
 import sys
 import time
 
-# numpy's OpenBLAS threads fight torch's for the same cores and make small products 100x slower
-# (measured in the ray caster); the heavy numeric work here is torch's or Embree's.
+# numpy's OpenBLAS threads fight torch's for the same cores and make small products many times
+# slower (seen in the ray caster); the heavy numeric work here is torch's or Embree's.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from ..errors import InputError  # noqa: E402

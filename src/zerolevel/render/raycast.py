@@ -112,7 +112,7 @@ class MeshRayCaster:
 
     # Normals are computed on first use: casting rays for visibility alone (the differentiable
     # rasteriser rebuilds a caster every call) does not need them, and trimesh's vertex normals
-    # cost more than the BVH build itself (0.5 s vs 0.2 s for 330k faces).
+    # cost more than the BVH build itself.
     @cached_property
     def face_normals(self) -> np.ndarray:
         """(F, 3) float64 unit normals by the faces' winding (trimesh's; zero for degenerate faces)."""
@@ -362,7 +362,7 @@ class MeshRayCaster:
                 directions = np.empty(((b1 - b0) * n_rays, 3), np.float32)
                 for k, b in enumerate(range(b0, b1)):
                     # (u, v, 1) @ M written out: numpy's `@` (multi-threaded OpenBLAS beside torch's
-                    # OpenMP threads) and a 2-thread torch.matmul were 10-100x slower on a busy
+                    # OpenMP threads) and a 2-thread torch.matmul were many times slower on a busy
                     # 2-core machine
                     m, view_dirs = ray_matrix[b], directions[k * n_rays:(k + 1) * n_rays]
                     np.multiply(pix_u[samples], m[0], out=view_dirs)

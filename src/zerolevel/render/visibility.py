@@ -66,7 +66,7 @@ def _embree_visibility(vertices: Tensor, faces: Tensor, cameras: Cameras, batche
         boxes = {b: box for b, box in boxes.items() if box[1] > box[0] and box[3] > box[2]}
         if not boxes:
             continue
-        # a fresh BVH from the current positions (~10 ms for 20k faces, ~0.3 s for 330k)
+        # a fresh BVH from the current positions (cheap beside the rays cast through it)
         caster = MeshRayCaster(trimesh.Trimesh(v, faces_np, process=False, validate=False))
         n = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in boxes.values())
         idx = np.empty(n, np.int64)
@@ -177,7 +177,7 @@ def _zbuffer_cells(best: Tensor, cols: Tensor, k: int, height: int, width: int) 
     for i in range(3):  # E_i(first + (a, b)) = E_i + A_i a + B_i b >= 0
         E = (cols[i] + cols[3 + i] * a) + cols[6 + i] * b
         inside = E >= 0 if inside is None else inside & (E >= 0)
-    # np.flatnonzero: ~8x faster than torch.nonzero on CPU (this path runs on CPU copies anyway)
+    # np.flatnonzero: much faster than torch.nonzero on CPU (this path runs on CPU copies anyway)
     flat = torch.from_numpy(np.flatnonzero(inside.numpy()))
     T = cols.shape[1]
     ti = flat % T
