@@ -116,8 +116,7 @@ class DenseGridSDF(nn.Module):
         point-to-triangle distance (trimesh) at nodes within `band` voxels of the surface; beyond,
         the Euclidean distance transform of the occupancy: the distance to the nearest node on
         the other side, which exceeds the true distance by at most a voxel diagonal — enough to
-        step by, and the exact shell keeps steps from crossing the surface. Spot (5.9k faces):
-        ~3 s at 64^3, ~12 s at 128^3 on a busy 2-core machine (mostly the exact shell).
+        step by, and the exact shell keeps steps from crossing the surface (most of the cost).
 
         Args:
             mesh: in world units, inside `bounds`.

@@ -297,7 +297,7 @@ class _EncodeDoubleBackward(torch.autograd.Function):
     def backward(ctx, *grads):
         raise NotImplementedError(
             "third-order derivatives of the compiled hash-grid encoding are not implemented: use "
-            "HashGridEncoding(backend='torch') (any order, ~15-20x slower on CPU), or normals by "
+            "HashGridEncoding(backend='torch') (any order, 15-18x slower on CPU: benchmarks/results/renderers.md), or normals by "
             "finite differences (the 'fd' / 'dfd' gradient modes), which need no second derivative")
 
 
@@ -333,7 +333,7 @@ def use_compiled(points: torch.Tensor, table: torch.Tensor, levels: GridLevels, 
             global _WARNED_FALLBACK
             if not _WARNED_FALLBACK:
                 _WARNED_FALLBACK = True
-                warnings.warn("hash-grid encoding falls back to plain PyTorch (~15-20x slower on CPU): "
+                warnings.warn("hash-grid encoding falls back to plain PyTorch (15-18x slower on CPU): "
                               f"{exc}", RuntimeWarning, stacklevel=3)
             return False
         return True

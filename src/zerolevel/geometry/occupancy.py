@@ -4,7 +4,7 @@ metrics, the dense grid's initialisation from a mesh and the datasets' voxels al
 
 Occupancy has two implementations of one quantity, the winding number w(p):
 - `winding_number`: exact, the van Oosterom-Strackee solid-angle sum over all triangles, vectorised
-  numpy (~35M point-triangle pairs per second on 2 cores): the reference, used for small problems.
+  numpy (`benchmarks/results/metrics.md` times it): the reference, used for small problems.
 - ray crossings (Embree through trimesh): w(p) is the signed number of surface crossings along any ray
   from p (+1 leaving through a front face, -1 entering), exact for a closed mesh; averaged over 6
   directions it is a 6-point quadrature of the generalised winding number, so it degrades gracefully
@@ -48,7 +48,7 @@ def winding_number(mesh: trimesh.Trimesh, points: np.ndarray, chunk_pairs: int =
     Oosterom-Strackee formula tan(omega / 2) = a.(b x c) / (|a||b||c| + (a.b)|c| + (b.c)|a| + (c.a)|b|),
     where a, b, c are the corners relative to p. The dot products and the triple product are expanded
     into matrix products of the points with per-triangle constants, so the work is a few
-    (points x triangles) arrays per chunk of `chunk_pairs` pairs (~35M pairs/s on 2 cores).
+    (points x triangles) arrays per chunk of `chunk_pairs` pairs.
 
     Args:
         mesh: triangle mesh, outward-oriented (closed or not).

@@ -12,13 +12,11 @@ two meshes from both cameras, the loss averaging the four. loss = L_s + 5e-3 Lap
 flatten (`losses.py`), Adam(lr 1e-4, betas (0.9, 0.999)); after 150k iterations the learning rate and
 the renderer's sigma are multiplied by 0.3, as in SoftRas.
 
-Cost on 2 CPU cores (batch 64 at 64^2, baseline encoder, the untrained network's meshes): a
-cross-render step (128 images encoded, 256 soft silhouettes of the 1280-face template, ~6.6M
-pixel-triangle pairs) takes ~1.2-1.3 s, about 0.75 s of it in the network and 0.45-0.5 s in
-`soft_silhouette`; a plain step (64 images, 64 silhouettes) ~0.55 s. SoftRas's recon `dist_eps`
-1e-10 reaches pixels up to 1.54 px from a triangle (the renderer's default 1e-4: 0.97 px): ~1.8x
-the pairs, ~1.5x the renderer's time, ~+15% per cross-render step. Larger (trained) meshes cost more:
-silhouettes of radius-0.4 spheres are ~8.7M pairs and ~0.55-0.7 s per 256 renders.
+Cost on 2 CPU cores: a cross-render step encodes twice the images and renders four times the
+silhouettes of a plain one; `benchmarks/results/singleview.md` gives the step time and the
+renderer's share per encoder, `renderers.md` the soft rasteriser's time for a training batch.
+SoftRas's recon `dist_eps` 1e-10 reaches pixels up to 1.54 px from a triangle (the renderer's
+default 1e-4: 0.97 px), so it pairs more pixels with each triangle.
 
 The loop is the one every fit and network shares (`optim.loop`: budget, checkpoints, exact resume,
 recovery from non-finite losses, distributed reduction); this module is the task it runs. The run

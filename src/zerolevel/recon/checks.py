@@ -67,7 +67,7 @@ def check_scene(scene: Scene, source: str) -> list[str]:
 # ====================================================================== rays
 def _apply(M: np.ndarray, x: np.ndarray) -> np.ndarray:
     """(..., 3) vectors x -> M x per vector. einsum, not `@`: BLAS threads make these
-    thin products up to 100x slower on few cores (see docs/design-notes.md)."""
+    thin products many times slower on few cores (see docs/design-notes.md)."""
     return np.einsum("ij,...j->...i", M, x)
 
 

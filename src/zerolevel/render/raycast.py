@@ -12,7 +12,7 @@ shaded images — as numpy arrays. Every other renderer in `zerolevel.render` is
 Conventions (DESIGN.md): OpenCV pinhole cameras, pixel centres at integer + 0.5, normals in world
 space. Rays are cast with Embree (through `embreex`, the backend of trimesh's fast ray intersector)
 in its watertight ("robust") mode so that no ray slips through a shared edge; without `embreex` the
-pure-Python intersector of trimesh is used (same results, ~100x slower).
+pure-Python intersector of trimesh is used (same results, far slower).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class MeshRayCaster:
         mesh: world-space triangle mesh; may be open, non-manifold or in several parts. Faces are
             two-sided (no back-face culling).
         backend: "embree" (fast, needs embreex), "trimesh" (trimesh's pure-Python ray-triangle
-            tests: ~100x slower, the reference the tests compare Embree against) or "auto" (Embree
+            tests: far slower, the reference the tests compare Embree against) or "auto" (Embree
             when embreex is installed).
         crease_deg: smooth shading does not average normals across edges sharper than this (the
             "auto smooth" of modelling tools: the rim of a bust's flat base stays a crease instead
@@ -163,7 +163,7 @@ class MeshRayCaster:
     def first_hit_faces(self, origins: np.ndarray, directions: np.ndarray) -> np.ndarray:
         """Index of the first face each ray hits, -1 on a miss: visibility only.
 
-        The cheapest query (no hit points, barycentrics or distances: ~5x faster than `intersect`
+        The cheapest query (no hit points, barycentrics or distances: much faster than `intersect`
         on 65k rays), for callers that recompute the hits themselves (`raster.rasterize`).
 
         Args:
