@@ -22,6 +22,7 @@ which `geometry.marching` relies on to orient triangles outward.
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -164,6 +165,37 @@ class TetGrid:
             result = torch.where(missing, torch.full_like(result, outside), result)
         return result
 
+    def tet_gradients(self, values: Tensor, near_cells: float | None = None) -> Tensor:
+        """(T', 3) gradient of the linear function on each tetrahedron (differences along its edges),
+        for the tetrahedra with a corner value within `near_cells` cells of zero (all when None)."""
+        f = gather_rows(values, self.tets)  # (T, 4)
+        if near_cells is None:
+            near = torch.ones(len(f), dtype=torch.bool, device=f.device)
+        else:
+            near = (f.detach().abs() < near_cells * self.cell).any(dim=1)
+        kind = torch.arange(len(self.tets), device=f.device)[near] % 6  # 6 Kuhn tetrahedra per cube
+        operator = torch.as_tensor(KUHN_GRADIENT, dtype=f.dtype, device=f.device)
+        differences = (f[near, 1:] - f[near, :1]) / self.cell
+        return torch.einsum("tij,tj->ti", operator[kind], differences)
+
+    def lowest_on_rays(self, values: Tensor, origins: Tensor, directions: Tensor, near: Tensor, far: Tensor,
+                       spacing: float = 0.5, length: float | None = None) -> Tensor:
+        """The smallest value of the function along each ray segment `origins + t directions`, t in
+        [near, far], found among samples evenly spread over each segment, as many as put `spacing`
+        cells apart over `length` (default: the longest segment), without gradients, and evaluated
+        again at the lowest sample with gradients: (R',) for the R' rays with a sample in the grid."""
+        if length is None:
+            length = float((far - near).max()) if len(near) else 0.0
+        count = max(2, int(math.ceil(length / (spacing * self.cell))) + 1)
+        t = torch.linspace(0.0, 1.0, count, device=origins.device)
+        depth = near[:, None] + (far - near)[:, None] * t
+        points = origins[:, None, :] + depth[..., None] * directions[:, None, :]
+        with torch.no_grad():
+            sampled = self.evaluate(points.reshape(-1, 3), values, outside=math.inf).reshape(len(origins), -1)
+        lowest = points[torch.arange(len(origins), device=points.device), sampled.argmin(dim=1)]
+        usable = torch.isfinite(sampled.min(dim=1).values)
+        return self.evaluate(lowest[usable], values)
+
     def interpolate(self, finer: "TetGrid", values: Tensor) -> Tensor:
         """`values` on this grid's vertices carried to the vertices of a grid that refines it."""
         return self.evaluate(finer.vertices, values)
@@ -227,6 +259,19 @@ class TetGrid:
         if band > 0:
             volume = F.max_pool3d(volume, kernel_size=2 * band + 1, stride=1, padding=band)
         return volume[0, 0, self.cubes[:, 0], self.cubes[:, 1], self.cubes[:, 2]] > 0
+
+
+def gather_rows(values: Tensor, index: Tensor) -> Tensor:
+    """`values[index]` by `index_select`, whose backward sums in a fixed order (advanced indexing's
+    multi-threaded accumulate differs run to run in the last bits, which breaks exact resume)."""
+    return values.index_select(0, index.reshape(-1)).reshape(*index.shape, *values.shape[1:])
+
+
+def inside_ends(values: Tensor, edges: Tensor) -> Tensor:
+    """The value at the inside (< 0) end of each grid edge (..., 2) that the zero level crosses:
+    raising them pushes the crossing point (and the surface) inwards along the edge."""
+    ends = gather_rows(values, edges)
+    return torch.where(ends[..., 0] < 0, ends[..., 0], ends[..., 1])
 
 
 def kuhn_interpolate(corner_values: Tensor, u: Tensor) -> Tensor:

@@ -27,7 +27,6 @@ re-selected at every level.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +40,7 @@ from ..errors import InputError
 from ..geometry.components import largest_component
 from ..geometry.marching import marching_tetrahedra
 from ..geometry.rays import ray_sphere_interval
-from ..geometry.tetgrid import KUHN_GRADIENT, TetGrid
+from ..geometry.tetgrid import TetGrid, inside_ends
 from ..geometry.visual_hull import VisualHullField
 from ..render.raster import render_normals
 from ..scene import Scene
@@ -99,7 +98,6 @@ class TetSDF(LevelledFit):
             raise ValueError("resolutions must double level by level, with one share per level")
         self.targets = scene_targets(scene, self.device, ("normal", "mask"), source=source)
         self.full_cameras = scene.cameras(device=self.device)
-        self.gradient_operator = torch.as_tensor(KUHN_GRADIENT, dtype=torch.float32, device=self.device)
         self.level_starts = level_starts(self.iters, c.level_shares)
         self.grid = TetGrid.regular(c.resolutions[0], device=self.device)
         self.values = torch.nn.Parameter(self._initial_values())
@@ -173,14 +171,11 @@ class TetSDF(LevelledFit):
     def _inside_values(self, frags, extra: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
         """For the shrink term: the inside (< 0) end of each grid edge under the triangle visible at
         each pixel covered but not wanted (P * 3,): raising them lifts the triangle off the pixel."""
-        ends = edges[faces[frags.face[extra]]]  # (P, 3, 2) grid vertices
-        values = gather_rows(self.values, ends)
-        return torch.where(values[..., 0] < 0, values[..., 0], values[..., 1])  # one end of each is < 0
+        return inside_ends(self.values, edges[faces[frags.face[extra]]])
 
     def _lowest_values(self, cameras, missing: torch.Tensor) -> torch.Tensor:
         """For the expand term: the smallest SDF value along the ray of each wanted but uncovered
-        pixel (at most `expand_rays` of them), found by samples half a cell apart over the ray's chord
-        of the unit sphere and evaluated again with gradients there."""
+        pixel (at most `expand_rays` of them), over the ray's chord of the unit sphere."""
         index = missing.nonzero()
         if len(index) > self.config.expand_rays:
             pick = torch.randperm(len(index), generator=self.generator)[:self.config.expand_rays]
@@ -191,28 +186,12 @@ class TetSDF(LevelledFit):
         origins, directions = cameras[index[:, 0]].rays(uv[:, None, :])
         origins, directions = origins[:, 0], directions[:, 0]
         near, far, _ = ray_sphere_interval(origins, directions)
-        count = int(math.ceil(2.0 / (0.5 * self.grid.cell))) + 1
-        t = torch.linspace(0.0, 1.0, count, device=origins.device)
-        depth = near[:, None] + (far - near)[:, None] * t
-        points = origins[:, None, :] + depth[..., None] * directions[:, None, :]
-        with torch.no_grad():
-            values = self.grid.evaluate(points.reshape(-1, 3), self.values, outside=math.inf).reshape(len(uv), -1)
-        lowest = points[torch.arange(len(uv)), values.argmin(dim=1)]
-        usable = torch.isfinite(values.min(dim=1).values)
-        return self.grid.evaluate(lowest[usable], self.values)
+        return self.grid.lowest_on_rays(self.values, origins, directions, near, far, length=2.0)
 
     def _tet_gradients(self) -> torch.Tensor:
-        """The gradient of the linear function on each tetrahedron with a corner within
-        `eikonal_cells` of zero (all of them when None), by differences along its edges: (T, 3)."""
-        grid, cells = self.grid, self.config.eikonal_cells
-        f = gather_rows(self.values, grid.tets)  # (T, 4)
-        if cells is None:
-            near = torch.ones(len(f), dtype=torch.bool, device=self.device)
-        else:
-            near = (f.detach().abs() < cells * grid.cell).any(dim=1)
-        kind = torch.arange(len(grid.tets), device=self.device)[near] % 6  # 6 Kuhn tetrahedra per cube
-        differences = (f[near, 1:] - f[near, :1]) / grid.cell
-        return torch.einsum("tij,tj->ti", self.gradient_operator[kind], differences)
+        """The gradient on each tetrahedron with a corner within `eikonal_cells` of zero (all of
+        them when None): (T, 3)."""
+        return self.grid.tet_gradients(self.values, self.config.eikonal_cells)
 
     # ------------------------------------------------------------------ results
     def mesh(self) -> trimesh.Trimesh:
@@ -257,9 +236,3 @@ def mesh_from_state(state: dict[str, Any], resolution: int | None = None, device
     mesh = largest_component(trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False))
     mesh.apply_transform(np.asarray(state["to_world"], dtype=np.float64))
     return mesh
-
-
-def gather_rows(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """`values[index]` by `index_select`, whose backward sums in a fixed order (advanced indexing's
-    multi-threaded accumulate differs run to run in the last bits, which breaks exact resume)."""
-    return values.index_select(0, index.reshape(-1)).reshape(*index.shape, *values.shape[1:])
