@@ -18,11 +18,16 @@ from ..cameras import Cameras
 from ..errors import InputError
 
 
-def open_splits(dataset: Any, train_split: str, val_split: str | None, val: Any = None) -> tuple[Any, Any]:
-    """(train split, validation split or None) from a dataset folder, or from split objects."""
+def open_splits(dataset: Any, train_split: str, val_split: str | None, val: Any = None,
+                normals: bool = False) -> tuple[Any, Any]:
+    """(train split, validation split or None) from a dataset folder, or from split objects; with
+    `normals` the training split must hold normal maps (InputError naming the folder otherwise)."""
     if isinstance(dataset, (str, Path)):
         from .dataset.folder import load_split  # the dataset folder reader
-        return load_split(dataset, train_split), (load_split(dataset, val_split) if val_split else None)
+        train = load_split(dataset, train_split, normals=normals) if normals else load_split(dataset, train_split)
+        return train, (load_split(dataset, val_split) if val_split else None)
+    if normals and getattr(dataset, "normals", None) is None:
+        raise InputError("the training split has no normal maps")
     return dataset, (val if val_split else None)
 
 
