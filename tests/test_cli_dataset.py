@@ -7,6 +7,7 @@ import trimesh
 
 from conftest import assert_one_line_error
 from zerolevel.cli import build_parser, main
+from zerolevel.cli.learning import dataset_defaults
 from zerolevel.learn.dataset.folder import load_split
 from zerolevel.learn.shapes import CATEGORIES
 
@@ -34,6 +35,33 @@ def test_generate_writes_a_dataset_and_a_rerun_reuses_it(capsys, tmp_path):
     code, stdout, _ = run_cli(capsys, "dataset", "--generate", "chair,vase", "--count", "3", "-o", str(out),
                               "--splits", "0.6,0.2,0.2", "--seed", "5")
     assert code == 0 and "0 rendered, 6 from the cache" in stdout
+
+
+def test_for_tetnet_picks_128_and_varied_lighting():
+    args = build_parser().parse_args(["dataset", "--generate", "chair", "-o", "set", "--for", "tetnet"])
+    assert dataset_defaults(args.network, args.res, args.lighting) == {"resolution": 128, "lighting": "varied"}
+    args = build_parser().parse_args(["dataset", "--generate", "chair", "-o", "set"])
+    assert dataset_defaults(args.network, args.res, args.lighting) == {"resolution": 64, "lighting": "headlight"}
+    args = build_parser().parse_args(["dataset", "--generate", "chair", "-o", "set", "--for", "tetnet",
+                                      "--res", "96", "--lighting", "headlight"])
+    assert dataset_defaults(args.network, args.res, args.lighting) == {"resolution": 96, "lighting": "headlight"}
+
+
+def test_for_tetnet_writes_varied_lighting_and_normals(capsys, tmp_path):
+    out = tmp_path / "set"
+    code, stdout, _ = run_cli(capsys, "dataset", "--generate", "vase", "--count", "1", "-o", str(out),
+                              "--for", "tetnet")  # SMALL's --res 32 overrides tetnet's 128
+    assert code == 0 and "32x32 (varied)" in stdout
+    info = json.loads((out / "dataset.json").read_text())
+    assert (info["version"], info["resolution"], info["lighting"]) == (2, 32, "varied")
+    train = load_split(out, "train", normals=True)
+    assert train.normals.shape == (1, 4, 32, 32, 3)
+
+
+def test_unknown_network_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as caught:
+        build_parser().parse_args(["dataset", "--generate", "chair", "-o", str(tmp_path / "set"), "--for", "nerf"])
+    assert caught.value.code == 2 and "--for" in capsys.readouterr().err
 
 
 def test_mesh_folders(capsys, tmp_path):

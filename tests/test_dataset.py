@@ -35,7 +35,7 @@ def test_round_trip_shapes_and_dtypes(small):
     root, sources, summary = small
     info = json.loads((root / "dataset.json").read_text())
     assert info == summary.info
-    assert info["format"] == "zerolevel-dataset" and info["version"] == 1
+    assert info["format"] == "zerolevel-dataset" and info["version"] == 2
     assert (info["views"], info["resolution"], info["voxels"]) == (4, 32, 32)
     assert info["splits"] == {"train": 3, "val": 3, "test": 3}
     assert sorted(info["categories"]) == sorted(CATS)

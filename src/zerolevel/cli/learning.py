@@ -13,15 +13,28 @@ from ..errors import InputError
 from .common import add_common, check_positive, default_threads
 
 # ---------------------------------------------------------------------------- dataset (single-view learning)
+# The dataset each network is made for (`--for`): image size and lighting; --res / --lighting override them.
+DATASET_DEFAULTS: dict[str, dict] = {
+    "softras": {"resolution": 64, "lighting": "headlight"},  # SoftRas's rendered ShapeNet
+    "tetnet": {"resolution": 128, "lighting": "varied"},  # sharper views; shading that varies per object and view
+}
+
 EPILOG_DATASET = """examples:
   zerolevel dataset --generate all --count 200 -o shapes     # 6 categories x 200 objects, 24 views at 64x64
+  zerolevel dataset --generate all --count 200 -o shapes128 --for tetnet   # 128x128, varied lighting
   zerolevel dataset --generate chair,table --count 50 -o small --views 8 --res 32 --splits 0.7,0.15,0.15
   zerolevel dataset models/chair models/table -o mine        # mesh files; category = their parent folder
+  zerolevel dataset models/chair -o lit --lighting varied    # 64x64 with varied lighting
   zerolevel dataset --generate all --count 200 -o shapes     # the same command again resumes or reuses it
 
-The folder: dataset.json, {train,val,test}/images.npy (N, V, H, W, 4) uint8 RGBA, voxels.npy (N, 32, 32, 32)
-bool, objects.json, meshes/<id>.ply (normalised: bounding-box diagonal 1, centred); read it with
+The folder (version 2): dataset.json, {train,val,test}/images.npy (N, V, H, W, 4) uint8 RGBA, normals.npy
+(N, V, H, W, 3) int8 world-space normals round(127 * n) (0 on the background), voxels.npy (N, 32, 32, 32) bool,
+objects.json, meshes/<id>.ply (normalised: bounding-box diagonal 1, centred); read it with
 zerolevel.learn.dataset.folder.load_split. Objects are cached in DATASET/.parts (delete it once you are done).
+--for NETWORK picks the image size and lighting the network is trained with: softras (default): --res 64
+--lighting headlight; tetnet: --res 128 --lighting varied. Lighting headlight: grey, a light along each camera's
+axis; varied: a random colour per object, a random light (tilted up to 45 degrees from the camera's axis) and
+ambient per view, the same on every rerun.
 --threads N renders N objects at a time in worker processes; --seed draws the shapes and the splits.
 """
 
@@ -37,13 +50,28 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, formatter: type) -> Non
     p.add_argument("--count", type=int, default=100, help="objects per category with --generate (default: 100)")
     p.add_argument("-o", "--output", required=True, help="dataset folder to write (or to resume)")
     p.add_argument("--views", type=int, default=24, help="cameras on the ring, 360/views degrees apart (default: 24)")
-    p.add_argument("--res", type=int, default=64, help="image width and height in pixels (default: 64)")
+    table = "; ".join(f"{name}: {d['resolution']}, {d['lighting']}" for name, d in DATASET_DEFAULTS.items())
+    p.add_argument("--for", dest="network", choices=list(DATASET_DEFAULTS), default="softras",
+                   help=f"the network the dataset is for, which picks the defaults of --res and --lighting: "
+                        f"{table} (default: softras)")
+    p.add_argument("--res", type=int, help="image width and height in pixels (default: by --for)")
+    p.add_argument("--lighting", choices=["headlight", "varied"],  # settings.LIGHTINGS; the parser imports no numpy
+                   help="headlight: grey, lit along each camera's axis; varied: a colour per object, a tilted "
+                        "light and ambient per view (default: by --for)")
     p.add_argument("--voxels", type=int, default=32, help="occupancy grid cells per axis (default: 32)")
     p.add_argument("--supersample", type=int, default=2,
                    help="s x s rays per pixel for the anti-aliased alpha (default: 2)")
     p.add_argument("--splits", default="0.8,0.1,0.1", metavar="TRAIN,VAL,TEST",
                    help="fractions of each category's objects per split (default: 0.8,0.1,0.1)")
     add_common(p)
+
+
+def dataset_defaults(network: str, res: int | None = None, lighting: str | None = None) -> dict:
+    """{"resolution", "lighting"} of a dataset for `network` (`DATASET_DEFAULTS`), explicit values winning."""
+    if network not in DATASET_DEFAULTS:
+        raise InputError(f"--for must be one of {', '.join(DATASET_DEFAULTS)}, got {network!r}")
+    given = {"resolution": res, "lighting": lighting}
+    return {key: value if given[key] is None else given[key] for key, value in DATASET_DEFAULTS[network].items()}
 
 
 def cmd_dataset(args: argparse.Namespace) -> None:
@@ -55,6 +83,8 @@ def cmd_dataset(args: argparse.Namespace) -> None:
 
     if bool(args.meshes) == bool(args.generate):
         raise InputError("give mesh files or folders, or --generate CATEGORIES (one of the two)")
+    defaults = dataset_defaults(args.network, args.res, args.lighting)
+    args.res, args.lighting = defaults["resolution"], defaults["lighting"]
     check_positive(args, "views", "res", "voxels", "supersample", "count")
     try:
         fractions = check_fractions([float(f) for f in args.splits.split(",")])
@@ -62,7 +92,7 @@ def cmd_dataset(args: argparse.Namespace) -> None:
         raise InputError(f"--splits must be three fractions TRAIN,VAL,TEST >= 0 summing to 1 with TRAIN > 0, "
                          f"got {args.splits!r}") from None
     settings = DatasetSettings(views=args.views, resolution=args.res, voxels=args.voxels,
-                               supersample=args.supersample)
+                               supersample=args.supersample, lighting=args.lighting)
     if args.generate:
         names = [name.strip() for name in args.generate.split(",") if name.strip()]
         categories = list(CATEGORIES) if names == ["all"] else names
@@ -77,7 +107,7 @@ def cmd_dataset(args: argparse.Namespace) -> None:
     splits = summary.info["splits"]
     print(f"wrote {args.output}: {len(sources)} objects, {len(summary.info['categories'])} categories "
           f"(train {splits['train']}, val {splits['val']}, test {splits['test']}), {args.views} views "
-          f"{args.res}x{args.res}, voxels {args.voxels}^3; {summary.rendered} rendered, "
+          f"{args.res}x{args.res} ({args.lighting}), voxels {args.voxels}^3; {summary.rendered} rendered, "
           f"{summary.reused} from the cache, {summary.seconds:.1f} s")
 
 

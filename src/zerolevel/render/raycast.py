@@ -285,7 +285,7 @@ class MeshRayCaster:
 
     # ------------------------------------------------------------------ images
     def render(self, cameras: Cameras, *, smooth: bool = True, supersample: int = 1,
-               lights: LightSpec = None, ambient: float = 0.1, albedo: float = 1.0,
+               lights: LightSpec = None, ambient: float | np.ndarray = 0.1, albedo: float = 1.0,
                max_rays: int = 1 << 19) -> dict[str, np.ndarray]:
         """Render masks, normals, depth and Lambertian shading for a batch of cameras.
 
@@ -308,7 +308,7 @@ class MeshRayCaster:
                 `-cameras.forward`, i.e. from the surface towards the camera along its axis); a
                 `DirectionalLight` or a list of them shared by all views; or a list of B entries, one
                 per view, each None (headlight), a light, or a list of lights.
-            ambient: ambient term added before clipping.
+            ambient: ambient term added before clipping: one number, or (B,) one per view.
             albedo: grey-level albedo.
             max_rays: rays per Embree call; views (or, for huge images, rows of a view) are
                 processed in chunks of at most this many rays to bound memory (~150 bytes per ray).
@@ -326,6 +326,9 @@ class MeshRayCaster:
         cams = cameras.to(device="cpu", dtype=torch.float64)
         B, H, W = len(cams), cams.height, cams.width
         light_dirs, light_int = light_arrays(lights, cams)
+        per_view_ambient = np.ndim(ambient) > 0  # a scalar goes to `lambertian` as it is given
+        if per_view_ambient:
+            ambient = np.asarray(ambient, dtype=np.float64).reshape(B)
 
         # Sample offsets within a pixel: the s x s grid, plus the centre for even s.
         grid = (np.arange(s) + 0.5) / s - 0.5
@@ -377,8 +380,9 @@ class MeshRayCaster:
                 points = np.einsum("mk,mkj->mj", bary, self.vertices[self.faces[face]])
                 z = np.einsum("mj,mj->m", points, R[view, 2]) + t[view, 2]
                 n = self.hit_normals(face, bary, dirs, smooth=smooth)
+                hit_ambient = torch.from_numpy(ambient[view]) if per_view_ambient else ambient
                 shade = lambertian(torch.from_numpy(n), torch.from_numpy(light_dirs[view]),
-                                   torch.from_numpy(light_int[view]), ambient, albedo).numpy()
+                                   torch.from_numpy(light_int[view]), hit_ambient, albedo).numpy()
                 first = b0 * H * W + r0 * W  # flattened index of the chunk's first pixel
                 _accumulate(out, first, (b1 - b0) * (r1 - r0) * W, ray, S, G, centre, z, n, shade)
         out["normal"] = out["normal"].reshape(B, H, W, 3)
@@ -457,7 +461,7 @@ def crease_normals(faces: np.ndarray, face_normals: np.ndarray, face_areas: np.n
 
 
 def render_mesh(mesh: trimesh.Trimesh | MeshRayCaster, cameras: Cameras, *, smooth: bool = True,
-                supersample: int = 1, lights: LightSpec = None, ambient: float = 0.1,
+                supersample: int = 1, lights: LightSpec = None, ambient: float | np.ndarray = 0.1,
                 albedo: float = 1.0, crease_deg: float | None = 60.0) -> dict[str, np.ndarray]:
     """Ray-cast a world-space mesh into masks, normals, depth and shaded images.
 

@@ -14,7 +14,7 @@ from ..cameras import Cameras
 from .lights import LightSpec, light_arrays
 
 
-def lambertian(normals: Tensor, light_dirs: Tensor, intensities: Tensor, ambient: float = 0.1,
+def lambertian(normals: Tensor, light_dirs: Tensor, intensities: Tensor, ambient: float | Tensor = 0.1,
                albedo: float | Tensor = 1.0, clip: bool = True) -> Tensor:
     """Lambertian grey shading `albedo * (ambient + sum_l I_l * max(0, n . l_l))`.
 
@@ -28,7 +28,8 @@ def lambertian(normals: Tensor, light_dirs: Tensor, intensities: Tensor, ambient
             that broadcasts against `normals[..., None, :]`, e.g. (L, 3) shared by all points or
             (B, 1, L, 3) per view for (B, N, 3) normals.
         intensities: (..., L) light intensities (0 for padding), broadcasting like `light_dirs`.
-        ambient: ambient term, added before the albedo is applied.
+        ambient: ambient term, added before the albedo is applied: a scalar, or a tensor broadcasting
+            against the output (e.g. one value per point).
         albedo: scalar or tensor broadcasting against the output.
         clip: clamp the result to [0, 1].
     Returns:

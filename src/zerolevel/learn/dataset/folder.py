@@ -16,7 +16,10 @@ from ...cameras import Cameras
 from ...errors import InputError
 
 FORMAT = "zerolevel-dataset"
-VERSION = 1
+VERSION = 2  # what `write_dataset` writes: 2 added the normal maps (normals.npy)
+READS = (1, 2)  # the versions `load_split` reads; version 1 has no normal maps
+# How normals.npy stores the normal maps (dataset.json "normals"): decode with `decode_normals`.
+NORMALS = {"space": "world", "encoding": "int8, round(127 * n)", "facing": "camera"}
 SPLITS: tuple[str, ...] = ("train", "val", "test")  # one sub-folder each
 PARTS = ".parts"  # the per-object cache folder; a folder holding it but no dataset.json is unfinished
 
@@ -38,6 +41,8 @@ class DatasetSplit:
     Attributes:
         root: the dataset folder; name: "train", "val" or "test".
         images: (N, V, H, W, 4) uint8 RGBA, memory-mapped (RGB premultiplied by A).
+        normals: (N, V, H, W, 3) int8 world-space normal maps, round(127 * n) facing the camera and 0 on
+            the background, memory-mapped (`decode_normals`); None for a version-1 folder.
         voxels: (N, n, n, n) bool occupancy indexed [x, y, z] over [-0.5, 0.5]^3, memory-mapped.
         ids, categories: per object, in array order.
         cameras: the V ring cameras shared by every object (view v of every object is camera v).
@@ -51,6 +56,7 @@ class DatasetSplit:
     ids: list[str]
     categories: list[str]
     cameras: Cameras
+    normals: np.ndarray | None = None
     info: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
@@ -77,36 +83,52 @@ def read_info(root: str | Path) -> dict:
         raise InputError(f"cannot read ({type(exc).__name__}: {exc})", path) from None
     if not isinstance(info, dict) or info.get("format") != FORMAT:
         raise InputError(f"not a {FORMAT} file", path)
-    if info.get("version") != VERSION:
-        raise InputError(f"dataset version {info.get('version')} (this zerolevel reads {VERSION})", path)
+    if info.get("version") not in READS:
+        raise InputError(f"dataset version {info.get('version')} (this zerolevel reads versions "
+                         f"{' and '.join(map(str, READS))})", path)
     missing = [k for k in ("views", "resolution", "elevation", "distance", "fov", "voxels", "splits") if k not in info]
     if missing:
         raise InputError(f"missing {', '.join(missing)}", path)
     return info
 
 
-def load_split(root: str | Path, split: str) -> DatasetSplit:
+def load_split(root: str | Path, split: str, normals: bool = False) -> DatasetSplit:
     """One split of a dataset folder, its arrays memory-mapped.
 
+    A version-2 folder's normal maps are always read (memory-mapped: nothing is loaded until used);
+    `normals=True` says the caller needs them, so a version-1 folder, which has none, is refused.
+
     Raises:
-        InputError: (one line) a missing, unfinished or corrupt dataset, or an unknown split.
+        InputError: (one line) a missing, unfinished or corrupt dataset, an unknown split, or
+            `normals=True` on a version-1 folder.
     """
     root = Path(root)
     info = read_info(root)
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r} (splits: {', '.join(SPLITS)})", root)
+    has_normals = info["version"] >= 2
+    if normals and not has_normals:
+        raise InputError(f"dataset version {info['version']} has no normal maps: write it again with "
+                         f"`zerolevel dataset` (version {VERSION})", root / "dataset.json")
     V, R, n = int(info["views"]), int(info["resolution"]), int(info["voxels"])
     images = _load_array(root / split / "images.npy", np.uint8, (V, R, R, 4))
+    normal_maps = _load_array(root / split / "normals.npy", np.int8, (V, R, R, 3)) if has_normals else None
     voxels = _load_array(root / split / "voxels.npy", np.bool_, (n, n, n))
     objects = _load_objects(root / split / "objects.json")
-    counts = {len(images), len(voxels), len(objects)}
+    counts = {len(images), len(voxels), len(objects)} | ({len(normal_maps)} if has_normals else set())
     if len(counts) != 1 or len(objects) != info["splits"].get(split, -1):
-        raise InputError(f"split {split}: {len(images)} images, {len(voxels)} voxel grids, {len(objects)} objects, "
-                         f"dataset.json says {info['splits'].get(split)}", root)
+        normal_count = f"{len(normal_maps)} normal maps, " if has_normals else ""
+        raise InputError(f"split {split}: {len(images)} images, {normal_count}{len(voxels)} voxel grids, "
+                         f"{len(objects)} objects, dataset.json says {info['splits'].get(split)}", root)
     cameras = Cameras.ring(n_views=V, elevation_deg=float(info["elevation"]), distance=float(info["distance"]),
                            fov_deg=float(info["fov"]), width=R, height=R)
     return DatasetSplit(root, split, images, voxels, [o["id"] for o in objects],
-                        [o["category"] for o in objects], cameras, info)
+                        [o["category"] for o in objects], cameras, normals=normal_maps, info=info)
+
+
+def decode_normals(normals: np.ndarray) -> np.ndarray:
+    """Stored int8 normal maps (..., 3) as float32 normals n / 127 (unit to within 1/127; 0 on the background)."""
+    return np.asarray(normals, dtype=np.float32) / 127.0
 
 
 def _load_array(path: Path, dtype: type, item_shape: tuple[int, ...]) -> np.ndarray:

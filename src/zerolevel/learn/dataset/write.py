@@ -1,6 +1,6 @@
-"""Building a dataset folder: each object rendered into its cached part (skipped when the cached
-key matches, so a rerun resumes), in worker processes when there are many, then the split arrays
-assembled and dataset.json written last."""
+"""Building a dataset folder: each object rendered into its cached part (images, normal maps,
+voxels; skipped when the cached key matches, so a rerun resumes), in worker processes when there are
+many, then the split arrays assembled and dataset.json written last."""
 
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from tqdm import tqdm
 from ...atomic import atomic_path, write_json
 from ...cameras import Cameras
 from ...errors import InputError
-from .folder import FORMAT, PARTS, VERSION, mesh_path, part_path
-from .settings import LIGHT, VOXEL_BOUNDS, VOXEL_RULE, DatasetSettings
+from .folder import FORMAT, NORMALS, PARTS, VERSION, mesh_path, part_path
+from .settings import LIGHTINGS, VOXEL_BOUNDS, VOXEL_RULE, DatasetSettings
 from .sources import ObjectSource, check_sources
 from .splits import DEFAULT_FRACTIONS, check_fractions, split_objects
-from .views import render_object
+from .views import object_lighting, render_object
 
 
 @dataclass
@@ -81,18 +81,22 @@ def build_part(root: str | Path, source: ObjectSource, settings: DatasetSettings
     mesh = source.mesh()
     # PLY stores float32 vertices: render exactly the mesh that meshes/<id>.ply will hold
     mesh = trimesh.Trimesh(np.asarray(mesh.vertices, np.float32).astype(np.float64), mesh.faces, process=False)
-    images, occupancy = render_object(mesh, cameras, settings.supersample, settings.voxels, source.crease_deg)
+    lighting = object_lighting(settings.lighting, source.id, cameras)
+    images, normals, occupancy = render_object(mesh, cameras, settings.supersample, settings.voxels,
+                                               source.crease_deg, lighting)
     with atomic_path(mesh_path(root, source.id)) as tmp:
         mesh.export(tmp, file_type="ply", vertex_normal=False)
     with atomic_path(part_path(root, source.id)) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, images=images, voxels=occupancy, key=np.array(_part_key(source, settings)))
+            np.savez_compressed(handle, images=images, normals=normals, voxels=occupancy,
+                                key=np.array(_part_key(source, settings)))
     return time.perf_counter() - start
 
 
 def _part_key(source: ObjectSource, settings: DatasetSettings) -> str:
-    return json.dumps({"source": source.key(), "settings": asdict(settings), "light": LIGHT,
-                       "voxels": VOXEL_RULE}, sort_keys=True)
+    """What a part's content depends on; the folder version too, so older parts (no normals) are redone."""
+    return json.dumps({"source": source.key(), "settings": asdict(settings), "light": LIGHTINGS[settings.lighting],
+                       "voxels": VOXEL_RULE, "version": VERSION}, sort_keys=True)
 
 
 def _part_done(root: Path, source: ObjectSource, settings: DatasetSettings) -> bool:
@@ -143,17 +147,17 @@ def _assemble(root: Path, splits: dict[str, list[ObjectSource]], settings: Datas
               source_info: dict | None) -> dict:
     """Write each split's arrays and object list from the parts, drop stale meshes, then dataset.json."""
     V, R, n = settings.views, settings.resolution, settings.voxels
+    arrays = {"images": (np.uint8, (V, R, R, 4)), "normals": (np.int8, (V, R, R, 3)), "voxels": (bool, (n, n, n))}
     for name, members in splits.items():
         folder = root / name
-        with atomic_path(folder / "images.npy") as images_tmp, atomic_path(folder / "voxels.npy") as voxels_tmp:
-            images = np.lib.format.open_memmap(images_tmp, mode="w+", dtype=np.uint8, shape=(len(members), V, R, R, 4))
-            voxels = np.lib.format.open_memmap(voxels_tmp, mode="w+", dtype=bool, shape=(len(members), n, n, n))
-            for i, source in enumerate(members):
-                with np.load(part_path(root, source.id)) as part:
-                    images[i], voxels[i] = part["images"], part["voxels"]
-            images.flush()
-            voxels.flush()
-            del images, voxels
+        for array, (dtype, item_shape) in arrays.items():  # one output open at a time; np.load reads one member
+            with atomic_path(folder / f"{array}.npy") as tmp:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(members), *item_shape))
+                for i, source in enumerate(members):
+                    with np.load(part_path(root, source.id)) as part:
+                        out[i] = part[array]
+                out.flush()
+                del out
         write_json(folder / "objects.json", [{"id": s.id, "category": s.category} for s in members])
     keep = {f"{s.id}.ply" for members in splits.values() for s in members}
     for path in (root / "meshes").glob("*.ply"):
@@ -162,7 +166,8 @@ def _assemble(root: Path, splits: dict[str, list[ObjectSource]], settings: Datas
     categories = list(dict.fromkeys(s.category for members in splits.values() for s in members))
     info = {"format": FORMAT, "version": VERSION, "views": V, "resolution": R,
             "elevation": settings.elevation, "distance": settings.distance, "fov": settings.fov,
-            "voxels": n, "voxelization": VOXEL_RULE, "supersample": settings.supersample, "light": LIGHT,
+            "voxels": n, "voxelization": VOXEL_RULE, "supersample": settings.supersample,
+            "lighting": settings.lighting, "light": LIGHTINGS[settings.lighting], "normals": NORMALS,
             "voxel_bounds": VOXEL_BOUNDS.tolist(), "categories": sorted(categories),
             "splits": {name: len(members) for name, members in splits.items()}, "seed": int(seed),
             "source": source_info or {}}
