@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from .errors import InputError
@@ -63,8 +64,16 @@ def _tetsdf() -> FitParts:
 
 def _softras() -> TrainParts:
     from .learn.predict import load_model, predict
+    from .learn.softras_net import SoftRasNet
     from .learn.train import TrainConfig, train
-    return TrainParts(train, TrainConfig, load_model, predict)
+    return TrainParts(train, TrainConfig, partial(load_model, network=SoftRasNet), predict)
+
+
+def _tetnet() -> TrainParts:
+    from .learn.predict import load_model, predict
+    from .learn.tetnet import TetNet
+    from .learn.tetnet_train import TetNetTrainConfig, train
+    return TrainParts(train, TetNetTrainConfig, partial(load_model, network=TetNet), predict)
 
 
 # Default iterations: where the benchmarks of record (benchmarks/results/multiview*.md) reach their
@@ -78,6 +87,8 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
           "silhouette shrink/expand (Wu et al.); normals and/or masks", 600, _tetsdf),
     Entry("softras", "train", "Soft Rasterizer's deformed-sphere mesh network, trained on silhouettes",
           250_000, _softras),
+    Entry("tetnet", "train", "image to SDF values on a tet grid, marching tetrahedra, trained on normal maps and "
+          "masks (Wu et al.)", 50_000, _tetnet),
 ]}
 
 DEFAULT_FIT = "supernormal"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from pathlib import Path
 
@@ -122,14 +123,19 @@ EPILOG_TRAIN = """examples:
   zerolevel train softras shapes -o run --set eval_every=500 --set val_objects=20 --set checkpoint_every=200
   torchrun --nproc_per_node 2 -m zerolevel train softras shapes -o run --threads 1   # 2 processes, gloo (CPU)
   torchrun --nproc_per_node 4 -m zerolevel train softras shapes -o run --device cuda # a GPU per process, NCCL
+  zerolevel dataset --generate all --count 150 -o shapes128 --for tetnet   # with normal maps, 128x128
+  zerolevel train tetnet shapes128 -o tetrun --budget 1800     # image -> tet-grid SDF, from normals + masks
 
 RUN gets checkpoint.pt (resumable: an interrupted run continues exactly), log.jsonl (losses, validation IoU),
 training.svg (their curves) and summary.json. The defaults are SoftRas's (Adam lr 1e-4, batch 64, 250k
 iterations, cross-render, lr and sigma x0.3 from 150k): on a CPU stop earlier with --budget, --iters or --epochs
-(an epoch: as many samples as the train split has objects). Validation (voxel IoU on the val split) runs once
+(an epoch: as many samples as the train split has objects). tetnet (Wu et al.: SDF values on a 32^3 tet grid,
+marching tetrahedra, rasterised normal maps and masks of two views per sample; zerolevel.learn.tetnet_train)
+needs a dataset with normal maps (version 2) and defaults to Adam lr 3e-4, batch 16, 50k iterations. Validation (voxel IoU on the val split) runs once
 per epoch unless --set eval_every=N. --resume keeps the run's own settings; options given with it may change
 only iterations, epochs, budget and the validation / checkpoint / log intervals. --set KEY=VALUE sets any field
-of zerolevel.learn.train.TrainConfig, after the options (an unknown key lists them).
+of the network's settings (zerolevel.learn.train.TrainConfig, learn.tetnet_train.TetNetTrainConfig), after the
+options (an unknown key lists them).
 Distributed: under torchrun (or `python -m torch.distributed.run`) every process draws the same global batch and
 trains on its share (--batch-size is the global batch, divisible by the process count); gradients are averaged,
 BatchNorm statistics are global, and only rank 0 writes RUN and prints. Without --threads each process takes
@@ -172,11 +178,13 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
                    help="image encoder: SoftRas's three convolutions (baseline, default), residual blocks "
                         "(resnet), or convolutions with squeeze-and-excitation and self-attention (attention)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--iters", type=int, help="iterations in all (default: 250000, SoftRas's)")
+    length.add_argument("--iters", type=int, help="iterations in all (default: the network's: "
+                        + ", ".join(f"{n} {methods.REGISTRY[n].default_iters}" for n in methods.names("train")) + ")")
     length.add_argument("--epochs", type=float, help="instead of --iters: passes over the train objects")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much training time in all")
-    p.add_argument("--batch-size", type=int, help="global batch of (object, two views) samples (default: 64)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default: 1e-4)")
+    p.add_argument("--batch-size", type=int, help="global batch of (object, two views) samples (default: the "
+                   "network's own)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default: the network's own)")
     p.add_argument("--cross-render", action=argparse.BooleanOptionalAction, default=None,
                    help="render both views' meshes from both cameras (SoftRas's published variant, default), "
                         "or encode one view and render it from the other")
@@ -242,6 +250,11 @@ def cmd_train(args: argparse.Namespace) -> None:
         saved = {**saved, "epochs": None}  # --iters replaces a resumed run's epochs
     given = {"encoder": args.encoder, "iterations": args.iters, "epochs": args.epochs, "budget_s": args.budget,
              "batch_size": args.batch_size, "lr": args.lr, "cross_render": args.cross_render, "seed": args.seed}
+    known = {f.name for f in dataclasses.fields(parts.config)}
+    foreign = [name for name, value in given.items() if value is not None and name not in known]
+    if foreign:
+        options = {"cross_render": "--cross-render", "encoder": "--encoder"}
+        raise InputError(f"{', '.join(options.get(n, n) for n in foreign)} does not apply to {args.method}")
     config = run_settings(parts.config, saved, given, overrides, str(run / CHECKPOINT))
     rank, world, local_world = _torchrun_env()
     if config.batch_size % world:

@@ -165,12 +165,13 @@ def voxel_iou(vertices: np.ndarray, faces: np.ndarray, voxels: np.ndarray) -> fl
 
 
 @torch.no_grad()
-def evaluate_iou(net: SoftRasNet, split: Any, views: int = 24, objects: int | None = None,
+def evaluate_iou(net: torch.nn.Module, split: Any, views: int = 24, objects: int | None = None,
                  batch_size: int = 64) -> np.ndarray:
     """Voxel IoU of the network's mesh for each validation object and view.
 
     Args:
-        net: the network (evaluated in eval mode; its mode is restored).
+        net: a single-view network with `predict_meshes(images)` (evaluated in eval mode; its mode
+            is restored).
         split: a dataset split (images (N, V, S, S, 4), voxels (N, n, n, n)).
         views: views per object, evenly spaced over the V ring views.
         objects: the first `objects` objects (None: all).
@@ -183,14 +184,13 @@ def evaluate_iou(net: SoftRasNet, split: Any, views: int = 24, objects: int | No
     obj = np.repeat(np.arange(n_obj), len(view_ids))
     vid = np.tile(view_ids, n_obj)
     device, dtype = next(net.parameters()).device, next(net.parameters()).dtype
-    faces = net.faces.cpu().numpy()
     was_training = net.training
     net.eval()
     ious = np.empty(len(obj))
     for start in range(0, len(obj), batch_size):
         o, v = obj[start:start + batch_size], vid[start:start + batch_size]
-        vertices = net(split_images(split, o, v, device, dtype)).cpu().numpy()
-        for k, (i, verts) in enumerate(zip(o, vertices)):
+        meshes = net.predict_meshes(split_images(split, o, v, device, dtype))
+        for k, (i, (verts, faces)) in enumerate(zip(o, meshes)):
             ious[start + k] = voxel_iou(verts, faces, np.asarray(split.voxels[i], dtype=bool))
     net.train(was_training)
     return ious.reshape(n_obj, len(view_ids))
@@ -207,7 +207,7 @@ def _load_network(run: str | Path, device: str | torch.device) -> tuple[SoftRasN
 
 
 @torch.no_grad()
-def score_predictions(net: SoftRasNet, split: Any, view_ids: np.ndarray, surface_views: int = 1,
+def score_predictions(net: torch.nn.Module, split: Any, view_ids: np.ndarray, surface_views: int = 1,
                       taus: Sequence[float] = DEFAULT_TAUS, points: int = SURFACE_POINTS, batch_size: int = 32,
                       seed: int = 0, progress: bool = True) -> dict[str, np.ndarray]:
     """Predict a mesh from each (object, view) of a split and score it.
@@ -227,7 +227,6 @@ def score_predictions(net: SoftRasNet, split: Any, view_ids: np.ndarray, surface
     K_s = min(max(int(surface_views), 0), K)
     objects, views = np.repeat(np.arange(n_obj), K), np.tile(np.asarray(view_ids, dtype=np.int64), n_obj)
     parameter = next(net.parameters())
-    faces = net.faces.cpu().numpy()
     out = {"iou": np.full(n_obj * K, np.nan), "chamfer": np.full((n_obj, K_s), np.nan),
            "normal_consistency": np.full((n_obj, K_s), np.nan)}
     for tau in taus:
@@ -239,8 +238,8 @@ def score_predictions(net: SoftRasNet, split: Any, view_ids: np.ndarray, surface
     try:
         for start in range(0, len(objects), batch_size):
             o, v = objects[start:start + batch_size], views[start:start + batch_size]
-            vertices = net(split_images(split, o, v, parameter.device, parameter.dtype)).double().cpu().numpy()
-            for k, (i, verts) in enumerate(zip(o, vertices)):
+            meshes = net.predict_meshes(split_images(split, o, v, parameter.device, parameter.dtype))
+            for k, (i, (verts, faces)) in enumerate(zip(o, meshes)):
                 pair = start + k
                 out["iou"][pair] = voxel_iou(verts, faces, np.asarray(split.voxels[i], dtype=bool))
                 j = pair % K  # the view's place among view_ids

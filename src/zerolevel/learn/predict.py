@@ -1,4 +1,8 @@
-"""A trained single-view network from its run folder, and the mesh it predicts from one image."""
+"""A trained single-view network from its run folder, and the mesh it predicts from one image.
+
+Every network (`SoftRasNet`, `TetNet`) has a `config_class` with `from_dict`, `from_config`, an
+`image_size` in its config and `predict_meshes(images)`; a checkpoint names its network's class
+(checkpoints written before that are SoftRas's)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ import trimesh
 
 from ..errors import InputError
 from ..optim.loop import load_checkpoint
-from .softras_net import NetConfig, SoftRasNet
+from .softras_net import SoftRasNet
+from .tetnet import TetNet
+
+NETWORKS: dict[str, type] = {cls.__name__: cls for cls in (SoftRasNet, TetNet)}
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -26,20 +33,27 @@ def load_run(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> SoftRasNet:
+def load_model(path: str | Path, device: str | torch.device = "cpu", network: type | None = None) -> torch.nn.Module:
     """The trained network (eval mode) of a run folder or checkpoint file.
 
     Raises:
-        InputError: no checkpoint there, or one that does not rebuild into a network.
+        InputError: no checkpoint there, one that does not rebuild into a network, or (with
+            `network`) a checkpoint of another network type.
     """
-    return network_from_run(load_run(path), path, device)
+    return network_from_run(load_run(path), path, device, network)
 
 
-def network_from_run(payload: dict[str, Any], source: str | Path, device: str | torch.device = "cpu") -> SoftRasNet:
+def network_from_run(payload: dict[str, Any], source: str | Path, device: str | torch.device = "cpu",
+                     network: type | None = None) -> torch.nn.Module:
     """The trained network (eval mode) of a run's checkpoint dict (`load_run`); errors name `source`."""
     state = payload["state"]
+    kind = NETWORKS.get(state.get("network", SoftRasNet.__name__))
+    if kind is None or (network is not None and kind is not network):
+        found = state.get("network", SoftRasNet.__name__)
+        raise InputError(f"a checkpoint of a {found} network, not of a {network.__name__ if network else 'known'} one",
+                         source)
     try:
-        net = SoftRasNet.from_config(NetConfig.from_dict(state["net"]))
+        net = kind.from_config(kind.config_class.from_dict(state["net"]))
         net.load_state_dict(state["model"])
     except (KeyError, ValueError, RuntimeError) as error:
         raise InputError(f"cannot rebuild the network ({type(error).__name__}: {error})", source) from None
@@ -55,25 +69,27 @@ def _check_image(image: np.ndarray, size: int, source: str) -> None:
         raise InputError("the image has no foreground (its alpha channel is 0 everywhere)", source)
 
 
-def predict(model: str | Path | SoftRasNet, image: np.ndarray, source: str = "image") -> trimesh.Trimesh:
-    """The closed mesh a trained network predicts from one (S, S, 4) uint8 RGBA image.
+def predict(model: str | Path | torch.nn.Module, image: np.ndarray, source: str = "image") -> trimesh.Trimesh:
+    """The mesh a trained network predicts from one (S, S, 4) uint8 RGBA image.
 
     Args:
-        model: a run folder, a checkpoint file or a SoftRasNet.
+        model: a run folder, a checkpoint file or a network.
         image: (S, S, 4) uint8, S the network's image size; alpha is the object's coverage.
         source: how errors name the image.
     Returns:
-        trimesh.Trimesh of the template's topology (642 vertices, 1280 faces) in the ring cameras' world.
+        trimesh.Trimesh in the ring cameras' world (the dataset's normalised frame): SoftRas's, of the
+        template's topology (642 vertices, 1280 faces); the tet network's, its zero level set.
     Raises:
         InputError: wrong size, type or channels, or an empty alpha channel.
     """
-    net = model if isinstance(model, SoftRasNet) else load_model(model)
+    net = model if isinstance(model, torch.nn.Module) else load_model(model)
     _check_image(image, net.config.image_size, source)
     parameter = next(net.parameters())
     was_training = net.training
     net.eval()
-    with torch.no_grad():
-        batch = torch.from_numpy(np.ascontiguousarray(image)).to(parameter.device).permute(2, 0, 1)[None]
-        vertices = net(batch.to(parameter.dtype) / 255)[0].cpu().numpy()
+    batch = torch.from_numpy(np.ascontiguousarray(image)).to(parameter.device).permute(2, 0, 1)[None]
+    vertices, faces = net.predict_meshes(batch.to(parameter.dtype) / 255)[0]
     net.train(was_training)
-    return trimesh.Trimesh(vertices.astype(np.float64), net.faces.cpu().numpy(), process=False)
+    if len(faces) == 0:
+        raise InputError("the network sees no object in this image (its surface is empty)", source)
+    return trimesh.Trimesh(vertices.astype(np.float64), faces, process=False)

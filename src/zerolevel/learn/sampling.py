@@ -86,3 +86,13 @@ def split_cameras(split: Any, views: np.ndarray, device: torch.device | str,
                   dtype: torch.dtype = torch.float32) -> Cameras:
     """The split's cameras of the given (B,) views."""
     return split.cameras[torch.as_tensor(views, dtype=torch.long)].to(device=device, dtype=dtype)
+
+
+def split_normals(split: Any, objects: np.ndarray, views: np.ndarray, device: torch.device | str,
+                  dtype: torch.dtype = torch.float32) -> Tensor:
+    """(B, S, S, 3) world-space normal maps of the given (object, view) pairs: the split's int8
+    normals decoded and made unit length (0 on the background)."""
+    array = np.ascontiguousarray(split.normals[objects, views])  # (B, S, S, 3) int8
+    normals = torch.from_numpy(array).to(device).to(dtype)
+    length = normals.norm(dim=-1, keepdim=True)
+    return torch.where(length > 0, normals / length.clamp_min(1e-12), normals)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -99,6 +100,8 @@ class SoftRasNet(nn.Module):
     `template` (Template, topology for the regularisers).
     """
 
+    config_class = NetConfig
+
     def __init__(self, encoder: str = "baseline", **settings):
         super().__init__()
         self.config = NetConfig(encoder=encoder, **settings)
@@ -119,3 +122,9 @@ class SoftRasNet(nn.Module):
         if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
             raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
         return self.decoder(self.encoder(images))
+
+    @torch.no_grad()
+    def predict_meshes(self, images: Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(vertices float64 (V, 3), faces int64 (F, 3)) of each image's predicted mesh."""
+        faces = self.faces.cpu().numpy()
+        return [(vertices, faces) for vertices in self(images).double().cpu().numpy()]

@@ -209,7 +209,8 @@ class TrainingTask:
         self.step_scale *= factor
 
     def state_dict(self) -> dict[str, Any]:
-        return {"config": asdict(self.config), "net": asdict(self.net.config), "model": self.net.state_dict(),
+        return {"config": asdict(self.config), "network": type(self.net).__name__, "net": asdict(self.net.config),
+                "model": self.net.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "sampler": self.sampler.state_dict(),
                 "val_iou": self.val_iou, "best_val_iou": self.best_val_iou, "decay_from": self.decay_from,
                 "step_scale": self.step_scale}

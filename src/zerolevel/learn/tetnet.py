@@ -1,0 +1,145 @@
+"""Wu et al.'s single-view network: an RGBA image to signed distances on a fixed tetrahedral grid.
+
+One job: `TetNet`, an image encoder (`encoders.py`, after a stride-2 stem that brings S = 128 inputs
+to the encoders' 64) and a 3D convolutional decoder to the SDF values at the vertices of a regular
+tet grid (`geometry.tetgrid.TetGrid.regular`, `grid` cubes per axis over [-bounds, bounds]^3, which
+holds the dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
+
+    code (512) -> Linear -> C0 x (g0 + 1)^3 vertex features, g0 = grid / 2^L
+    L times: trilinear upsampling vertex lattice to vertex lattice ((n + 1)^3 -> (2n + 1)^3, corners
+             aligned, which is exactly the nested lattice of the finer grid), 3x3x3 convolution, ReLU
+    3x3x3 convolution to one channel: the offset, in grid cells, from the initial sphere's SDF
+
+so its output starts (last convolution zero) as the signed distance to a sphere of `init_radius`,
+as SoftRas's network starts as its template sphere. The grid's boundary vertices are kept outside
+(>= half a cell), so every predicted surface is closed. Marching tetrahedra (`geometry.marching`)
+turns each sample's values into a mesh, differentiably in the values (the training's losses reach
+the network through it). The vertex lattice is indexed [x, y, z] in the grid's vertex order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..geometry.marching import marching_tetrahedra
+from ..geometry.tetgrid import TetGrid
+from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, make_encoder
+
+
+@dataclass
+class TetNetConfig:
+    """The network's shape."""
+
+    encoder: str = "baseline"       # encoders.py: "baseline", "resnet", "attention"
+    image_size: int = 128           # S; the stem halves it for the encoder
+    in_channels: int = 4            # RGBA
+    latent: int = LATENT
+    grid: int = 32                  # tet grid cubes per axis (a power of two times the coarsest)
+    bounds: float = 0.55            # the grid spans [-bounds, bounds]^3 (objects: [-0.5, 0.5]^3)
+    channels: tuple[int, ...] = (64, 32, 16, 8)  # decoder features, coarsest lattice to the finest
+    init_radius: float = 0.3        # the starting surface: a sphere of this radius
+
+    def __post_init__(self) -> None:
+        self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        levels = len(self.channels) - 1
+        if self.grid % (1 << levels) or self.grid < (1 << levels) or self.image_size < 16:
+            raise ValueError(f"grid must be a positive multiple of 2^{levels} (one halving per decoder "
+                             f"level) and image_size >= 16, got {self.grid}, {self.image_size}")
+        if not 0 < self.init_radius < self.bounds:
+            raise ValueError("need 0 < init_radius < bounds")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TetNetConfig":
+        """Rebuild from `asdict` output (e.g. read back from a checkpoint); unknown keys are an error."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown network settings {unknown}")
+        return cls(**data)
+
+
+class GridDecoder(nn.Module):
+    """(B, latent) code -> (B, (grid + 1)^3) SDF values at the tet grid's vertices."""
+
+    def __init__(self, config: TetNetConfig, grid: TetGrid):
+        super().__init__()
+        channels = config.channels
+        self.coarse = config.grid >> (len(channels) - 1)
+        self.fc = nn.Linear(config.latent, channels[0] * (self.coarse + 1) ** 3)
+        self.convs = nn.ModuleList(nn.Conv3d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
+        self.out = nn.Conv3d(channels[-1], 1, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+        self.cell = grid.cell
+        n = config.grid + 1
+        start = grid.vertices.norm(dim=1) - config.init_radius
+        coords = grid.coords
+        boundary = ((coords == 0) | (coords == config.grid)).any(dim=1)
+        self.register_buffer("start", start.reshape(1, n, n, n).clone(), persistent=False)
+        self.register_buffer("boundary", boundary.reshape(1, n, n, n).clone(), persistent=False)
+
+    def forward(self, code: Tensor) -> Tensor:
+        m = self.coarse + 1
+        x = F.relu(self.fc(code)).reshape(len(code), -1, m, m, m)
+        for conv in self.convs:
+            size = 2 * x.shape[-1] - 1  # vertex lattice of the halved grid
+            x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=True)
+            x = F.relu(conv(x))
+        values = self.start + self.cell * self.out(x)[:, 0]
+        # boundary vertices stay outside: every surface is closed inside the grid
+        values = torch.where(self.boundary, values.clamp_min(0.5 * self.cell), values)
+        return values.reshape(len(code), -1)
+
+
+class TetNet(nn.Module):
+    """Single-view SDF reconstruction: (B, 4, S, S) RGBA in [0, 1] -> (B, N) SDF values on `grid`.
+
+    `TetNet("resnet")` picks the encoder; other `TetNetConfig` settings are keyword arguments.
+    Attributes: `config`, `grid` (the TetGrid every output lives on; its vertices and tets follow
+    the network's device through `to`).
+    """
+
+    config_class = TetNetConfig
+
+    def __init__(self, encoder: str = "baseline", **settings):
+        super().__init__()
+        self.config = TetNetConfig(encoder=encoder, **settings)
+        c = self.config
+        self.grid = TetGrid.regular(c.grid, bounds=(-c.bounds, c.bounds))
+        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
+        self.encoder = make_encoder(c.encoder, (c.image_size + 1) // 2, 32, c.latent)
+        self.decoder = GridDecoder(c, self.grid)
+        self.register_buffer("grid_vertices", self.grid.vertices.clone(), persistent=False)
+        self.register_buffer("grid_tets", self.grid.tets.clone(), persistent=False)
+
+    @classmethod
+    def from_config(cls, config: TetNetConfig) -> "TetNet":
+        settings = asdict(config)
+        return cls(settings.pop("encoder"), **settings)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B, C, S, S) images with the configured C and S -> (B, N) SDF values at the grid's vertices."""
+        c, s = self.config.in_channels, self.config.image_size
+        if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        return self.decoder(self.encoder(self.stem(images)))
+
+    def mesh(self, values: Tensor, return_edges: bool = False) -> tuple[Tensor, ...]:
+        """Marching tetrahedra on one sample's (N,) values: vertices, faces (and the grid edge of each
+        vertex), differentiable in the values."""
+        return marching_tetrahedra(self.grid_vertices, self.grid_tets, values, return_edges=return_edges)
+
+    @torch.no_grad()
+    def predict_meshes(self, images: Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(vertices float64 (M, 3), faces int64 (K, 3)) of each image's predicted surface."""
+        meshes = []
+        for values in self(images):
+            verts, faces = self.mesh(values)
+            meshes.append((verts.double().cpu().numpy(), faces.cpu().numpy()))
+        return meshes

@@ -1,0 +1,205 @@
+"""The image -> tet-grid SDF network (Wu et al.): its starting surface, its regulariser against a closed
+form, training that reads only images and normal maps (and learns a shape from them), exact resume,
+loading and prediction, and the command line's one-line errors."""
+
+import json
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+from conftest import run_state as load_checkpoint
+
+from zerolevel.cameras import Cameras
+from zerolevel.cli import main
+from zerolevel.errors import InputError
+from zerolevel.geometry.occupancy import solid_voxels
+from zerolevel.learn.dataset.settings import VOXEL_BOUNDS, DatasetSettings
+from zerolevel.learn.dataset.sources import generated_sources
+from zerolevel.learn.dataset.write import write_dataset
+from zerolevel.learn.predict import load_model, predict
+from zerolevel.learn.softras_net import SoftRasNet
+from zerolevel.learn.tetnet import TetNet
+from zerolevel.learn.tetnet_train import TetNetTrainConfig, lattice_eikonal, train
+from zerolevel.render.raycast import MeshRayCaster
+
+SMALL = {"image_size": 32, "grid": 16, "channels": (16, 8, 8)}  # a small network for fast tests
+
+
+class Forbidden:
+    """Stands for what training must never read: any access fails the test."""
+
+    def __getitem__(self, index):
+        raise AssertionError("training read 3D data")
+
+    def __array__(self, *args, **kwargs):
+        raise AssertionError("training read 3D data")
+
+
+@dataclass
+class NormalSplit:
+    """A split of ellipsoids rendered from a ring: images, normal maps; voxels and meshes forbidden."""
+
+    images: np.ndarray
+    normals: np.ndarray
+    cameras: Cameras
+    categories: list
+    voxels: object = None
+    truth: list = None
+
+    def __len__(self):
+        return len(self.images)
+
+    def mesh_path(self, index):
+        raise AssertionError("training read a mesh")
+
+
+def ellipsoids(radii, views: int = 8, size: int = 32) -> NormalSplit:
+    cameras = Cameras.ring(views, elevation_deg=30, distance=2.732, fov_deg=30, width=size, height=size)
+    images, normals, truth = [], [], []
+    for r in radii:
+        mesh = trimesh.creation.icosphere(3)
+        mesh.vertices *= np.asarray(r)
+        out = MeshRayCaster(mesh).render(cameras, supersample=2)
+        rgba = np.concatenate([np.repeat(out["image"][..., None], 3, -1), out["mask"][..., None]], -1)
+        images.append(np.round(rgba * 255).astype(np.uint8))
+        normals.append(np.round(out["normal"] * 127).astype(np.int8))
+        truth.append(mesh)
+    return NormalSplit(np.stack(images), np.stack(normals), cameras, ["ellipsoid"] * len(radii), Forbidden(), truth)
+
+
+def voxel_iou(vertices, faces, truth) -> float:
+    a = solid_voxels(trimesh.Trimesh(vertices, faces, process=False), VOXEL_BOUNDS, 32)
+    b = solid_voxels(truth, VOXEL_BOUNDS, 32)
+    return np.count_nonzero(a & b) / np.count_nonzero(a | b)
+
+
+def config(**changes) -> TetNetTrainConfig:
+    settings = dict(batch_size=2, iterations=4, val_split=None, log_every=1, checkpoint_every=1000, grid=16,
+                    channels=SMALL["channels"])
+    return TetNetTrainConfig(**{**settings, **changes})
+
+
+def run(split, out, cfg, **kwargs):
+    return train(split, out, cfg, "cpu", progress=False, threads=2, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ network
+def test_the_network_starts_as_a_closed_sphere():
+    torch.manual_seed(0)
+    net = TetNet(**SMALL).eval()
+    values = net(torch.rand(2, 4, 32, 32))
+    grid = net.grid
+    expected = grid.vertices.norm(dim=1) - net.config.init_radius
+    boundary = ((grid.coords == 0) | (grid.coords == grid.resolution)).any(dim=1)
+    torch.testing.assert_close(values[0][~boundary], expected[~boundary])
+    assert (values[:, boundary] >= 0.5 * grid.cell - 1e-6).all()
+    vertices, faces = net.predict_meshes(torch.rand(1, 4, 32, 32))[0]
+    mesh = trimesh.Trimesh(vertices, faces)
+    assert mesh.is_watertight
+    radius = np.linalg.norm(vertices, axis=1)
+    assert abs(radius.mean() - 0.3) < 0.01 and radius.std() < 0.01
+
+
+def test_lattice_eikonal_against_a_closed_form():
+    n = 9
+    axis = torch.linspace(-1, 1, n, dtype=torch.float64)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    cell = 2 / (n - 1)
+    plane = (0.6 * x + 0.8 * z).reshape(1, -1)  # |grad| = 1: a distance
+    assert lattice_eikonal(plane, n - 1, cell).item() == pytest.approx(0, abs=1e-12)
+    steep = (3 * y).reshape(1, -1)  # |grad| = 3
+    assert lattice_eikonal(steep, n - 1, cell).item() == pytest.approx(4)
+
+
+def test_a_checkpoint_names_its_network_and_loads_only_as_it(tmp_path):
+    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2)], views=4)
+    run(split, tmp_path / "run", config(iterations=1))
+    net = load_model(tmp_path / "run", network=TetNet)
+    assert isinstance(net, TetNet) and not net.training and net.config.grid == 16
+    with pytest.raises(InputError, match="TetNet network, not of a SoftRasNet"):
+        load_model(tmp_path / "run", network=SoftRasNet)
+    image = split.images[0, 1]
+    mesh = predict(net, image)
+    assert len(mesh.faces) > 0 and np.abs(mesh.vertices).max() < 0.55
+    with pytest.raises(InputError, match="no foreground"):
+        predict(net, np.zeros_like(image))
+    with pytest.raises(InputError, match="32x32"):
+        predict(net, np.zeros((64, 64, 4), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------------ training
+def test_training_reads_only_images_and_normal_maps(tmp_path):
+    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2), (0.25, 0.25, 0.35)], views=4)
+    result = run(split, tmp_path / "run", config(iterations=3, batch_size=3))  # voxels, meshes: Forbidden
+    assert result.iterations == 3
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert {"loss", "normal", "mask", "shrink", "expand", "eikonal", "curvature"} <= set(log[0])
+    assert all(np.isfinite(row["loss"]) for row in log if "loss" in row)
+
+
+def test_training_without_normal_maps_is_refused(tmp_path):
+    split = ellipsoids([(0.3, 0.2, 0.25)], views=4)
+    split.normals = None
+    with pytest.raises(InputError, match="no normal maps"):
+        run(split, tmp_path / "run", config())
+
+
+def test_training_learns_an_ellipsoid_from_its_normal_maps(tmp_path):
+    """One flat ellipsoid seen from a ring: the network's surface moves from the starting sphere
+    (voxel IoU under 0.5 with the truth) to the ellipsoid (over 0.75 after 60 iterations)."""
+    split = ellipsoids([(0.42, 0.12, 0.3)], views=8)
+    truth = split.truth[0]
+    start = TetNet(grid=16, image_size=32, channels=SMALL["channels"]).eval()
+    before = voxel_iou(*start.predict_meshes(torch.zeros(1, 4, 32, 32))[0], truth)
+    run(split, tmp_path / "run", config(iterations=60, batch_size=4, lr=1e-3, decay_at=40))
+    net = load_model(tmp_path / "run", network=TetNet)
+    image = torch.from_numpy(split.images[0, 2]).permute(2, 0, 1)[None].float() / 255
+    after = voxel_iou(*net.predict_meshes(image)[0], truth)
+    assert before < 0.5 and after > 0.75, (before, after)
+
+
+def test_resume_continues_exactly(tmp_path):
+    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2)], views=4)
+    cfg = config(iterations=4, checkpoint_every=2, dtype="float64")
+    run(split, tmp_path / "whole", cfg)
+    run(split, tmp_path / "part", config(iterations=2, checkpoint_every=2, dtype="float64"))
+    run(split, tmp_path / "part", cfg, resume=True)
+    whole = load_checkpoint(tmp_path / "whole")["model"]
+    part = load_checkpoint(tmp_path / "part")["model"]
+    for name in whole:
+        torch.testing.assert_close(part[name], whole[name], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------ command line
+@pytest.fixture(scope="module")
+def version_1_dataset(tmp_path_factory):
+    """A tiny dataset folder made version 1 (no normal maps)."""
+    root = tmp_path_factory.mktemp("tetnet") / "set"
+    write_dataset(root, generated_sources(["vase"], 3, seed=0), DatasetSettings(views=4, resolution=32),
+                  progress=False)
+    shutil.rmtree(root / ".parts")
+    for path in root.glob("*/normals.npy"):
+        path.unlink()
+    info = json.loads((root / "dataset.json").read_text())
+    info["version"] = 1
+    (root / "dataset.json").write_text(json.dumps(info))
+    return root
+
+
+def test_cli_train_tetnet_on_a_dataset_without_normals(capsys, version_1_dataset, tmp_path):
+    out = tmp_path / "run"
+    code = main(["train", "tetnet", str(version_1_dataset), "-o", str(out), "--iters", "1", "-q"])
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "version 1 has no normal maps" in lines[0], err
+    assert str(version_1_dataset / "dataset.json") in lines[0]
+    assert not out.exists()
+
+
+def test_cli_train_tetnet_refuses_softras_options(capsys, version_1_dataset, tmp_path):
+    code = main(["train", "tetnet", str(version_1_dataset), "-o", str(tmp_path / "run"), "--no-cross-render", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--cross-render does not apply to tetnet" in err
