@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zerolevel.errors import InputError
-from zerolevel.geometry.tetgrid import TetGrid, kuhn_interpolate
+from zerolevel.geometry.tetgrid import TetGrid, kuhn_interpolate, lattice_evaluate
 
 
 def _signed_volumes(grid: TetGrid) -> torch.Tensor:
@@ -90,3 +90,18 @@ def test_two_subdivisions_carry_values_across_band_faces():
         grid, values = grid.subdivide(values, band=1)
     torch.testing.assert_close(values, TetGrid.regular(6).evaluate(grid.vertices, TetGrid.regular(6).vertices
                                                                    .double().norm(dim=1) - 0.5))
+
+
+def test_lattice_evaluate_matches_the_grid_for_a_batch_and_is_inf_outside_the_box():
+    grid = TetGrid.regular(4, bounds=(-0.5, 0.5))
+    gen = torch.Generator().manual_seed(3)
+    values = torch.randn(2, len(grid.vertices), generator=gen, dtype=torch.float64, requires_grad=True)
+    inside = torch.rand(2, 50, 3, generator=gen, dtype=torch.float64) - 0.5
+    points = torch.cat([inside, torch.tensor([[[0.7, 0.0, 0.0]]] * 2, dtype=torch.float64)], dim=1)
+    batched = lattice_evaluate(values, points, 4, (-0.5, 0.5))
+    for b in range(2):
+        expected = grid.evaluate(inside[b], values[b])
+        assert torch.allclose(batched[b, :50], expected, atol=1e-12)
+    assert torch.isinf(batched[:, 50]).all()
+    batched[:, :50].sum().backward()
+    assert values.grad[0].abs().sum() > 0 and values.grad[1].abs().sum() > 0

@@ -149,7 +149,8 @@ def test_training_without_normal_maps_is_refused(tmp_path):
 
 def test_training_learns_an_ellipsoid_from_its_normal_maps(tmp_path):
     """One flat ellipsoid seen from a ring: the network's surface moves from the starting sphere
-    (voxel IoU under 0.5 with the truth) to the ellipsoid (over 0.75 after 60 iterations)."""
+    (voxel IoU under 0.5 with the truth) to the ellipsoid (over 0.7 after 60 iterations; the run
+    reaches 0.75-0.77, and a change of summation order alone moves it by ~0.02)."""
     split = ellipsoids([(0.42, 0.12, 0.3)], views=8)
     truth = split.truth[0]
     start = TetNet(grid=16, image_size=32, channels=SMALL["channels"]).eval()
@@ -158,7 +159,7 @@ def test_training_learns_an_ellipsoid_from_its_normal_maps(tmp_path):
     net = load_model(tmp_path / "run", network=TetNet)
     image = torch.from_numpy(split.images[0, 2]).permute(2, 0, 1)[None].float() / 255
     after = voxel_iou(*net.predict_meshes(image)[0], truth)
-    assert before < 0.5 and after > 0.75, (before, after)
+    assert before < 0.5 and after > 0.7, (before, after)
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -53,13 +53,16 @@ class VisualHullField(torch.nn.Module):
 
     def forward(self, points: Tensor) -> Tensor:
         """(N, 3) world points -> (N,) field values."""
+        return 0.5 - self.coverage(points).min(dim=0).values
+
+    def coverage(self, points: Tensor) -> Tensor:
+        """(N, 3) world points -> (B, N): each view's bilinear mask value at their projections."""
         uv, depth = self.cameras.project(points.to(self.masks.dtype))
         size = torch.tensor([self.cameras.width, self.cameras.height], dtype=uv.dtype, device=uv.device)
         grid = (2 * uv / size - 1)[:, :, None, :]  # grid_sample's [-1, 1] with align_corners=False
         coverage = torch.nn.functional.grid_sample(self.masks, grid, mode="bilinear",
                                                    padding_mode="zeros", align_corners=False)
-        coverage = coverage[:, 0, :, 0].masked_fill(depth <= 0, 0.0)
-        return 0.5 - coverage.min(dim=0).values
+        return coverage[:, 0, :, 0].masked_fill(depth <= 0, 0.0)
 
 
 @torch.no_grad()

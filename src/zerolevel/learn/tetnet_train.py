@@ -27,6 +27,7 @@ their alpha) and normal maps — never a mesh or voxels (`tests/test_tetnet.py` 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,8 @@ from torch import Tensor
 from .. import losses as L
 from ..cameras import Cameras
 from ..geometry.rays import ray_sphere_interval
-from ..geometry.tetgrid import inside_ends
+from ..geometry.tetgrid import inside_ends, lattice_evaluate
+from ..geometry.visual_hull import VisualHullField
 from ..optim.distributed import Distributed
 from ..render.raster import render_normals
 from .encoders import ENCODERS
@@ -45,7 +47,8 @@ from .sampling import split_normals
 from .tetnet import TetNet
 from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
 
-TERMS = ("normal", "mask", "shrink", "expand", "eikonal", "curvature")
+SURFACE_TERMS = ("normal", "mask", "shrink", "curvature")  # of each sample's mesh
+TERMS = ("normal", "mask", "shrink", "expand", "carve", "eikonal", "curvature")
 
 
 @dataclass
@@ -66,6 +69,7 @@ class TetNetTrainConfig(TrainingConfig):
     w_expand: float = 0.1
     w_eikonal: float = 0.1
     w_curvature: float = 0.01
+    w_carve: float = 0.0                # volumetric shrink (`carve`); off until measured to help
     margin: float = 0.1                # shrink / expand push values this many cells past zero
     expand_rays: int = 256             # at most this many uncovered pixels per sample
 
@@ -96,56 +100,100 @@ class TetNetTraining(TrainingTask):
         masks = torch.cat([batch.images_a[:, 3], batch.images_b[:, 3]])  # (2B, S, S), sample i: i, B + i
         normals = torch.cat([split_normals(split, batch.objects, views, device, dtype)
                              for views in (batch.view_a, batch.view_b)])
-        sums = {name: values.new_zeros(()) for name in TERMS}
+        sums = {name: values.new_zeros(()) for name in SURFACE_TERMS}
+        missing = torch.empty_like(masks, dtype=torch.bool)  # wanted pixels the mesh does not cover
         for i in range(B):
             views = torch.tensor([i, B + i], device=device)
-            for name, term in self.sample_terms(values[i], cameras[views], masks[views], normals[views]).items():
+            terms, missing[views] = self.surface_terms(values[i], cameras[views], masks[views], normals[views])
+            for name, term in terms.items():
                 sums[name] = sums[name] + term
         parts = {name: total / B for name, total in sums.items()}
+        parts["expand"] = self.expand(values, cameras, missing)
+        parts["carve"] = self.carve(values, cameras, masks)
         parts["eikonal"] = lattice_eikonal(values, net.config.grid, net.grid.cell)
         weights = {"normal": cfg.w_normal, "mask": cfg.w_mask, "shrink": cfg.w_shrink, "expand": cfg.w_expand,
-                   "eikonal": cfg.w_eikonal, "curvature": cfg.w_curvature}
+                   "carve": cfg.w_carve, "eikonal": cfg.w_eikonal, "curvature": cfg.w_curvature}
         parts["loss"] = sum(weights[name] * parts[name] for name in TERMS)
         return parts
 
-    def sample_terms(self, values: Tensor, cameras: Cameras, masks: Tensor, normals: Tensor) -> dict[str, Tensor]:
-        """The image terms of one sample: its (N,) grid values seen by its cameras, against their
-        (K, S, S) masks and (K, S, S, 3) normal maps."""
-        cfg, grid = self.config, self.net.grid
-        margin = cfg.margin * grid.cell
+    def surface_terms(self, values: Tensor, cameras: Cameras, masks: Tensor,
+                      normals: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+        """The terms of one sample's mesh: its (N,) grid values seen by its cameras, against their
+        (K, S, S) masks and (K, S, S, 3) normal maps; and the (K, S, S) wanted pixels it misses."""
         wanted = masks > 0.5
         verts, faces, edges = self.net.mesh(values, return_edges=True)
-        if len(faces) == 0:  # the surface vanished: only the expand term can bring it back
+        if len(faces) == 0:  # the surface vanished: only the expand and carve terms act
             zero = values.sum() * 0
-            expand = L.expand_loss(self.lowest_values(values, cameras, wanted), margin)
-            return {"normal": zero, "mask": zero, "shrink": zero, "expand": expand, "eikonal": zero,
-                    "curvature": zero}
+            return {name: zero for name in SURFACE_TERMS}, wanted
         out = render_normals(verts, faces, cameras)
         frags = out["fragments"]
         covered = frags.mask > 0.5
         extra = covered & ~wanted
+        margin = self.config.margin * self.net.grid.cell
         return {"normal": L.normal_l1(out["normal"], normals, covered & wanted),
                 "mask": L.mask_l2(out["mask"], masks),
                 "shrink": L.shrink_loss(inside_ends(values, edges[faces[frags.face[extra]]]), margin),
-                "expand": L.expand_loss(self.lowest_values(values, cameras, wanted & ~covered), margin),
-                "eikonal": values.new_zeros(()),  # over the whole batch's lattice, in batch_losses
-                "curvature": L.mesh_area(verts, faces)}
+                "curvature": L.mesh_area(verts, faces)}, wanted & ~covered
 
-    def lowest_values(self, values: Tensor, cameras: Cameras, missing: Tensor) -> Tensor:
-        """The smallest grid value along the rays of (at most `expand_rays`) missing pixels."""
-        index = missing.nonzero()
-        if len(index) > self.config.expand_rays:
-            pick = torch.randperm(len(index), generator=self.generator)[:self.config.expand_rays]
-            index = index[pick.to(index.device)]
-        if len(index) == 0:
-            return values[:0]
-        grid = self.net.grid
-        uv = index[:, [2, 1]].to(cameras.dtype) + 0.5
-        origins, directions = cameras[index[:, 0]].rays(uv[:, None, :])
-        radius = grid.bounds[1] * 3 ** 0.5  # the sphere around the grid's box
-        near, far, _ = ray_sphere_interval(origins[:, 0], directions[:, 0], radius)
-        return grid.lowest_on_rays(values, origins[:, 0].to(values.dtype), directions[:, 0].to(values.dtype),
-                                   near.to(values.dtype), far.to(values.dtype), length=2 * radius)
+    def expand(self, values: Tensor, cameras: Cameras, missing: Tensor) -> Tensor:
+        """The expand term of the batch: per sample, the mean hinge on the smallest grid value along
+        the rays of (at most `expand_rays` of) its missing pixels, averaged over the samples.
+        values (B, N); cameras and missing (2B, ...), sample i's views at i and B + i."""
+        B, limit = len(values), self.config.expand_rays
+        picks = []
+        for i in range(B):
+            index = missing[[i, B + i]].nonzero()  # (view 0 / 1, row, column)
+            if len(index) > limit:
+                index = index[torch.randperm(len(index), generator=self.generator)[:limit].to(index.device)]
+            picks.append(index)
+        count = max(len(index) for index in picks)
+        if count == 0:
+            return values.sum() * 0
+        # pad every sample to `count` rays (repeating its view 0's centre pixel; masked out below)
+        padded = torch.zeros(B, count, 3, dtype=torch.long, device=values.device)
+        valid = torch.zeros(B, count, dtype=torch.bool, device=values.device)
+        for i, index in enumerate(picks):
+            padded[i, :len(index)], valid[i, :len(index)] = index, True
+        camera = padded[..., 0] * B + torch.arange(B, device=values.device)[:, None]  # (B, count)
+        uv = padded[..., [2, 1]].to(cameras.dtype) + 0.5
+        origins, directions = cameras[camera.reshape(-1)].rays(uv.reshape(-1, 1, 2))
+        origins, directions = origins[:, 0].to(values.dtype), directions[:, 0].to(values.dtype)
+        lowest = self.lowest_on_rays(values, origins.reshape(B, count, 3), directions.reshape(B, count, 3))
+        hinge = (lowest + self.config.margin * self.net.grid.cell).clamp_min(0.0)
+        hinge = torch.where(valid & torch.isfinite(lowest), hinge, torch.zeros_like(hinge))
+        rays = (valid & torch.isfinite(lowest)).sum(dim=1)
+        return (hinge.sum(dim=1) / rays.clamp_min(1)).sum() / B
+
+    def lowest_on_rays(self, values: Tensor, origins: Tensor, directions: Tensor, spacing: float = 0.5) -> Tensor:
+        """(B, R) smallest grid value along each ray of each sample (origins, directions (B, R, 3)),
+        over samples `spacing` cells apart inside the sphere around the grid's box, chosen without
+        gradients and evaluated again with them; +inf for a ray that misses the box."""
+        net = self.net
+        lo, hi = net.grid.bounds
+        radius = hi * 3 ** 0.5  # the sphere around the grid's box
+        near, far, _ = ray_sphere_interval(origins.reshape(-1, 3), directions.reshape(-1, 3), radius)
+        count = max(2, math.ceil(2 * radius / (spacing * net.grid.cell)) + 1)
+        t = torch.linspace(0.0, 1.0, count, device=values.device, dtype=values.dtype)
+        depth = (near[:, None] + (far - near)[:, None] * t).reshape(*origins.shape[:2], count)
+        points = origins[..., None, :] + depth[..., None] * directions[..., None, :]  # (B, R, K, 3)
+        B, R = origins.shape[:2]
+        with torch.no_grad():
+            sampled = lattice_evaluate(values, points.reshape(B, -1, 3), net.config.grid, (lo, hi))
+            sampled = sampled.reshape(B, R, count)
+        lowest = torch.gather(points, 2, sampled.argmin(dim=2)[..., None, None].expand(B, R, 1, 3))[:, :, 0]
+        result = lattice_evaluate(values, lowest, net.config.grid, (lo, hi))
+        return torch.where(torch.isfinite(sampled.min(dim=2).values), result, torch.full_like(result, math.inf))
+
+    def carve(self, values: Tensor, cameras: Cameras, masks: Tensor) -> Tensor:
+        """Shrink over the volume: every lattice vertex that projects onto the background of one of
+        its sample's views (or off the image) lies outside the object, so its value is pushed past
+        +margin; the mean hinge over those vertices. values (B, N); cameras and masks (2B, ...), sample
+        i's views at i and B + i."""
+        B = len(values)
+        coverage = VisualHullField(cameras, masks).coverage(self.net.grid_vertices)  # (2B, N)
+        outside = coverage.reshape(2, B, -1).amin(dim=0) < 0.5
+        margin = self.config.margin * self.net.grid.cell
+        return L.shrink_loss(values[outside], margin)
 
 
 def lattice_eikonal(values: Tensor, grid: int, cell: float) -> Tensor:
