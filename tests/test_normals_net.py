@@ -23,7 +23,7 @@ from zerolevel.learn.dataset.views import normals_to_int8
 from zerolevel.learn.dataset.write import write_dataset
 from zerolevel.learn.normals_eval import angular_errors, error_stats, mean_normal_maps, normal_errors
 from zerolevel.learn.normals_predict import predict_normal_map, predict_split_normals, with_predicted_normals
-from zerolevel.learn.pix2pix import NormalsNet, PatchDiscriminator
+from zerolevel.learn.pix2pix import NormalsNet, PatchDiscriminator, to_camera, to_world
 from zerolevel.learn.pix2pix_train import NormalsTrainConfig, train
 from zerolevel.learn.predict import load_model
 from zerolevel.scene import validate_normals
@@ -254,3 +254,27 @@ def test_tetnet_trains_on_the_predicted_normals(splits, normals_run, tmp_path, m
     assert split.normals is None  # the caller's split is left alone
     with pytest.raises(InputError, match="takes 32x32"):
         with_predicted_normals(SimpleNamespace(images=np.zeros((1, 2, 64, 64, 4), np.uint8)), normals_run)
+
+
+def test_camera_space_networks_are_scored_and_used_in_world_space(splits, tmp_path):
+    """A camera-space network's normals, turned by each view's rotation, are what evaluation and
+    normals_from see: the world-space target turned into camera space and back is unchanged."""
+    split = splits[0]
+    rotations = split.cameras.R[torch.tensor([1, 5])].double()
+    target = torch.from_numpy(split.normals[0, [1, 5]].astype(np.float64) / 127)
+    torch.testing.assert_close(to_world(to_camera(target, rotations), rotations), target)
+    camera = to_camera(target, rotations)
+    foreground = target.norm(dim=-1) > 0
+    facing = -torch.einsum("bhwk,bk->bhw", target, split.cameras.forward[[1, 5]].double())
+    torch.testing.assert_close(camera[..., 2][foreground], -facing[foreground])  # z: towards the camera is -z
+    run(split, tmp_path / "run", config(iterations=1, space="camera"))
+    net = load_model(tmp_path / "run", network=NormalsNet)
+    assert net.config.space == "camera"
+    images = torch.from_numpy(split.images[0, [1, 5]]).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        world = net.world_normals(images, split.cameras.R[[1, 5]])
+        torch.testing.assert_close(world, to_world(net(images).permute(0, 2, 3, 1), split.cameras.R[[1, 5]]))
+    assert not torch.allclose(world, net(images).permute(0, 2, 3, 1))
+    predicted = predict_split_normals(net, split)  # int8: the batch's float rounding may flip a step
+    difference = predicted[0, [1, 5]].astype(int) - normals_to_int8(world.double().numpy())
+    assert np.abs(difference).max() <= 1

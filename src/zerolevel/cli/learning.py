@@ -353,7 +353,7 @@ def cmd_predict_normals(args: argparse.Namespace) -> None:
     rgba = _network_input(args.image, args.mask, net.config.image_size)
     normals = predict_normal_map(net, rgba, source=args.image)
     write_normal_map(args.output, normals)
-    print(f"wrote {args.output}: {rgba.shape[1]}x{rgba.shape[0]} world-space normals, "
+    print(f"wrote {args.output}: {rgba.shape[1]}x{rgba.shape[0]} {net.config.space}-space normals, "
           f"{int(np.any(normals != 0, axis=-1).sum())} foreground pixels")
 
 

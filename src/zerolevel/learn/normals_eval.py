@@ -83,7 +83,8 @@ def normal_errors(net: torch.nn.Module, split: Any, view_ids: np.ndarray, object
         for start in range(0, len(obj), batch_size):
             o, v = obj[start:start + batch_size], vid[start:start + batch_size]
             target = split_normals(split, o, v, "cpu", torch.float64)
-            predicted = net(split_images(split, o, v, parameter.device, parameter.dtype)).permute(0, 2, 3, 1)
+            rotations = split.cameras.R[torch.as_tensor(v)].to(parameter.device)
+            predicted = net.world_normals(split_images(split, o, v, parameter.device, parameter.dtype), rotations)
             ours.append(angular_errors(predicted, target))
             if baseline is not None:
                 theirs.append(angular_errors(baseline[v], target))

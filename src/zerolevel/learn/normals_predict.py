@@ -30,8 +30,8 @@ NORMAL_FORMATS = ("png", "npy")  # what predict-normals writes, by the output's 
 
 @torch.no_grad()
 def predict_normals(net: NormalsNet, images: Tensor) -> Tensor:
-    """(B, S, S, 3) unit normals (0 where alpha = 0) of (B, 4, S, S) RGBA images in [0, 1], in eval
-    mode (no dropout; the network's mode is restored)."""
+    """(B, S, S, 3) unit normals (0 where alpha = 0, in the network's `config.space`) of (B, 4, S, S)
+    RGBA images in [0, 1], in eval mode (no dropout; the network's mode is restored)."""
     was_training = net.training
     net.eval()
     try:
@@ -41,8 +41,9 @@ def predict_normals(net: NormalsNet, images: Tensor) -> Tensor:
 
 
 def predict_normal_map(net: NormalsNet, image: np.ndarray, source: str = "image") -> np.ndarray:
-    """(S, S, 3) float32 world-space unit normals (0 on the background) of one (S, S, 4) uint8 RGBA
-    image (RGB premultiplied by alpha, as the dataset's); InputError for a wrong size or an empty alpha."""
+    """(S, S, 3) float32 unit normals (0 on the background) of one (S, S, 4) uint8 RGBA image (RGB
+    premultiplied by alpha, as the dataset's), in the network's `config.space` (world, or the image's
+    camera frame); InputError for a wrong size or an empty alpha."""
     _check_image(image, net.config.image_size, source)
     parameter = next(net.parameters())
     batch = torch.from_numpy(np.ascontiguousarray(image)).to(parameter.device).permute(2, 0, 1)[None]
@@ -63,16 +64,23 @@ def write_normal_map(path: str | Path, normals: np.ndarray) -> None:
 
 
 def predict_split_normals(net: NormalsNet, split: Any, batch_size: int = 32) -> np.ndarray:
-    """(N, V, S, S, 3) int8 normal maps of every image of a split, in the dataset's encoding
-    (round(127 n), 0 on the background)."""
+    """(N, V, S, S, 3) int8 world-space normal maps of every image of a split, in the dataset's
+    encoding (round(127 n), 0 on the background), in eval mode (the network's mode is restored)."""
     parameter = next(net.parameters())
     N, V = split.images.shape[:2]
     objects, views = np.repeat(np.arange(N), V), np.tile(np.arange(V), N)
     out = np.zeros((*split.images.shape[:-1], 3), dtype=np.int8)
-    for start in range(0, len(objects), batch_size):
-        o, v = objects[start:start + batch_size], views[start:start + batch_size]
-        normals = predict_normals(net, split_images(split, o, v, parameter.device, parameter.dtype))
-        out[o, v] = normals_to_int8(normals.double().cpu().numpy())
+    was_training = net.training
+    net.eval()
+    try:
+        for start in range(0, len(objects), batch_size):
+            o, v = objects[start:start + batch_size], views[start:start + batch_size]
+            rotations = split.cameras.R[torch.as_tensor(v)].to(parameter.device)
+            with torch.no_grad():
+                normals = net.world_normals(split_images(split, o, v, parameter.device, parameter.dtype), rotations)
+            out[o, v] = normals_to_int8(normals.double().cpu().numpy())
+    finally:
+        net.train(was_training)
     return out
 
 

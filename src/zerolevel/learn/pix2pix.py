@@ -25,6 +25,11 @@ The discriminator (pix2pix's `NLayerDiscriminator`, n_layers = len(channels) - 1
 LeakyReLU(0.2); n - 1 times Conv 4x4 stride 2, InstanceNorm, LeakyReLU; Conv 4x4 stride 1,
 InstanceNorm, LeakyReLU; Conv 4x4 stride 1 to one logit per patch. Four widths give pix2pix's
 70x70 receptive field; three give 34x34.
+
+`space`: "world" (default) predicts the dataset's world-space normals directly, so the network must
+also tell from the image which ring view it shows (for a symmetric object it cannot); "camera"
+predicts them in the input view's camera frame (OpenCV: x right, y down, z forward), and
+`world_normals` turns them to world space with the view's rotation, known for every dataset image.
 """
 
 from __future__ import annotations
@@ -34,6 +39,18 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+SPACES = ("world", "camera")
+
+
+def to_world(normals: Tensor, rotations: Tensor) -> Tensor:
+    """(B, S, S, 3) camera-space normals to world space, n_w = R^T n_c, with (B, 3, 3) world-to-camera R."""
+    return torch.einsum("bij,bhwi->bhwj", rotations.to(normals.dtype), normals)
+
+
+def to_camera(normals: Tensor, rotations: Tensor) -> Tensor:
+    """(B, S, S, 3) world-space normals to camera space, n_c = R n_w, with (B, 3, 3) world-to-camera R."""
+    return torch.einsum("bij,bhwj->bhwi", rotations.to(normals.dtype), normals)
 
 
 @dataclass
@@ -45,6 +62,7 @@ class NormalsNetConfig:
     channels: tuple[int, ...] = (16, 32, 64, 128, 128, 128, 128)  # pix2pix unet_256 (ngf 64) / 4, per level
     dropout: float = 0.5                   # pix2pix: Dropout(0.5) in the decoder's ...
     dropout_blocks: int = 3                # ... three innermost blocks
+    space: str = "world"                   # the frame of the output normals: "world" or "camera"
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list
@@ -54,6 +72,8 @@ class NormalsNetConfig:
                              f"2^{levels} (one halving per level), got {self.channels}, {self.image_size}")
         if not 0 <= self.dropout < 1:
             raise ValueError("dropout must be in [0, 1)")
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(SPACES)}, not {self.space!r}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "NormalsNetConfig":
@@ -108,6 +128,12 @@ class NormalsNet(nn.Module):
             x = torch.cat([up(x), skips.pop()], dim=1)
         normals = F.normalize(self.ups[-1](x), dim=1, eps=1e-6)
         return normals * (images[:, 3:4] > 0).to(normals.dtype)
+
+    def world_normals(self, images: Tensor, rotations: Tensor) -> Tensor:
+        """(B, S, S, 3) world-space normals of (B, 4, S, S) images taken by cameras of (B, 3, 3)
+        world-to-camera rotations (used only when the network predicts in camera space)."""
+        normals = self(images).permute(0, 2, 3, 1)
+        return to_world(normals, rotations) if self.config.space == "camera" else normals
 
 
 class PatchDiscriminator(nn.Module):

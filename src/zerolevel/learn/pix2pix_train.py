@@ -4,8 +4,9 @@ One job: the settings and the two-player step of `NormalsNet`'s training; the sa
 resume, distribution and run folder are every network's (`learn.training`, `optim.loop`).
 
 A step: every sample of the global batch is an object and its input view a (`PairSampler`,
-class-balanced; view b is unused). With x the RGBA image, y the dataset's normal map and G(x) the
-generator's (both 0 on the background, so neither network can tell them apart there):
+class-balanced; view b is unused). With x the RGBA image, y the dataset's normal map (turned into view
+a's camera frame when `space="camera"`) and G(x) the generator's (both 0 on the background, so neither
+network can tell them apart there):
 
     discriminator: 0.5 * (GAN(D(x, y), real) + GAN(D(x, G(x)), fake))      (pix2pix halves it)
     generator:     w_gan * GAN(D(x, G(x)), real) + w_l1 * L1(G(x), y)
@@ -37,7 +38,7 @@ from ..errors import InputError
 from ..optim.distributed import Distributed
 from .evaluate import view_indices
 from .normals_eval import normal_errors
-from .pix2pix import NormalsNet, PatchDiscriminator
+from .pix2pix import SPACES, NormalsNet, PatchDiscriminator, to_camera
 from .sampling import split_normals
 from .training import TrainingConfig, TrainingTask, TrainResult, run_training
 
@@ -52,6 +53,8 @@ class NormalsTrainConfig(TrainingConfig):
     channels: tuple[int, ...] = (16, 32, 64, 128, 128, 128, 128)  # generator widths (pix2pix.py); fewer
                                                                   # levels for images under 128^2
     dropout: float = 0.5               # pix2pix's decoder dropout
+    space: str = "world"               # the normals the generator predicts: "world" (the dataset's) or
+                                       # "camera" (the input view's frame; pix2pix.py's docstring)
     d_channels: tuple[int, ...] = (16, 32, 64, 128)  # PatchGAN widths: n_layers 3, 70x70 patches (ndf 64 / 4)
     gan_loss: str = "bce"              # pix2pix's --gan_mode vanilla; "lsgan": least squares
     w_l1: float = 100.0                # pix2pix's lambda_L1
@@ -68,6 +71,8 @@ class NormalsTrainConfig(TrainingConfig):
         super().__post_init__()
         self.channels = tuple(int(c) for c in self.channels)
         self.d_channels = tuple(int(c) for c in self.d_channels)
+        if self.space not in SPACES:
+            raise ValueError(f"space must be one of {', '.join(SPACES)}, not {self.space!r}")
         if self.gan_loss not in GAN_LOSSES:
             raise ValueError(f"gan_loss must be one of {', '.join(GAN_LOSSES)}, not {self.gan_loss!r}")
         if len(self.d_channels) < 2 or min(self.d_channels) < 1:
@@ -115,8 +120,10 @@ class NormalsTraining(TrainingTask):
             for group in optimizer.param_groups:
                 group["lr"] = lr
         images = batch.images_a
-        target = split_normals(self.train_split, batch.objects, batch.view_a, self.device,
-                               cfg.torch_dtype).permute(0, 3, 1, 2)
+        target = split_normals(self.train_split, batch.objects, batch.view_a, self.device, cfg.torch_dtype)
+        if cfg.space == "camera":
+            target = to_camera(target, batch.cameras_a.R)
+        target = target.permute(0, 3, 1, 2)
         foreground = target.abs().sum(1, keepdim=True) > 0
         fake = self.model(images) * foreground
         # the discriminator, on real and (detached) fake pairs in one call
@@ -168,7 +175,7 @@ def _make_task(train_split: Any, val_split: Any, config: NormalsTrainConfig, dis
                device: torch.device) -> NormalsTraining:
     size = train_split.images.shape[2]
     try:
-        net = NormalsNet(image_size=size, channels=config.channels, dropout=config.dropout)
+        net = NormalsNet(image_size=size, channels=config.channels, dropout=config.dropout, space=config.space)
     except ValueError as error:  # e.g. 7 levels for a 32^2 dataset
         raise InputError(f"{error}: set channels to fewer levels for {size}x{size} images") from None
     return NormalsTraining(net.to(device, config.torch_dtype), train_split, val_split, config, dist, device)
