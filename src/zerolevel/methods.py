@@ -97,7 +97,7 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
           250_000, _softras),
     Entry("tetnet", "train", "image to SDF values on a tet grid, marching tetrahedra, trained on normal maps and "
           "masks (Wu et al.)", 50_000, _tetnet),
-    Entry("normals", "train", "pix2pix: RGBA image to world-space normal map, U-Net and PatchGAN, L1 + GAN (the "
+    Entry("normals", "train", "pix2pix: RGBA image to normal map, U-Net and PatchGAN, L1 + GAN (the "
           "normal maps Wu et al. train tetnet on; zerolevel predict-normals)", 20_000, _normals),
 ]}
 

@@ -162,8 +162,9 @@ EPILOG_PREDICT_NORMALS = """examples:
   zerolevel predict-normals normrun photo.jpg --mask photo_mask.png -o normals.npy
 
 The image must have the network's size (its training set's, e.g. 128x128) and frame the object as the
-dataset's ring cameras do. The normals are world-space as the dataset stores them (the ring camera of the
-view's frame; y up); .png is the scenes' normal map (16-bit RGB, rgb = (n + 1) / 2, (0, 0, 0) on the
+dataset's ring cameras do. The normals are in the image's camera frame (OpenCV: x right, y down, z forward;
+a scene.json with "normal_space": "camera" reads them), or in the dataset's world space for a network
+trained with --set space=world; .png is the scenes' normal map (16-bit RGB, rgb = (n + 1) / 2, (0, 0, 0) on the
 background, readable as a scene's normal/000.png), .npy float32 (H, W, 3) with 0 on the background.
 """
 EPILOG_EVAL_SET = """examples:

@@ -1,4 +1,4 @@
-"""Training of pix2pix's normal-map network (Isola et al. 2017): RGBA images -> world-space normal maps.
+"""Training of pix2pix's normal-map network (Isola et al. 2017): RGBA images -> normal maps.
 
 One job: the settings and the two-player step of `NormalsNet`'s training; the sampling, decay,
 resume, distribution and run folder are every network's (`learn.training`, `optim.loop`).
@@ -53,8 +53,8 @@ class NormalsTrainConfig(TrainingConfig):
     channels: tuple[int, ...] = (16, 32, 64, 128, 128, 128, 128)  # generator widths (pix2pix.py); fewer
                                                                   # levels for images under 128^2
     dropout: float = 0.5               # pix2pix's decoder dropout
-    space: str = "world"               # the normals the generator predicts: "world" (the dataset's) or
-                                       # "camera" (the input view's frame; pix2pix.py's docstring)
+    space: str = "camera"              # the normals the generator predicts: "camera" (the input view's
+                                       # frame) or "world" (the dataset's); pix2pix.py's docstring
     d_channels: tuple[int, ...] = (16, 32, 64, 128)  # PatchGAN widths: n_layers 3, 70x70 patches (ndf 64 / 4)
     gan_loss: str = "bce"              # pix2pix's --gan_mode vanilla; "lsgan": least squares
     w_l1: float = 100.0                # pix2pix's lambda_L1
