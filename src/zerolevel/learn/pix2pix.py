@@ -30,8 +30,8 @@ InstanceNorm, LeakyReLU; Conv 4x4 stride 1 to one logit per patch. Four widths g
 y down, z forward), and `world_normals` turns them to the dataset's world space with the view's ring
 rotation, known for every dataset image: what the image shows fixes them. "world" predicts the
 world-space normals directly, so the network must also tell from the image which ring view it shows,
-which a symmetric object (a vase, a table) does not; in a short CPU run on generated shapes it stayed
-behind the per-view mean normal map while "camera" beat it (the report of issue 17's pix2pix branch).
+which a symmetric object (a vase, a table) does not; in a short CPU trial on generated shapes it
+stayed behind the per-view mean normal map (`normals_eval`) while "camera" beat it.
 """
 
 from __future__ import annotations
