@@ -76,6 +76,14 @@ def _tetnet() -> TrainParts:
     return TrainParts(train, TetNetTrainConfig, partial(load_model, network=TetNet), predict)
 
 
+def _normals() -> TrainParts:
+    from .learn.normals_predict import predict_no_mesh
+    from .learn.pix2pix import NormalsNet
+    from .learn.pix2pix_train import NormalsTrainConfig, train
+    from .learn.predict import load_model
+    return TrainParts(train, NormalsTrainConfig, partial(load_model, network=NormalsNet), predict_no_mesh)
+
+
 # Default iterations: where the benchmarks of record (benchmarks/results/multiview*.md) reach their
 # goals; the tet-grid fit's steps are ~3x dearer at its finest level, so it takes fewer.
 REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
@@ -89,6 +97,8 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
           250_000, _softras),
     Entry("tetnet", "train", "image to SDF values on a tet grid, marching tetrahedra, trained on normal maps and "
           "masks (Wu et al.)", 50_000, _tetnet),
+    Entry("normals", "train", "pix2pix: RGBA image to normal map, U-Net and PatchGAN, L1 + GAN (the "
+          "normal maps Wu et al. train tetnet on; zerolevel predict-normals)", 20_000, _normals),
 ]}
 
 DEFAULT_FIT = "supernormal"

@@ -3,7 +3,7 @@
 Each verb parses its options, sets the thread count once, and calls library functions; bad input
 surfaces as `InputError` and becomes one line on stderr with exit code 2. The verbs live in
 `scenes` (render, import, fit, extract, info, eval, demo) and `learning` (dataset, train, predict,
-eval-set); `common` holds the options they share.
+predict-normals, eval-set); `common` holds the options they share.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The verbs of single-view learning: dataset, train, predict, eval-set."""
+"""The verbs of single-view learning: dataset, train, predict, predict-normals, eval-set."""
 
 from __future__ import annotations
 
@@ -125,17 +125,23 @@ EPILOG_TRAIN = """examples:
   torchrun --nproc_per_node 4 -m zerolevel train softras shapes -o run --device cuda # a GPU per process, NCCL
   zerolevel dataset --generate all --count 150 -o shapes128 --for tetnet   # with normal maps, 128x128
   zerolevel train tetnet shapes128 -o tetrun --budget 1800     # image -> tet-grid SDF, from normals + masks
+  zerolevel train normals shapes128 -o normrun --budget 1800   # pix2pix: image -> normal map
+  zerolevel train tetnet shapes128 -o tetrun2 --normals-from normrun   # tetnet on pix2pix's normal maps
 
 RUN gets checkpoint.pt (resumable: an interrupted run continues exactly), log.jsonl (losses, validation IoU),
 training.svg (their curves) and summary.json. The defaults are SoftRas's (Adam lr 1e-4, batch 64, 250k
 iterations, cross-render, lr and sigma x0.3 from 150k): on a CPU stop earlier with --budget, --iters or --epochs
 (an epoch: as many samples as the train split has objects). tetnet (Wu et al.: SDF values on a 32^3 tet grid,
 marching tetrahedra, rasterised normal maps and masks of two views per sample; zerolevel.learn.tetnet_train)
-needs a dataset with normal maps (version 2) and defaults to Adam lr 3e-4, batch 16, 50k iterations. Validation (voxel IoU on the val split) runs once
+needs a dataset with normal maps (version 2) and defaults to Adam lr 3e-4, batch 16, 50k iterations; with
+--normals-from RUN it trains on a normals run's predicted normal maps of the train split instead (Wu et al.).
+normals (pix2pix: U-Net generator, PatchGAN discriminator, L1 x100 + GAN; zerolevel.learn.pix2pix_train)
+learns the normal maps of a version-2 dataset from its images: Adam lr 2e-4, betas 0.5, batch 16, 20k
+iterations; its validation is the mean angular error in degrees. Validation (voxel IoU on the val split) runs once
 per epoch unless --set eval_every=N. --resume keeps the run's own settings; options given with it may change
 only iterations, epochs, budget and the validation / checkpoint / log intervals. --set KEY=VALUE sets any field
-of the network's settings (zerolevel.learn.train.TrainConfig, learn.tetnet_train.TetNetTrainConfig), after the
-options (an unknown key lists them).
+of the network's settings (zerolevel.learn.train.TrainConfig, learn.tetnet_train.TetNetTrainConfig,
+learn.pix2pix_train.NormalsTrainConfig), after the options (an unknown key lists them).
 Distributed: under torchrun (or `python -m torch.distributed.run`) every process draws the same global batch and
 trains on its share (--batch-size is the global batch, divisible by the process count); gradients are averaged,
 BatchNorm statistics are global, and only rank 0 writes RUN and prints. Without --threads each process takes
@@ -151,6 +157,16 @@ alpha (the dataset's black background). The mesh (642 vertices, 1280 faces, clos
 normalised frame: bounding-box centre at the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front
 towards -z, whichever view the image shows.
 """
+EPILOG_PREDICT_NORMALS = """examples:
+  zerolevel predict-normals normrun chair.png -o chair_normals.png      # RGBA PNG, alpha = the object's silhouette
+  zerolevel predict-normals normrun photo.jpg --mask photo_mask.png -o normals.npy
+
+The image must have the network's size (its training set's, e.g. 128x128) and frame the object as the
+dataset's ring cameras do. The normals are in the image's camera frame (OpenCV: x right, y down, z forward;
+a scene.json with "normal_space": "camera" reads them), or in the dataset's world space for a network
+trained with --set space=world; .png is the scenes' normal map (16-bit RGB, rgb = (n + 1) / 2, (0, 0, 0) on the
+background, readable as a scene's normal/000.png), .npy float32 (H, W, 3) with 0 on the background.
+"""
 EPILOG_EVAL_SET = """examples:
   zerolevel eval-set run shapes                       # test split, all views: the published protocol
   zerolevel eval-set run shapes --views 4 --surface-views 2 --json run/test_metrics.json
@@ -164,6 +180,9 @@ F-score (tau in fractions of the GT bounding-box diagonal, as `zerolevel eval`) 
 normalised mesh, on the first --surface-views views evaluated. The mean-shape row is a baseline: the train
 split's voxel occupancy frequency thresholded (at the threshold, near 0.5, that fits the train split best),
 the same shape whatever the image.
+A normals run (zerolevel train normals) gets the angular error of its normal maps instead: mean and median in
+degrees over the foreground pixels of every evaluated view, and the % of pixels within 11.25, 22.5 and 30
+degrees, beside the baseline of the train split's mean normal map per ring view (--views and --json apply).
 """
 
 
@@ -188,6 +207,8 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     p.add_argument("--cross-render", action=argparse.BooleanOptionalAction, default=None,
                    help="render both views' meshes from both cameras (SoftRas's published variant, default), "
                         "or encode one view and render it from the other")
+    p.add_argument("--normals-from", metavar="RUN", help="tetnet: train on the normal maps a normals run "
+                   "(zerolevel train normals) predicts from the train split's images, not the dataset's")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a training setting (repeatable), e.g. --set eval_every=500 --set sigma=3e-5")
@@ -200,6 +221,14 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     p.add_argument("image", metavar="IMAGE", help="RGBA image (alpha = silhouette), or RGB with --mask")
     p.add_argument("-o", "--output", required=True, metavar="MESH",
                    help=f"mesh file to write ({', '.join('.' + f for f in MESH_FORMATS)})")
+    p.add_argument("--mask", help="silhouette image, 8-bit, foreground > 127 (replaces any alpha)")
+    add_common(p)
+
+    p = sub.add_parser("predict-normals", help="normal map from one image with a trained normals network",
+                       epilog=EPILOG_PREDICT_NORMALS, formatter_class=formatter)
+    p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train normals)")
+    p.add_argument("image", metavar="IMAGE", help="RGBA image (alpha = silhouette), or RGB with --mask")
+    p.add_argument("-o", "--output", required=True, metavar="NORMALS", help="normal map to write (.png or .npy)")
     p.add_argument("--mask", help="silhouette image, 8-bit, foreground > 127 (replaces any alpha)")
     add_common(p)
 
@@ -249,11 +278,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     if saved is not None and args.iters is not None:
         saved = {**saved, "epochs": None}  # --iters replaces a resumed run's epochs
     given = {"encoder": args.encoder, "iterations": args.iters, "epochs": args.epochs, "budget_s": args.budget,
-             "batch_size": args.batch_size, "lr": args.lr, "cross_render": args.cross_render, "seed": args.seed}
+             "batch_size": args.batch_size, "lr": args.lr, "cross_render": args.cross_render, "seed": args.seed,
+             "normals_from": args.normals_from}
     known = {f.name for f in dataclasses.fields(parts.config)}
     foreign = [name for name, value in given.items() if value is not None and name not in known]
     if foreign:
-        options = {"cross_render": "--cross-render", "encoder": "--encoder"}
+        options = {"cross_render": "--cross-render", "encoder": "--encoder", "normals_from": "--normals-from"}
         raise InputError(f"{', '.join(options.get(n, n) for n in foreign)} does not apply to {args.method}")
     config = run_settings(parts.config, saved, given, overrides, str(run / CHECKPOINT))
     rank, world, local_world = _torchrun_env()
@@ -272,7 +302,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..atomic import atomic_path
-    from ..images import read_rgba
     from ..learn.predict import load_run
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
@@ -281,21 +310,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
                          args.output)
     parts = methods.get(load_run(args.run)["name"], "train").parts()
     net = parts.load_model(args.run, args.device)
-    size = net.config.image_size
-    rgba = read_rgba(args.image, args.mask)
-    height, width = rgba.shape[:2]
-    if (height, width) != (size, size):
-        raise InputError(f"the network takes {size}x{size} images (its training set's size), this one is "
-                         f"{width}x{height}: crop it to a square around the object and resize it to {size}x{size}",
-                         args.image)
-    silhouette = args.mask or args.image
-    foreground = rgba[..., 3] > 127
-    if not foreground.any():
-        raise InputError("no foreground: the silhouette (alpha, or mask > 127) is empty", silhouette)
-    if foreground.all():
-        raise InputError("the silhouette covers the whole image: the object must have background around it",
-                         silhouette)
-    rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # premultiplied
+    rgba = _network_input(args.image, args.mask, net.config.image_size)
     mesh = parts.predict(net, rgba, source=args.image)
     with atomic_path(args.output) as tmp:
         mesh.export(tmp, file_type=suffix)
@@ -303,10 +318,52 @@ def cmd_predict(args: argparse.Namespace) -> None:
           f"normalised frame (centred, bounding-box diagonal ~1, y up)")
 
 
+def _network_input(image: str, mask: str | None, size: int) -> np.ndarray:
+    """(size, size, 4) uint8 RGBA, RGB premultiplied by alpha as the dataset's, from an image file (and a
+    mask); InputError for another size or a silhouette that is empty or covers the whole image."""
+    from ..images import read_rgba
+
+    rgba = read_rgba(image, mask)
+    height, width = rgba.shape[:2]
+    if (height, width) != (size, size):
+        raise InputError(f"the network takes {size}x{size} images (its training set's size), this one is "
+                         f"{width}x{height}: crop it to a square around the object and resize it to {size}x{size}",
+                         image)
+    silhouette = mask or image
+    foreground = rgba[..., 3] > 127
+    if not foreground.any():
+        raise InputError("no foreground: the silhouette (alpha, or mask > 127) is empty", silhouette)
+    if foreground.all():
+        raise InputError("the silhouette covers the whole image: the object must have background around it",
+                         silhouette)
+    rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # premultiplied
+    return rgba
+
+
+def cmd_predict_normals(args: argparse.Namespace) -> None:
+    from ..atomic import check_output_file
+    from ..learn.normals_predict import NORMAL_FORMATS, predict_normal_map, write_normal_map
+    from ..learn.pix2pix import NormalsNet
+    from ..learn.predict import load_model
+
+    suffix = Path(args.output).suffix.lower().lstrip(".")
+    if suffix not in NORMAL_FORMATS:
+        raise InputError(f"unknown normal map format {suffix!r}: use .png or .npy", args.output)
+    check_output_file(args.output)
+    net = load_model(args.run, args.device, network=NormalsNet)
+    rgba = _network_input(args.image, args.mask, net.config.image_size)
+    normals = predict_normal_map(net, rgba, source=args.image)
+    write_normal_map(args.output, normals)
+    print(f"wrote {args.output}: {rgba.shape[1]}x{rgba.shape[0]} {net.config.space}-space normals, "
+          f"{int(np.any(normals != 0, axis=-1).sum())} foreground pixels")
+
+
 def cmd_eval_set(args: argparse.Namespace) -> None:
     from ..atomic import check_output_file, write_json
     from ..learn.evaluate import evaluate_run, format_table
     from ..learn.gallery import COLUMNS
+    from ..learn.normals_eval import evaluate_normals_run, format_normals_table
+    from ..learn.predict import load_run
 
     views = None
     if args.views != "all":
@@ -324,6 +381,15 @@ def cmd_eval_set(args: argparse.Namespace) -> None:
     for output in (args.json, args.gallery):
         if output:
             check_output_file(output)  # before the evaluation, not after it
+    if load_run(args.run)["state"].get("network") == "NormalsNet":
+        if args.gallery:
+            raise InputError("--gallery does not apply to a normals network")
+        result = evaluate_normals_run(args.run, args.dataset, split=args.split, views=views,
+                                      batch_size=args.batch_size, device=args.device)
+        print(format_normals_table(result))
+        if args.json:
+            write_json(args.json, result)
+        return
     result = evaluate_run(args.run, args.dataset, split=args.split, views=views, surface_views=args.surface_views,
                           taus=tuple(args.tau), points=args.points, batch_size=args.batch_size,
                           device=args.device, seed=args.seed, progress=not args.quiet,
@@ -341,4 +407,5 @@ def add_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
     _add_learn_parsers(sub, formatter)
 
 
-VERBS = {"dataset": cmd_dataset, "train": cmd_train, "predict": cmd_predict, "eval-set": cmd_eval_set}
+VERBS = {"dataset": cmd_dataset, "train": cmd_train, "predict": cmd_predict, "predict-normals": cmd_predict_normals,
+         "eval-set": cmd_eval_set}

@@ -1,7 +1,8 @@
 """A trained single-view network from its run folder, and the mesh it predicts from one image.
 
-Every network (`SoftRasNet`, `TetNet`) has a `config_class` with `from_dict`, `from_config`, an
-`image_size` in its config and `predict_meshes(images)`; a checkpoint names its network's class
+Every network (`SoftRasNet`, `TetNet`, `NormalsNet`) has a `config_class` with `from_dict`,
+`from_config` and an `image_size` in its config; the mesh networks have `predict_meshes(images)`
+(the normals network's predictions: `normals_predict.py`). A checkpoint names its network's class
 (checkpoints written before that are SoftRas's)."""
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ import trimesh
 
 from ..errors import InputError
 from ..optim.loop import load_checkpoint
+from .pix2pix import NormalsNet
 from .softras_net import SoftRasNet
 from .tetnet import TetNet
 
-NETWORKS: dict[str, type] = {cls.__name__: cls for cls in (SoftRasNet, TetNet)}
+NETWORKS: dict[str, type] = {cls.__name__: cls for cls in (SoftRasNet, TetNet, NormalsNet)}
 
 
 def load_run(path: str | Path) -> dict[str, Any]:

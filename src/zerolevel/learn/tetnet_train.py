@@ -43,6 +43,7 @@ from ..geometry.visual_hull import VisualHullField
 from ..optim.distributed import Distributed
 from ..render.raster import render_normals
 from .encoders import ENCODERS
+from .normals_predict import with_predicted_normals
 from .sampling import split_normals
 from .tetnet import TetNet
 from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
@@ -72,6 +73,8 @@ class TetNetTrainConfig(TrainingConfig):
     w_carve: float = 0.0                # volumetric shrink (`carve`); off until measured to help
     margin: float = 0.1                # shrink / expand push values this many cells past zero
     expand_rays: int = 256             # at most this many uncovered pixels per sample
+    normals_from: str | None = None    # a normals run (pix2pix): train on its predicted normal maps
+                                       # of the training split instead of the dataset's (Wu et al.)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -209,6 +212,8 @@ def lattice_eikonal(values: Tensor, grid: int, cell: float) -> Tensor:
 
 def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist: Distributed,
                device: torch.device) -> TetNetTraining:
+    if config.normals_from is not None:
+        train_split = with_predicted_normals(train_split, config.normals_from, device)
     size = train_split.images.shape[2]
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels)
     net = net.to(device, config.torch_dtype)
@@ -220,9 +225,10 @@ def train(dataset: str | Path | Any, run_dir: str | Path, config: TetNetTrainCon
           progress: bool = True, threads: int | None = None) -> TrainResult:
     """Train a TetNet from the normal maps and masks of a dataset (version 2, with normals).
 
-    Arguments as `learn.train.train` (SoftRas's); the training split must hold normal maps.
+    Arguments as `learn.train.train` (SoftRas's); the training split must hold normal maps, unless
+    `config.normals_from` names a normals run whose predictions replace them.
     """
     config = config or TetNetTrainConfig()
     return run_training(_make_task, dataset, run_dir, config, "tetnet", device, val=val, resume=resume,
                         progress=progress, threads=threads, desc=f"training tetnet ({config.encoder})",
-                        normals=True)
+                        normals=config.normals_from is None)

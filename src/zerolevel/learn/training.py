@@ -10,7 +10,8 @@ Shared here:
   input view a and a second view b per sample, class-balanced), the learning rate of the step decay
   (`decay_at` iterations or a fraction of the budget, x `decay`), Adam, the loop's step scale;
 - validation: voxel IoU of the predicted meshes on the validation split (`evaluate.evaluate_iou`,
-  through the network's `predict_meshes`), the best kept;
+  through the network's `predict_meshes`), the best kept (a task that validates otherwise overrides `evaluate`,
+  `validation` and `result_metrics`, as the normals network's angular error);
 - resume: the checkpoint holds the settings, the network's shape, weights, optimiser, sampler and
   the decay state; a resumed run may change only the run-control settings (`RUN_CONTROL`);
 - distribution: DistributedDataParallel over the network when there are several processes (global
@@ -107,6 +108,7 @@ class TrainResult:
     resumed_from: int = 0
     world_size: int = 1
     samples_per_s: float = 0.0
+    metrics: dict[str, float | None] = field(default_factory=dict)  # a task's other validation values
 
     def summary(self) -> str:
         losses = ", ".join(f"{k} {v:.4g}" for k, v in self.losses.items())
@@ -115,6 +117,7 @@ class TrainResult:
         if self.val_iou is not None:
             best = "none" if self.best_val_iou is None else f"{self.best_val_iou:.4f}"
             val = f"; validation IoU {self.val_iou:.4f} (best {best})"
+        val += "".join(f"; {k} {'none' if v is None else f'{v:.4g}'}" for k, v in self.metrics.items())
         return (f"{self.iterations} iterations{start} in {self.seconds:.1f} s on {self.world_size} "
                 f"process(es), {self.samples_per_s:.2f} samples/s, stopped by {self.stopped}; "
                 f"final losses: {losses or 'none'}{val}")
@@ -144,6 +147,7 @@ class TrainingTask:
 
     loss_names: tuple[str, ...] = ("loss",)
     plotted: tuple[str, ...] = ("loss",)  # the curves of training.svg
+    validation: tuple[str, str] = ("val_iou", "IoU")  # what `evaluate` logs, and its name in training.svg
 
     def __init__(self, net: nn.Module, train_split: Any, val_split: Any, config: TrainingConfig,
                  dist: Distributed, device: torch.device):
@@ -199,6 +203,10 @@ class TrainingTask:
         if math.isfinite(self.val_iou) and (self.best_val_iou is None or self.val_iou > self.best_val_iou):
             self.best_val_iou = self.val_iou
         return {"val_iou": self.val_iou}
+
+    def result_metrics(self) -> dict[str, float | None]:
+        """Validation values of the run's summary besides the IoU (a task that validates otherwise)."""
+        return {}
 
     def start_decay(self, iterations_done: int) -> None:
         """The budget-triggered decay: from the next step on."""
@@ -284,7 +292,7 @@ def run_training(make_task: Any, dataset: Any, run_dir: str | Path, config: Trai
 def _run(task: TrainingTask, run_dir: Path, config: TrainingConfig, dist: Distributed, name: str, resume: bool,
          progress: bool, desc: str, num_objects: int) -> TrainResult:
     iterations, per_epoch = total_iterations(config, num_objects)
-    plot = functools.partial(write_plot, names=task.plotted)
+    plot = functools.partial(write_plot, names=task.plotted, validation=task.validation)
     loop = LoopConfig(iters=iterations, budget_s=config.budget_s, checkpoint_every=config.checkpoint_every,
                       log_every=config.log_every, progress=progress, desc=desc)
     hooks = Hooks(evaluate=task.evaluate if task.val_split is not None else None,
@@ -295,7 +303,8 @@ def _run(task: TrainingTask, run_dir: Path, config: TrainingConfig, dist: Distri
     done = result.iterations - result.resumed_from
     summary = TrainResult(result.iterations, result.seconds, result.stopped, result.losses, task.val_iou,
                           task.best_val_iou, result.resumed_from, dist.world,
-                          config.batch_size * done / max(result.seconds, 1e-9) if done else 0.0)
+                          config.batch_size * done / max(result.seconds, 1e-9) if done else 0.0,
+                          task.result_metrics())
     if dist.main:
         plot(run_dir)
         write_json(run_dir / SUMMARY, {**asdict(summary), "summary": summary.summary()})
@@ -303,19 +312,23 @@ def _run(task: TrainingTask, run_dir: Path, config: TrainingConfig, dist: Distri
 
 
 # ---------------------------------------------------------------------------------------- logs
-def training_svg(log: list[dict[str, float]], names: tuple[str, ...] = ("loss",)) -> str:
-    """Two stacked SVG charts: the training losses `names` and the validation IoU against the iteration."""
+def training_svg(log: list[dict[str, float]], names: tuple[str, ...] = ("loss",),
+                 validation: tuple[str, str] = ("val_iou", "IoU")) -> str:
+    """Two stacked SVG charts: the training losses `names` and the validation value (its log key,
+    its label) against the iteration."""
+    key, label = validation
     losses = [{k: row[k] for k in ("iter", *names) if k in row} for row in log if "loss" in row]
-    ious = [{"iter": row["iter"], "val_iou": row["val_iou"]} for row in log if "val_iou" in row]
+    values = [{"iter": row["iter"], key: row[key]} for row in log if key in row]
     top = loss_curves_svg(losses)
-    bottom = loss_curves_svg(ious).replace(">loss (log scale)<", ">IoU (log scale)<").replace(">loss<", ">IoU<")
+    bottom = loss_curves_svg(values).replace(">loss (log scale)<", f">{label} (log scale)<").replace(">loss<", f">{label}<")
     return ('<svg xmlns="http://www.w3.org/2000/svg" width="720" height="800" viewBox="0 0 720 800">'
             f'<g>{top}</g><g transform="translate(0 400)">{bottom}</g></svg>\n')
 
 
-def write_plot(run_dir: Path, names: tuple[str, ...] = ("loss",)) -> None:
+def write_plot(run_dir: Path, names: tuple[str, ...] = ("loss",),
+               validation: tuple[str, str] = ("val_iou", "IoU")) -> None:
     """training.svg from the run's log (atomically)."""
     path = run_dir / LOG
     if path.is_file():
         with atomic_path(run_dir / PLOT) as tmp:
-            tmp.write_text(training_svg(read_log(path), names))
+            tmp.write_text(training_svg(read_log(path), names, validation))
