@@ -194,13 +194,29 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     add_common(p)
     p.set_defaults(seed=None)  # a fresh run: 0; with --resume: the run's own
 
-    p = sub.add_parser("predict", help="mesh from one image with a trained single-view network",
-                       epilog=EPILOG_PREDICT, formatter_class=formatter)
+    p = sub.add_parser("predict", help="mesh from one image (or several of one object) with a trained single-view "
+                       "network, optionally refined by a tet-grid fit to the images", epilog=EPILOG_PREDICT,
+                       formatter_class=formatter)
     p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train)")
-    p.add_argument("image", metavar="IMAGE", help="RGBA image (alpha = silhouette), or RGB with --mask")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="RGBA image (alpha = silhouette), or RGB with --mask; several images of one object: their "
+                        "predictions are fused (averaged)")
     p.add_argument("-o", "--output", required=True, metavar="MESH",
                    help=f"mesh file to write ({', '.join('.' + f for f in MESH_FORMATS)})")
-    p.add_argument("--mask", help="silhouette image, 8-bit, foreground > 127 (replaces any alpha)")
+    p.add_argument("--mask", nargs="+", metavar="MASK",
+                   help="silhouette image per IMAGE, 8-bit, foreground > 127 (replaces any alpha)")
+    p.add_argument("--dataset", metavar="DATA", help="the network's dataset folder: its ring cameras (with --views)")
+    p.add_argument("--views", type=int, nargs="+", metavar="K",
+                   help="each IMAGE's camera: its view index on the dataset's ring (0 = the front); needed by --refine")
+    p.add_argument("--normals", nargs="+", metavar="NORMALS",
+                   help="world-space normal map per IMAGE for --refine (scene format: 16-bit PNG rgb = (n + 1) / 2, "
+                        "as `zerolevel predict-normals` writes; or .npy / .exr)")
+    p.add_argument("--refine", type=float, metavar="S",
+                   help="then fit the tet grid to the images' masks (and --normals) for S seconds, starting from the "
+                        "prediction (needs --dataset and --views)")
+    p.add_argument("--fuse", choices=["mean", "max"], default="mean",
+                   help="how several images' predictions are fused: mean (default) of SDF values or vertex "
+                        "positions; max of SDF values, the intersection of the predicted solids (tetnet only)")
     add_common(p)
 
     p = sub.add_parser("eval-set", help="score a trained single-view network on a dataset split (IoU, F-score)",
@@ -272,23 +288,66 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..atomic import atomic_path
-    from ..images import read_rgba
     from ..learn.predict import load_run
+    from ..learn.tetnet import TetNet
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
     if suffix not in MESH_FORMATS:
         raise InputError(f"unknown mesh format {suffix!r}: use one of {', '.join('.' + f for f in MESH_FORMATS)}",
                          args.output)
+    _check_predict_options(args)
     parts = methods.get(load_run(args.run)["name"], "train").parts()
     net = parts.load_model(args.run, args.device)
     size = net.config.image_size
-    rgba = read_rgba(args.image, args.mask)
+    images = [_read_input(image, mask, size) for image, mask in zip(args.images, args.mask or [None] * len(args.images))]
+    if args.fuse == "max" and not isinstance(net, TetNet):
+        raise InputError("--fuse max takes the intersection of predicted solids (SDF values): a tetnet run's; "
+                         "SoftRas's meshes are averaged (--fuse mean)", args.run)
+    if args.refine is None:
+        mesh = parts.predict(net, images if len(images) > 1 else images[0],
+                             source=args.images if len(images) > 1 else args.images[0], fusion=args.fuse)
+        done = f"predicted from {_count(len(images), 'image')}" + (f", fused ({args.fuse})" if len(images) > 1 else "")
+    else:
+        mesh, done = _refine(args, net, images)
+    with atomic_path(args.output) as tmp:
+        mesh.export(tmp, file_type=suffix)
+    print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, in the dataset's "
+          f"normalised frame (centred, bounding-box diagonal ~1, y up); {done}")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _check_predict_options(args: argparse.Namespace) -> None:
+    """predict's option combinations, before any file is read."""
+    count = len(args.images)
+    for name, values in (("--mask", args.mask), ("--views", args.views), ("--normals", args.normals)):
+        if values is not None and len(values) != count:
+            raise InputError(f"{name} gives {_count(len(values), 'value')} for {_count(count, 'image')}: one per image")
+    if args.views is not None and args.dataset is None:
+        raise InputError("--views are indices on a dataset's ring of cameras: give --dataset DATA")
+    if args.refine is not None:
+        if not args.refine > 0:
+            raise InputError(f"--refine must be a positive number of seconds, got {args.refine}")
+        if args.dataset is None or args.views is None:
+            raise InputError("--refine fits the images from their cameras: give --dataset DATA and --views K "
+                             "(each image's view index on the dataset's ring)")
+    elif args.normals is not None:
+        raise InputError("--normals are used by --refine only: add --refine S")
+
+
+def _read_input(path: str, mask: str | None, size: int) -> np.ndarray:
+    """One input image as the network takes it: (size, size, 4) uint8, RGB premultiplied by alpha."""
+    from ..images import read_rgba
+
+    rgba = read_rgba(path, mask)
     height, width = rgba.shape[:2]
     if (height, width) != (size, size):
         raise InputError(f"the network takes {size}x{size} images (its training set's size), this one is "
                          f"{width}x{height}: crop it to a square around the object and resize it to {size}x{size}",
-                         args.image)
-    silhouette = args.mask or args.image
+                         path)
+    silhouette = mask or path
     foreground = rgba[..., 3] > 127
     if not foreground.any():
         raise InputError("no foreground: the silhouette (alpha, or mask > 127) is empty", silhouette)
@@ -296,11 +355,41 @@ def cmd_predict(args: argparse.Namespace) -> None:
         raise InputError("the silhouette covers the whole image: the object must have background around it",
                          silhouette)
     rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # premultiplied
-    mesh = parts.predict(net, rgba, source=args.image)
-    with atomic_path(args.output) as tmp:
-        mesh.export(tmp, file_type=suffix)
-    print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, in the dataset's "
-          f"normalised frame (centred, bounding-box diagonal ~1, y up)")
+    return rgba
+
+
+def _refine(args: argparse.Namespace, net, images: list) -> tuple:
+    """--refine: the fused prediction, then the tet-grid fit of the images for --refine seconds:
+    (the mesh, what was done in words)."""
+    from ..images import read_normal_map
+    from ..learn.predict import fuse, network_outputs, output_mesh
+    from ..learn.refine import DEFAULT_RADIUS, input_scene, refine, ring_cameras
+    from ..learn.tetnet import TetNet
+    from ..scene import validate_normals
+
+    size = net.config.image_size
+    cameras = ring_cameras(args.dataset, args.views, size)
+    normals = None
+    if args.normals:
+        normals = []
+        for path, image in zip(args.normals, images):
+            normal = read_normal_map(path)
+            if normal.shape[:2] != image.shape[:2]:
+                raise InputError(f"the normal map is {normal.shape[1]}x{normal.shape[0]}, its image "
+                                 f"{image.shape[1]}x{image.shape[0]}", path)
+            normals.append(validate_normals(normal, image[..., 3] > 127, path))
+    output = fuse(network_outputs(net, images, args.images), args.fuse)
+    if len(output_mesh(net, output).faces) == 0:
+        raise InputError("the network sees no object in these images (its surface is empty)", args.images[0])
+    radius = float(net.config.bounds) if isinstance(net, TetNet) else DEFAULT_RADIUS
+    scene = input_scene(images, cameras, normals, radius)
+    refined = refine(net, output, scene, args.refine, device=args.device, seed=args.seed, progress=not args.quiet,
+                     source=args.images[0])
+    r = refined.result
+    done = (f"predicted from {_count(len(images), 'image')}, refined by the tet-grid fit to their "
+            f"{' and '.join(m + 's' for m in refined.modalities)} (views {' '.join(map(str, args.views))}) for "
+            f"{r.iterations} iterations in {r.seconds:.1f} s")
+    return refined.mesh, done
 
 
 def cmd_eval_set(args: argparse.Namespace) -> None:

@@ -1,8 +1,15 @@
-"""A trained single-view network from its run folder, and the mesh it predicts from one image.
+"""A trained single-view network from its run folder, and the mesh it predicts from one image or
+from several images of one object.
 
 Every network (`SoftRasNet`, `TetNet`) has a `config_class` with `from_dict`, `from_config`, an
-`image_size` in its config and `predict_meshes(images)`; a checkpoint names its network's class
-(checkpoints written before that are SoftRas's)."""
+`image_size` in its config, `forward(images)` to its raw outputs and `predict_meshes(images)`; a
+checkpoint names its network's class (checkpoints written before that are SoftRas's).
+
+Several images: both networks predict in the dataset's world frame whatever the view, so the raw
+outputs of K images of one object are fused without moving them (`fuse`): TetNet's SDF values on its
+fixed grid, averaged (or their max, the intersection of the predicted solids); SoftRas's vertex
+positions, averaged (every mesh has the template's topology).
+"""
 
 from __future__ import annotations
 
@@ -60,6 +67,67 @@ def network_from_run(payload: dict[str, Any], source: str | Path, device: str | 
     return net.to(device).eval()
 
 
+FUSIONS = ("mean", "max")
+
+
+def fuse(outputs: torch.Tensor, how: str = "mean") -> torch.Tensor:
+    """One output from the raw outputs of K images of one object, all in the same world frame.
+
+    Args:
+        outputs: (K, N) TetNet SDF values at its grid's vertices, or (K, V, 3) SoftRas vertex
+            positions (one topology).
+        how: "mean": the average, of SDF values or of vertex positions. For SDFs, each prediction is
+            the object's distance plus an error that depends on what its view hides; the mean keeps
+            the Lipschitz bound (a mean of 1-Lipschitz functions is 1-Lipschitz), so it is a
+            distance-like field whose zero level is where the predictions agree on average, and
+            independent errors shrink. "max" (SDFs only): the intersection of the predicted solids,
+            a point is inside only if every view's prediction says so (carving, as a visual hull
+            does): right when each prediction overestimates, but one view that misses a part
+            removes it.
+    Returns:
+        (N,) or (V, 3), on the outputs' device.
+    """
+    if outputs.dim() < 2 or len(outputs) == 0:
+        raise ValueError(f"expected (K, ...) outputs with K >= 1, got shape {tuple(outputs.shape)}")
+    if how == "mean":
+        return outputs.mean(dim=0)
+    if how == "max":
+        if outputs.dim() != 2:
+            raise ValueError("max fuses SDF values (K, N); vertex positions are averaged")
+        return outputs.max(dim=0).values
+    raise ValueError(f"unknown fusion {how!r}; choose one of {', '.join(FUSIONS)}")
+
+
+def output_mesh(net: torch.nn.Module, output: torch.Tensor) -> trimesh.Trimesh:
+    """The mesh of one raw output of `net` (or a fused one): TetNet's (N,) SDF values by marching
+    tetrahedra on its grid, SoftRas's (V, 3) vertices on its template's faces."""
+    with torch.no_grad():
+        if isinstance(net, TetNet):
+            verts, faces = net.mesh(output)
+        else:
+            verts, faces = output, net.faces
+    return trimesh.Trimesh(verts.double().cpu().numpy(), faces.cpu().numpy(), process=False)
+
+
+def network_outputs(net: torch.nn.Module, images: list[np.ndarray] | np.ndarray,
+                    sources: list[str] | None = None) -> torch.Tensor:
+    """The raw outputs (eval mode; the mode is restored) of K (S, S, 4) uint8 RGBA images: (K, N)
+    SDF values (TetNet) or (K, V, 3) vertices (SoftRas). InputError naming the image for a wrong
+    size, type or channels, or an empty alpha channel."""
+    images = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
+    sources = sources or [f"image {k}" for k in range(len(images))]
+    for image, source in zip(images, sources):
+        _check_image(image, net.config.image_size, source)
+    parameter = next(net.parameters())
+    was_training = net.training
+    net.eval()
+    batch = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(parameter.device).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        outputs = net(batch.to(parameter.dtype) / 255)
+    net.train(was_training)
+    return outputs
+
+
 def _check_image(image: np.ndarray, size: int, source: str) -> None:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.shape != (size, size, 4):
@@ -69,13 +137,17 @@ def _check_image(image: np.ndarray, size: int, source: str) -> None:
         raise InputError("the image has no foreground (its alpha channel is 0 everywhere)", source)
 
 
-def predict(model: str | Path | torch.nn.Module, image: np.ndarray, source: str = "image") -> trimesh.Trimesh:
-    """The mesh a trained network predicts from one (S, S, 4) uint8 RGBA image.
+def predict(model: str | Path | torch.nn.Module, image: np.ndarray | list[np.ndarray],
+            source: str | list[str] = "image", fusion: str = "mean") -> trimesh.Trimesh:
+    """The mesh a trained network predicts from one (S, S, 4) uint8 RGBA image, or from a list of
+    images of one object (their outputs fused, `fuse`).
 
     Args:
         model: a run folder, a checkpoint file or a network.
-        image: (S, S, 4) uint8, S the network's image size; alpha is the object's coverage.
-        source: how errors name the image.
+        image: (S, S, 4) uint8, S the network's image size; alpha is the object's coverage; or a
+            list of such images of one object (any views of the dataset's ring).
+        source: how errors name the image (a list: one name per image).
+        fusion: how several images' outputs are fused ("mean" or "max", `fuse`).
     Returns:
         trimesh.Trimesh in the ring cameras' world (the dataset's normalised frame): SoftRas's, of the
         template's topology (642 vertices, 1280 faces); the tet network's, its zero level set.
@@ -83,13 +155,12 @@ def predict(model: str | Path | torch.nn.Module, image: np.ndarray, source: str 
         InputError: wrong size, type or channels, or an empty alpha channel.
     """
     net = model if isinstance(model, torch.nn.Module) else load_model(model)
-    _check_image(image, net.config.image_size, source)
-    parameter = next(net.parameters())
-    was_training = net.training
-    net.eval()
-    batch = torch.from_numpy(np.ascontiguousarray(image)).to(parameter.device).permute(2, 0, 1)[None]
-    vertices, faces = net.predict_meshes(batch.to(parameter.dtype) / 255)[0]
-    net.train(was_training)
-    if len(faces) == 0:
-        raise InputError("the network sees no object in this image (its surface is empty)", source)
-    return trimesh.Trimesh(vertices.astype(np.float64), faces, process=False)
+    images = [image] if isinstance(image, np.ndarray) and image.ndim == 3 else list(image)
+    sources = [source] if isinstance(source, str) else list(source)
+    if len(sources) == 1 and len(images) > 1:
+        sources = [f"{sources[0]} {k}" for k in range(len(images))]
+    mesh = output_mesh(net, fuse(network_outputs(net, images, sources), fusion))
+    if len(mesh.faces) == 0:
+        what = "this image" if len(images) == 1 else "these images"
+        raise InputError(f"the network sees no object in {what} (its surface is empty)", ", ".join(sources))
+    return mesh
