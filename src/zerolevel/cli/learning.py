@@ -144,12 +144,23 @@ its share of the CPUs.
 EPILOG_PREDICT = """examples:
   zerolevel predict run chair.png -o chair.ply                 # RGBA PNG, alpha = the object's silhouette
   zerolevel predict run/checkpoint.pt photo.jpg --mask photo_mask.png -o chair.obj
+  zerolevel predict tetrun v0.png v8.png v16.png -o chair.ply  # 3 views of one object, predictions averaged
+  zerolevel predict tetrun v0.png v8.png -o chair.ply --dataset shapes128 --views 0 8 --refine 20
+  zerolevel predict tetrun v0.png -o chair.ply --dataset shapes128 --views 0 --refine 20 --normals n0.png
 
 The image must have the network's size (that of its training set, e.g. 64x64; the error names it) and frame
 the object as the dataset's ring cameras do (centred, seen from 30 degrees above). RGB is multiplied by the
-alpha (the dataset's black background). The mesh (642 vertices, 1280 faces, closed) is in the dataset's
-normalised frame: bounding-box centre at the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front
-towards -z, whichever view the image shows.
+alpha (the dataset's black background). The mesh is in the dataset's normalised frame: bounding-box centre at
+the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front towards -z, whichever view the image shows;
+SoftRas's has the template's 642 vertices and 1280 faces, the tet network's is its zero level set (closed).
+Several images of one object: the networks predict in that frame from any view, so the predictions are fused
+as they are: SDF values (tetnet) or vertex positions (softras) averaged; --fuse max takes the intersection of
+the tet network's solids.
+--refine S: S more seconds of the multi-view tet-grid fit (zerolevel fit --method tetsdf) from the fused
+prediction, to the images' silhouettes (expand / shrink, mask L2), with eikonal and curvature regularisers,
+and to normal maps with --normals (one per image: world-space, 16-bit PNG rgb = (n + 1) / 2 as in scene
+folders; e.g. from zerolevel predict-normals). The fit needs each image's camera: --dataset names the
+network's dataset and --views each image's index on its ring (0 = the front, 360/V degrees apart).
 """
 EPILOG_EVAL_SET = """examples:
   zerolevel eval-set run shapes                       # test split, all views: the published protocol
@@ -289,6 +300,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..atomic import atomic_path
     from ..learn.predict import load_run
+    from ..learn.refine import ring_cameras
     from ..learn.tetnet import TetNet
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
@@ -299,16 +311,18 @@ def cmd_predict(args: argparse.Namespace) -> None:
     parts = methods.get(load_run(args.run)["name"], "train").parts()
     net = parts.load_model(args.run, args.device)
     size = net.config.image_size
-    images = [_read_input(image, mask, size) for image, mask in zip(args.images, args.mask or [None] * len(args.images))]
+    masks = args.mask or [None] * len(args.images)
+    images = [_read_input(image, mask, size) for image, mask in zip(args.images, masks)]
     if args.fuse == "max" and not isinstance(net, TetNet):
         raise InputError("--fuse max takes the intersection of predicted solids (SDF values): a tetnet run's; "
                          "SoftRas's meshes are averaged (--fuse mean)", args.run)
+    cameras = None if args.views is None else ring_cameras(args.dataset, args.views, size)  # checks the indices
     if args.refine is None:
         mesh = parts.predict(net, images if len(images) > 1 else images[0],
                              source=args.images if len(images) > 1 else args.images[0], fusion=args.fuse)
         done = f"predicted from {_count(len(images), 'image')}" + (f", fused ({args.fuse})" if len(images) > 1 else "")
     else:
-        mesh, done = _refine(args, net, images)
+        mesh, done = _refine(args, net, images, cameras)
     with atomic_path(args.output) as tmp:
         mesh.export(tmp, file_type=suffix)
     print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, in the dataset's "
@@ -358,17 +372,15 @@ def _read_input(path: str, mask: str | None, size: int) -> np.ndarray:
     return rgba
 
 
-def _refine(args: argparse.Namespace, net, images: list) -> tuple:
+def _refine(args: argparse.Namespace, net, images: list, cameras) -> tuple:
     """--refine: the fused prediction, then the tet-grid fit of the images for --refine seconds:
     (the mesh, what was done in words)."""
     from ..images import read_normal_map
     from ..learn.predict import fuse, network_outputs, output_mesh
-    from ..learn.refine import DEFAULT_RADIUS, input_scene, refine, ring_cameras
+    from ..learn.refine import DEFAULT_RADIUS, input_scene, refine
     from ..learn.tetnet import TetNet
     from ..scene import validate_normals
 
-    size = net.config.image_size
-    cameras = ring_cameras(args.dataset, args.views, size)
     normals = None
     if args.normals:
         normals = []

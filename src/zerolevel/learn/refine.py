@@ -43,9 +43,12 @@ from .dataset.folder import read_info
 from .predict import output_mesh
 from .tetnet import TetNet
 
-# The fit's settings for a refine: it starts close to the answer, so no visual hull and no coarse
-# level to place the surface.  TODO(measure): resolutions, lr, weights.
-REFINE = TetSDFConfig(resolutions=(64,), level_shares=(1.0,), lr=0.05, init="field")
+# The fit's settings for a refine: the network's own lattice (32), one level. On 4 val/test objects of a
+# 12-per-category chair/table set, 3 views, 20 s (benchmarks/results/predict_refine_settings.md): from
+# masks, voxel IoU 0.18 predicted -> 0.35 at lr 0.1 (the fit's default), 0.31 at 0.05, 0.28 with a 64
+# level after the 32 one (its steps are dearer: fewer of them in the budget; a full 64 lattice takes
+# ~1 s a step)
+REFINE = TetSDFConfig(resolutions=(32,), level_shares=(1.0,), lr=0.1, init="field")
 PACE_SHARE = 0.1  # the first share of the budget measures the pace; the schedule is then fitted to it
 DEFAULT_RADIUS = 0.55  # a SoftRas prediction's frame: TetNet's default grid bound
 
@@ -147,7 +150,7 @@ def start_from_mesh(mesh: trimesh.Trimesh, radius: float) -> Callable[[TetGrid],
 
 def refine(net: torch.nn.Module, output: torch.Tensor, scene: Scene, seconds: float,
            config: TetSDFConfig | None = None, device: str | torch.device = "cpu", seed: int = 0,
-           progress: bool = True, source: str = "images") -> Refined:
+           progress: bool = True, source: str = "images", iters: int | None = None) -> Refined:
     """Continue from a network's (fused) output with the tet-grid fit of `scene` for `seconds`.
 
     Args:
@@ -158,6 +161,8 @@ def refine(net: torch.nn.Module, output: torch.Tensor, scene: Scene, seconds: fl
         seconds: the fit's time budget (the loop's own time; the set-up and the extraction add a
             little).
         config: the fit's settings (default `REFINE`); `init` is set to "field".
+        iters: a fixed number of iterations (the budget still stops it), for repeatable runs;
+            None: as many as the budget allows, the schedule fitted to the pace of the first steps.
     Returns:
         Refined: the largest component of the fitted surface in the dataset frame, the loop's result.
     Raises:
@@ -172,15 +177,16 @@ def refine(net: torch.nn.Module, output: torch.Tensor, scene: Scene, seconds: fl
     else:
         start = start_from_mesh(output_mesh(net, output), radius)
     fit = TetSDF(scene, 1_000_000, config, device=device, seed=seed, source=source, start=start)
+    quiet = dict(checkpoint_every=1 << 30, checkpoint_every_s=math.inf, log_every=1 << 30)
     with tempfile.TemporaryDirectory(prefix="zerolevel-refine-") as folder:
-        quiet = dict(checkpoint_every=1 << 30, checkpoint_every_s=math.inf, log_every=1 << 30)
-        # the pace of the first steps sets the schedule's length, so the cosine decay (and any finer
-        # level) fits the budget; the loop's budget counts both runs
-        probe = run_loop(fit, folder, LoopConfig(iters=1 << 30, budget_s=PACE_SHARE * seconds, progress=False,
-                                                 **quiet), name=TetSDF.name)
-        total = max(probe.iterations + 1, round(probe.iterations * seconds / max(probe.seconds, 1e-6)))
-        fit.reschedule(total)
-        result = run_loop(fit, folder, LoopConfig(iters=total, budget_s=seconds, progress=progress,
+        if iters is None:
+            # the pace of the first steps sets the schedule's length, so that the cosine decay (and any
+            # finer level) fits the budget; the loop's budget counts both runs
+            probe = run_loop(fit, folder, LoopConfig(iters=1 << 30, budget_s=PACE_SHARE * seconds, progress=False,
+                                                     **quiet), name=TetSDF.name)
+            iters = max(probe.iterations + 1, round(probe.iterations * seconds / max(probe.seconds, 1e-6)))
+        fit.reschedule(iters)
+        result = run_loop(fit, folder, LoopConfig(iters=iters, budget_s=seconds, progress=progress,
                                                   desc="refining", **quiet), resume=True, name=TetSDF.name)
     mesh = fit.extract()
     return Refined(mesh, result, config, len(scene.views), tuple(sorted(scene.modalities() & {"normal", "mask"})))
