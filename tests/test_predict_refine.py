@@ -18,7 +18,7 @@ from zerolevel.learn.dataset.settings import VOXEL_BOUNDS, DatasetSettings
 from zerolevel.learn.dataset.sources import generated_sources
 from zerolevel.learn.dataset.write import write_dataset
 from zerolevel.learn.evaluate import voxel_iou
-from zerolevel.learn.predict import fuse, network_outputs, output_mesh, predict
+from zerolevel.learn.predict import default_fusion, fuse, network_outputs, output_mesh, predict
 from zerolevel.learn.refine import input_scene, refine, start_from_mesh, start_from_values
 from zerolevel.learn.softras_net import SoftRasNet
 from zerolevel.learn.tetnet import TetNet
@@ -73,6 +73,7 @@ def test_softras_predictions_fuse_by_their_vertices():
         fuse(outputs, "max")
     with pytest.raises(ValueError, match="unknown fusion"):
         fuse(outputs, "median")
+    assert default_fusion(net) == "mean" and default_fusion(TetNet(**SMALL)) == "max"
 
 
 # ------------------------------------------------------------------------------------------------ the start
@@ -147,6 +148,23 @@ def test_refine_corrects_a_wrong_start(with_normals):
     assert refined.mesh.is_watertight and np.abs(refined.mesh.vertices).max() < 0.55
 
 
+def test_refine_starts_from_a_softras_mesh():
+    """SoftRas's prediction (an untrained network's template) becomes the fit's start through its
+    signed distance; the refine then moves it towards the box."""
+    torch.manual_seed(0)
+    net = SoftRasNet(image_size=32).eval()
+    images, _, cameras, box = _box_views([0, 3, 5])
+    output = fuse(network_outputs(net, images))
+    truth = solid_voxels(box, VOXEL_BOUNDS, 32)
+    start = output_mesh(net, output)
+    before = voxel_iou(start.vertices, start.faces, truth)
+    scene = input_scene(images, cameras, radius=0.55)
+    config = TetSDFConfig(resolutions=(16,), level_shares=(1.0,), lr=0.3)
+    refined = refine(net, output, scene, seconds=60, config=config, progress=False, iters=40)
+    after = voxel_iou(refined.mesh.vertices, refined.mesh.faces, truth)
+    assert after > before + 0.1, (before, after)
+
+
 # ------------------------------------------------------------------------------------------------ command line
 @pytest.fixture(scope="module")
 def tetrun(tmp_path_factory):
@@ -175,7 +193,12 @@ def test_cli_predicts_from_several_views_and_refines(capsys, tetrun, tmp_path):
     r = tetrun
     code, stdout, _ = cli(capsys, "predict", str(r / "run"), str(r / "view0.png"), str(r / "view2.png"),
                           "-o", str(tmp_path / "fused.ply"))
-    assert code == 0 and "predicted from 2 images, fused (mean)" in stdout
+    assert code == 0 and "predicted from 2 images, fused (max)" in stdout  # the tet network's default
+    code, stdout, _ = cli(capsys, "predict", str(r / "run"), str(r / "view0.png"), str(r / "view2.png"),
+                          "-o", str(tmp_path / "mean.ply"), "--fuse", "mean")
+    assert code == 0 and "fused (mean)" in stdout
+    fused, mean = (trimesh.load(tmp_path / name, process=False) for name in ("fused.ply", "mean.ply"))
+    assert fused.volume < mean.volume + 1e-9  # the intersection lies inside the average's solid
     code, stdout, _ = cli(capsys, "predict", str(r / "run"), str(r / "view0.png"), str(r / "view2.png"),
                           "-o", str(tmp_path / "refined.obj"), "--dataset", str(r / "set"), "--views", "0", "2",
                           "--normals", str(r / "normal0.png"), str(r / "normal2.png"), "--refine", "1.5")

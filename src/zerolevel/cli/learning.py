@@ -154,8 +154,8 @@ alpha (the dataset's black background). The mesh is in the dataset's normalised 
 the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front towards -z, whichever view the image shows;
 SoftRas's has the template's 642 vertices and 1280 faces, the tet network's is its zero level set (closed).
 Several images of one object: the networks predict in that frame from any view, so the predictions are fused
-as they are: SDF values (tetnet) or vertex positions (softras) averaged; --fuse max takes the intersection of
-the tet network's solids.
+as they are: the tet network's SDF values by their max, the intersection of its solids (--fuse mean: their
+average), SoftRas's vertex positions averaged.
 --refine S: S more seconds of the multi-view tet-grid fit (zerolevel fit --method tetsdf) from the fused
 prediction, to the images' silhouettes (expand / shrink, mask L2), with eikonal and curvature regularisers,
 and to normal maps with --normals (one per image: world-space, 16-bit PNG rgb = (n + 1) / 2 as in scene
@@ -211,7 +211,7 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train)")
     p.add_argument("images", nargs="+", metavar="IMAGE",
                    help="RGBA image (alpha = silhouette), or RGB with --mask; several images of one object: their "
-                        "predictions are fused (averaged)")
+                        "predictions are fused (--fuse)")
     p.add_argument("-o", "--output", required=True, metavar="MESH",
                    help=f"mesh file to write ({', '.join('.' + f for f in MESH_FORMATS)})")
     p.add_argument("--mask", nargs="+", metavar="MASK",
@@ -225,9 +225,10 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     p.add_argument("--refine", type=float, metavar="S",
                    help="then fit the tet grid to the images' masks (and --normals) for S seconds, starting from the "
                         "prediction (needs --dataset and --views)")
-    p.add_argument("--fuse", choices=["mean", "max"], default="mean",
-                   help="how several images' predictions are fused: mean (default) of SDF values or vertex "
-                        "positions; max of SDF values, the intersection of the predicted solids (tetnet only)")
+    p.add_argument("--fuse", choices=["mean", "max"],
+                   help="how several images' predictions are fused: max of SDF values, the intersection of the "
+                        "predicted solids (tetnet's default); mean of SDF values or of vertex positions "
+                        "(softras's default and only choice)")
     add_common(p)
 
     p = sub.add_parser("eval-set", help="score a trained single-view network on a dataset split (IoU, F-score)",
@@ -299,7 +300,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..atomic import atomic_path
-    from ..learn.predict import load_run
+    from ..learn.predict import default_fusion, load_run
     from ..learn.refine import ring_cameras
     from ..learn.tetnet import TetNet
 
@@ -316,6 +317,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     if args.fuse == "max" and not isinstance(net, TetNet):
         raise InputError("--fuse max takes the intersection of predicted solids (SDF values): a tetnet run's; "
                          "SoftRas's meshes are averaged (--fuse mean)", args.run)
+    args.fuse = args.fuse or default_fusion(net)
     cameras = None if args.views is None else ring_cameras(args.dataset, args.views, size)  # checks the indices
     if args.refine is None:
         mesh = parts.predict(net, images if len(images) > 1 else images[0],
