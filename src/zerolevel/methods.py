@@ -33,7 +33,7 @@ class TrainParts:
     train: Callable[..., Any]         # (dataset, run_dir, config, device, resume=, progress=, threads=) -> result
     config: type                      # its settings dataclass (`train --set KEY=VALUE`)
     load_model: Callable[..., Any]    # (run or checkpoint, device) -> the trained network, eval mode
-    predict: Callable[..., Any]       # (network, (S, S, 4) uint8 image, source) -> trimesh
+    predict: Callable[..., Any]       # (network, (S, S, 4) uint8 image or a list of them, source, fusion=) -> trimesh
 
 
 @dataclass(frozen=True)

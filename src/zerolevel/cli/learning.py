@@ -150,12 +150,23 @@ its share of the CPUs.
 EPILOG_PREDICT = """examples:
   zerolevel predict run chair.png -o chair.ply                 # RGBA PNG, alpha = the object's silhouette
   zerolevel predict run/checkpoint.pt photo.jpg --mask photo_mask.png -o chair.obj
+  zerolevel predict tetrun v0.png v8.png v16.png -o chair.ply  # 3 views of one object, predictions averaged
+  zerolevel predict tetrun v0.png v8.png -o chair.ply --dataset shapes128 --views 0 8 --refine 20
+  zerolevel predict tetrun v0.png -o chair.ply --dataset shapes128 --views 0 --refine 20 --normals n0.png
 
 The image must have the network's size (that of its training set, e.g. 64x64; the error names it) and frame
 the object as the dataset's ring cameras do (centred, seen from 30 degrees above). RGB is multiplied by the
-alpha (the dataset's black background). The mesh (642 vertices, 1280 faces, closed) is in the dataset's
-normalised frame: bounding-box centre at the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front
-towards -z, whichever view the image shows.
+alpha (the dataset's black background). The mesh is in the dataset's normalised frame: bounding-box centre at
+the origin, diagonal about 1 (inside [-0.5, 0.5]^3), y up, front towards -z, whichever view the image shows;
+SoftRas's has the template's 642 vertices and 1280 faces, the tet network's is its zero level set (closed).
+Several images of one object: the networks predict in that frame from any view, so the predictions are fused
+as they are: the tet network's SDF values by their max, the intersection of its solids (--fuse mean: their
+average), SoftRas's vertex positions averaged.
+--refine S: S more seconds of the multi-view tet-grid fit (zerolevel fit --method tetsdf) from the fused
+prediction, to the images' silhouettes (expand / shrink, mask L2), with eikonal and curvature regularisers,
+and to normal maps with --normals (one per image: world-space, 16-bit PNG rgb = (n + 1) / 2 as in scene
+folders; e.g. from zerolevel predict-normals). The fit needs each image's camera: --dataset names the
+network's dataset and --views each image's index on its ring (0 = the front, 360/V degrees apart).
 """
 EPILOG_PREDICT_NORMALS = """examples:
   zerolevel predict-normals normrun chair.png -o chair_normals.png      # RGBA PNG, alpha = the object's silhouette
@@ -215,13 +226,30 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     add_common(p)
     p.set_defaults(seed=None)  # a fresh run: 0; with --resume: the run's own
 
-    p = sub.add_parser("predict", help="mesh from one image with a trained single-view network",
-                       epilog=EPILOG_PREDICT, formatter_class=formatter)
+    p = sub.add_parser("predict", help="mesh from one image (or several of one object) with a trained single-view "
+                       "network, optionally refined by a tet-grid fit to the images", epilog=EPILOG_PREDICT,
+                       formatter_class=formatter)
     p.add_argument("run", metavar="RUN", help="run folder or its checkpoint.pt (zerolevel train)")
-    p.add_argument("image", metavar="IMAGE", help="RGBA image (alpha = silhouette), or RGB with --mask")
+    p.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="RGBA image (alpha = silhouette), or RGB with --mask; several images of one object: their "
+                        "predictions are fused (--fuse)")
     p.add_argument("-o", "--output", required=True, metavar="MESH",
                    help=f"mesh file to write ({', '.join('.' + f for f in MESH_FORMATS)})")
-    p.add_argument("--mask", help="silhouette image, 8-bit, foreground > 127 (replaces any alpha)")
+    p.add_argument("--mask", nargs="+", metavar="MASK",
+                   help="silhouette image per IMAGE, 8-bit, foreground > 127 (replaces any alpha)")
+    p.add_argument("--dataset", metavar="DATA", help="the network's dataset folder: its ring cameras (with --views)")
+    p.add_argument("--views", type=int, nargs="+", metavar="K",
+                   help="each IMAGE's camera: its view index on the dataset's ring (0 = the front); needed by --refine")
+    p.add_argument("--normals", nargs="+", metavar="NORMALS",
+                   help="world-space normal map per IMAGE for --refine (scene format: 16-bit PNG rgb = (n + 1) / 2, "
+                        "as `zerolevel predict-normals` writes; or .npy / .exr)")
+    p.add_argument("--refine", type=float, metavar="S",
+                   help="then fit the tet grid to the images' masks (and --normals) for S seconds, starting from the "
+                        "prediction (needs --dataset and --views)")
+    p.add_argument("--fuse", choices=["mean", "max"],
+                   help="how several images' predictions are fused: max of SDF values, the intersection of the "
+                        "predicted solids (tetnet's default); mean of SDF values or of vertex positions "
+                        "(softras's default and only choice)")
     add_common(p)
 
     p = sub.add_parser("predict-normals", help="normal map from one image with a trained normals network",
@@ -302,20 +330,89 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..atomic import atomic_path
-    from ..learn.predict import load_run
+    from ..learn.predict import default_fusion, load_run
+    from ..learn.refine import ring_cameras
+    from ..learn.tetnet import TetNet
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
     if suffix not in MESH_FORMATS:
         raise InputError(f"unknown mesh format {suffix!r}: use one of {', '.join('.' + f for f in MESH_FORMATS)}",
                          args.output)
+    _check_predict_options(args)
     parts = methods.get(load_run(args.run)["name"], "train").parts()
     net = parts.load_model(args.run, args.device)
-    rgba = _network_input(args.image, args.mask, net.config.image_size)
-    mesh = parts.predict(net, rgba, source=args.image)
+    size = net.config.image_size
+    masks = args.mask or [None] * len(args.images)
+    images = [_network_input(image, mask, size) for image, mask in zip(args.images, masks)]
+    if args.fuse == "max" and not isinstance(net, TetNet):
+        raise InputError("--fuse max takes the intersection of predicted solids (SDF values): a tetnet run's; "
+                         "SoftRas's meshes are averaged (--fuse mean)", args.run)
+    args.fuse = args.fuse or default_fusion(net)
+    cameras = None if args.views is None else ring_cameras(args.dataset, args.views, size)  # checks the indices
+    if args.refine is None:
+        mesh = parts.predict(net, images if len(images) > 1 else images[0],
+                             source=args.images if len(images) > 1 else args.images[0], fusion=args.fuse)
+        done = f"predicted from {_count(len(images), 'image')}" + (f", fused ({args.fuse})" if len(images) > 1 else "")
+    else:
+        mesh, done = _refine(args, net, images, cameras)
     with atomic_path(args.output) as tmp:
         mesh.export(tmp, file_type=suffix)
     print(f"wrote {args.output}: {len(mesh.vertices)} vertices, {len(mesh.faces)} faces, in the dataset's "
-          f"normalised frame (centred, bounding-box diagonal ~1, y up)")
+          f"normalised frame (centred, bounding-box diagonal ~1, y up); {done}")
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _check_predict_options(args: argparse.Namespace) -> None:
+    """predict's option combinations, before any file is read."""
+    count = len(args.images)
+    for name, values in (("--mask", args.mask), ("--views", args.views), ("--normals", args.normals)):
+        if values is not None and len(values) != count:
+            raise InputError(f"{name} gives {_count(len(values), 'value')} for {_count(count, 'image')}: one per image")
+    if args.views is not None and args.dataset is None:
+        raise InputError("--views are indices on a dataset's ring of cameras: give --dataset DATA")
+    if args.refine is not None:
+        if not args.refine > 0:
+            raise InputError(f"--refine must be a positive number of seconds, got {args.refine}")
+        if args.dataset is None or args.views is None:
+            raise InputError("--refine fits the images from their cameras: give --dataset DATA and --views K "
+                             "(each image's view index on the dataset's ring)")
+    elif args.normals is not None:
+        raise InputError("--normals are used by --refine only: add --refine S")
+
+
+def _refine(args: argparse.Namespace, net, images: list, cameras) -> tuple:
+    """--refine: the fused prediction, then the tet-grid fit of the images for --refine seconds:
+    (the mesh, what was done in words)."""
+    from ..images import read_normal_map
+    from ..learn.predict import fuse, network_outputs, output_mesh
+    from ..learn.refine import DEFAULT_RADIUS, input_scene, refine
+    from ..learn.tetnet import TetNet
+    from ..scene import validate_normals
+
+    normals = None
+    if args.normals:
+        normals = []
+        for path, image in zip(args.normals, images):
+            normal = read_normal_map(path)
+            if normal.shape[:2] != image.shape[:2]:
+                raise InputError(f"the normal map is {normal.shape[1]}x{normal.shape[0]}, its image "
+                                 f"{image.shape[1]}x{image.shape[0]}", path)
+            normals.append(validate_normals(normal, image[..., 3] > 127, path))
+    output = fuse(network_outputs(net, images, args.images), args.fuse)
+    if len(output_mesh(net, output).faces) == 0:
+        raise InputError("the network sees no object in these images (its surface is empty)", args.images[0])
+    radius = float(net.config.bounds) if isinstance(net, TetNet) else DEFAULT_RADIUS
+    scene = input_scene(images, cameras, normals, radius)
+    refined = refine(net, output, scene, args.refine, device=args.device, seed=args.seed, progress=not args.quiet,
+                     source=args.images[0])
+    r = refined.result
+    done = (f"predicted from {_count(len(images), 'image')}, refined by the tet-grid fit to their "
+            f"{' and '.join(m + 's' for m in refined.modalities)} (views {' '.join(map(str, args.views))}) for "
+            f"{r.iterations} iterations in {r.seconds:.1f} s")
+    return refined.mesh, done
 
 
 def _network_input(image: str, mask: str | None, size: int) -> np.ndarray:

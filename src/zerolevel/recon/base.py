@@ -121,6 +121,14 @@ class LevelledFit:
         for group in self.optimizer.param_groups:
             group["lr"] = self.base_lr * self.step_scale * factor
 
+    def reschedule(self, iters: int) -> None:
+        """Stretch or shrink the schedule (level starts, cosine decay) to `iters` iterations in all,
+        keeping each level's share: for a run whose length a time budget decides, once the pace of
+        its first steps is known. Levels already entered stay entered."""
+        iters = max(1, int(iters))
+        self.level_starts = [round(start * iters / self.iters) for start in self.level_starts]
+        self.iters = iters
+
     def reduce_step(self, factor: float) -> None:
         """Scale the learning rate by `factor` from now on (recovery from a non-finite loss)."""
         self.step_scale *= factor

@@ -20,13 +20,15 @@ tetrahedra -> a triangle mesh -> rasterised normal maps and antialiased masks of
 Surface energies (normals, masks, shrink, area) reach the SDF values through the marching step's
 crossing points (the paper's Lagrangian view); volumetric ones (eikonal, expand) act on the grid
 directly. The grid starts as the visual hull of the masks (signed distance by EDT) on a coarse
-lattice and is subdivided in a band around the surface level by level (`TetGrid.subdivide`, which
+lattice, as a sphere, or as a given field (`init="field"`, `start=`: e.g. a single-view network's
+prediction, which `learn.refine` continues from), and is subdivided in a band around the surface level by level (`TetGrid.subdivide`, which
 keeps the same piecewise-linear function); the surface must stay in the band, so the band is
 re-selected at every level.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,7 +82,8 @@ class TetSDFConfig:
                                          # tetsdf_eikonal): to settle on more scenes with issue 20
     margin: float = 0.1                  # shrink / expand push values this many cells past zero
     expand_rays: int = 1024              # at most this many uncovered pixels per step
-    init: str = "visual_hull"            # "visual_hull" (of the masks) or "sphere"
+    init: str = "visual_hull"            # "visual_hull" (of the masks), "sphere", or "field" (the
+                                         # constructor's `start`: values on the first grid)
     init_radius: float = 0.6
 
 
@@ -90,9 +93,15 @@ class TetSDF(LevelledFit):
     name = "tetsdf"
 
     def __init__(self, scene: Scene, iters: int, config: TetSDFConfig | None = None,
-                 device: str | torch.device = "cpu", seed: int = 0, source: str = "scene"):
+                 device: str | torch.device = "cpu", seed: int = 0, source: str = "scene",
+                 start: Callable[[TetGrid], torch.Tensor] | None = None):
+        """`start` (with `init="field"`): the starting SDF, a call from the first grid (vertices in
+        working space) to its (N,) values in working-space units."""
         super().__init__(scene, iters, config or TetSDFConfig(), device, seed)
         c = self.config
+        if (c.init == "field") != (start is not None):
+            raise ValueError("init='field' and a start field go together (the start field is code, not a setting)")
+        self.start = start
         if len(c.level_shares) != len(c.resolutions) or any(b != 2 * a for a, b in
                                                                zip(c.resolutions, c.resolutions[1:])):
             raise ValueError("resolutions must double level by level, with one share per level")
@@ -105,25 +114,25 @@ class TetSDF(LevelledFit):
 
     # ------------------------------------------------------------------ set-up
     def _initial_values(self) -> torch.Tensor:
-        """Signed distances (EDT on the vertex lattice) to the masks' visual hull, or to a sphere."""
+        """Signed distances (EDT on the vertex lattice) to the masks' visual hull, to a sphere, or
+        the start field's values."""
         c, grid = self.config, self.grid
         if c.init == "sphere":
             return (grid.vertices.norm(dim=1) - c.init_radius).float()
+        if c.init == "field":
+            with torch.no_grad():
+                values = torch.as_tensor(self.start(grid), dtype=torch.float32, device=self.device).reshape(-1)
+            if len(values) != len(grid.vertices) or not bool(torch.isfinite(values).all()):
+                raise ValueError(f"the start field must give {len(grid.vertices)} finite values, one per vertex")
+            return values
         if c.init != "visual_hull":
-            raise ValueError(f"init must be 'visual_hull' or 'sphere', got {c.init!r}")
+            raise ValueError(f"init must be 'visual_hull', 'sphere' or 'field', got {c.init!r}")
         with torch.no_grad():
             hull = VisualHullField(self.full_cameras, self.targets["mask"])
             inside = torch.cat([hull(chunk) < 0 for chunk in grid.vertices.split(65536)])
-        n = grid.resolution + 1
-        occupied = np.zeros((n, n, n), dtype=bool)
-        coords = grid.coords.numpy()
-        occupied[coords[:, 0], coords[:, 1], coords[:, 2]] = inside.cpu().numpy()
-        if not occupied.any():
+        if not bool(inside.any()):
             raise InputError("the masks' visual hull is empty: no point projects into every mask")
-        distance = ndimage.distance_transform_edt(~occupied) - ndimage.distance_transform_edt(occupied)
-        sdf = (distance + np.where(occupied, 0.5, -0.5)) * grid.cell  # the surface between nodes
-        return torch.as_tensor(sdf[coords[:, 0], coords[:, 1], coords[:, 2]], dtype=torch.float32,
-                               device=self.device)
+        return lattice_sdf(grid, inside)
 
     def _enter_level(self, level: int, refine: bool = True) -> None:
         """Switch to `level`: subdivide the grid in the band, new optimiser, views at this resolution."""
@@ -219,6 +228,19 @@ class TetSDF(LevelledFit):
         self.grid = grid_from_state(state, self.device)
         self.values = torch.nn.Parameter(state["values"].to(self.device))
         self.load_common_state(state)
+
+
+def lattice_sdf(grid: TetGrid, inside: torch.Tensor) -> torch.Tensor:
+    """(N,) float32 signed distances on a regular grid's vertices to the solid of the vertices marked
+    `inside` ((N,) bool), by EDT on the vertex lattice, the surface half a cell from inside nodes,
+    in the grid's units and on its device."""
+    n = grid.resolution + 1
+    occupied = np.zeros((n, n, n), dtype=bool)
+    coords = grid.coords.numpy()
+    occupied[coords[:, 0], coords[:, 1], coords[:, 2]] = torch.as_tensor(inside).cpu().numpy()
+    distance = ndimage.distance_transform_edt(~occupied) - ndimage.distance_transform_edt(occupied)
+    sdf = (distance + np.where(occupied, 0.5, -0.5)) * grid.cell  # the surface between nodes
+    return torch.as_tensor(sdf[coords[:, 0], coords[:, 1], coords[:, 2]], dtype=torch.float32, device=grid.device)
 
 
 def grid_from_state(state: dict[str, Any], device: str | torch.device = "cpu") -> TetGrid:
