@@ -84,8 +84,10 @@ def predict_split_normals(net: NormalsNet, split: Any, batch_size: int = 32) -> 
     return out
 
 
-def predict_no_mesh(net: NormalsNet, image: np.ndarray, source: str = "image") -> None:
-    """The registry's mesh predictor for the normals network, which has none: InputError."""
+def predict_no_mesh(net: NormalsNet, images: Any, source: str | list[str] = "image", fusion: str | None = None) -> None:
+    """The registry's mesh predictor (`learn.predict.predict`'s arguments) for the normals network,
+    which has none: InputError."""
+    source = source[0] if isinstance(source, list) else source
     raise InputError("a normals network predicts normal maps, not meshes: use zerolevel predict-normals", source)
 
 
