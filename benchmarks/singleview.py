@@ -76,15 +76,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 # ---------------------------------------------------------------------------------------- data
-def make_dataset(args: argparse.Namespace) -> Path:
+def make_dataset(args: argparse.Namespace, settings=None, stem: str = "singleview") -> Path:
+    """The generated dataset of `args` (categories, count, seed; `DatasetSettings` `settings`, default
+    SoftRas's), cached in `args.data` or `<temp>/zerolevel-bench/<stem>-<count>-seed<seed>`."""
+    from zerolevel.learn.dataset.settings import DatasetSettings
     from zerolevel.learn.dataset.sources import generated_sources
     from zerolevel.learn.dataset.write import write_dataset
     from zerolevel.learn.shapes import CATEGORIES
 
     categories = args.categories or list(CATEGORIES)
-    root = args.data or Path(tempfile.gettempdir()) / "zerolevel-bench" / f"singleview-{args.count}-seed{args.seed}"
+    root = args.data or Path(tempfile.gettempdir()) / "zerolevel-bench" / f"{stem}-{args.count}-seed{args.seed}"
     sources = generated_sources(categories, args.count, seed=args.seed)
-    summary = write_dataset(root, sources, seed=args.seed, workers=args.workers or args.threads,
+    summary = write_dataset(root, sources, settings or DatasetSettings(), seed=args.seed,
+                            workers=args.workers or args.threads,
                             source_info={"generated": categories, "count": args.count})
     print(f"dataset {root}: {summary.rendered} objects made, {summary.reused} reused, "
           f"{summary.seconds:.0f} s, splits {summary.info['splits']}", flush=True)

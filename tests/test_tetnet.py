@@ -103,6 +103,24 @@ def test_the_network_starts_as_a_closed_sphere():
     assert abs(radius.mean() - 0.3) < 0.01 and radius.std() < 0.01
 
 
+def test_the_gallery_draws_a_tetnet_prediction():
+    """`eval-set --gallery` takes any mesh network: an untrained TetNet's sphere is drawn in the prediction
+    tiles, and the same predictions with an empty surface leave them blank."""
+    from zerolevel.learn.gallery import BACKGROUND, GAP, prediction_sheet
+
+    split = ellipsoids([(0.3, 0.2, 0.25)], views=8)
+    net = TetNet(**SMALL)
+    step = 32 + GAP
+
+    def prediction_tiles(sheet):
+        return [sheet[GAP:GAP + 32, GAP + c * step:GAP + c * step + 32] for c in (1, 2, 4)]
+
+    assert all((tile != BACKGROUND).any() for tile in prediction_tiles(prediction_sheet(net, split, 1, scale=1)))
+    with torch.no_grad():
+        net.decoder.start.fill_(1.0)  # every value outside: no surface
+    assert all((tile == BACKGROUND).all() for tile in prediction_tiles(prediction_sheet(net, split, 1, scale=1)))
+
+
 def test_lattice_eikonal_against_a_closed_form():
     n = 9
     axis = torch.linspace(-1, 1, n, dtype=torch.float64)

@@ -206,6 +206,15 @@ def _load_network(run: str | Path, device: str | torch.device) -> tuple[SoftRasN
     return net, meta
 
 
+def surface_scores(mesh: trimesh.Trimesh, gt: trimesh.Trimesh, taus: Sequence[float] = DEFAULT_TAUS,
+                   points: int = SURFACE_POINTS, seed: int = 0) -> dict[str, float]:
+    """{"chamfer", "normal_consistency", "fscore@<tau_key>"} of a predicted mesh against the object's
+    (`zerolevel.metrics.evaluate`, distances in GT bounding-box diagonals)."""
+    metrics = evaluate(mesh, gt, taus=tuple(taus), n_points=points, seed=seed)
+    return {"chamfer": metrics["chamfer"], "normal_consistency": metrics["normal_consistency"],
+            **{f"fscore@{tau_key(t)}": metrics["fscore"][tau_key(t)] for t in taus}}
+
+
 @torch.no_grad()
 def score_predictions(net: torch.nn.Module, split: Any, view_ids: np.ndarray, surface_views: int = 1,
                       taus: Sequence[float] = DEFAULT_TAUS, points: int = SURFACE_POINTS, batch_size: int = 32,
@@ -246,12 +255,9 @@ def score_predictions(net: torch.nn.Module, split: Any, view_ids: np.ndarray, su
                 if j < K_s:
                     if gt_index != i:
                         gt_index, gt = i, load_mesh(split.mesh_path(i))
-                    mesh = trimesh.Trimesh(verts, faces, process=False)
-                    metrics = evaluate(mesh, gt, taus=tuple(taus), n_points=points, seed=seed)
-                    out["chamfer"][i, j] = metrics["chamfer"]
-                    out["normal_consistency"][i, j] = metrics["normal_consistency"]
-                    for tau in taus:
-                        out[f"fscore@{tau_key(tau)}"][i, j] = metrics["fscore"][tau_key(tau)]
+                    scores = surface_scores(trimesh.Trimesh(verts, faces, process=False), gt, taus, points, seed)
+                    for key, value in scores.items():
+                        out[key][i, j] = value
                 bar.update(1)
     finally:
         bar.close()

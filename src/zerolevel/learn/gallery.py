@@ -1,4 +1,5 @@
-"""A picture of a single-view network's predictions beside the truth (`zerolevel eval-set --gallery`).
+"""A picture of a single-view mesh network's predictions (SoftRas's or TetNet's, through their
+`predict_meshes`) beside the truth (`zerolevel eval-set --gallery`).
 
 One row per object (the first few objects of each category of a split, so the same run always shows
 the same ones), six tiles: the input image, the predicted mesh seen from the input view, then the
@@ -21,7 +22,6 @@ import trimesh
 from ..render.raycast import MeshRayCaster
 from ..report import contact_sheet, write_png
 from .dataset.views import render_rgba
-from .softras_net import SoftRasNet
 from .sampling import split_images
 
 COLUMNS = ("input", "prediction (input view)", "prediction +90°", "truth +90°", "prediction +180°", "truth +180°")
@@ -40,12 +40,12 @@ def gallery_objects(categories: Sequence[str], per_category: int) -> list[int]:
 
 
 @torch.no_grad()
-def prediction_sheet(net: SoftRasNet, split: Any, per_category: int = 2, view: int = 0,
+def prediction_sheet(net: torch.nn.Module, split: Any, per_category: int = 2, view: int = 0,
                      scale: int = 2) -> np.ndarray:
     """(H, W, 3) uint8: the rows described in the module docstring, each tile upscaled `scale` times.
 
     Args:
-        net: the trained network (put in eval mode; its mode is restored).
+        net: the trained mesh network, with `predict_meshes` (put in eval mode; its mode is restored).
         split: a dataset split (`load_split`): images (N, V, S, S, 4), categories, cameras.
         per_category: objects shown per category.
         view: the input view (ring index).
@@ -61,21 +61,22 @@ def prediction_sheet(net: SoftRasNet, split: Any, per_category: int = 2, view: i
     try:
         inputs = split_images(split, np.asarray(objects), np.full(len(objects), views[0]), parameter.device,
                               parameter.dtype)
-        vertices = net(inputs).double().cpu().numpy()
+        meshes = net.predict_meshes(inputs)
     finally:
         net.train(was_training)
-    faces = net.faces.cpu().numpy()
     tiles = []
-    for index, verts in zip(objects, vertices):
-        mesh = trimesh.Trimesh(verts, faces, process=False)
-        predicted = render_rgba(MeshRayCaster(mesh, crease_deg=None), cameras)  # smooth: no intended creases
+    for index, (verts, faces) in zip(objects, meshes):
+        predicted = np.zeros((len(views), *split.images.shape[2:]), dtype=np.uint8)  # an empty surface: blank
+        if len(faces):
+            mesh = trimesh.Trimesh(verts, faces, process=False)
+            predicted = render_rgba(MeshRayCaster(mesh, crease_deg=None), cameras)  # smooth: no intended creases
         truth = split.images[index]
         row = [truth[views[0]], predicted[0], predicted[1], truth[views[1]], predicted[2], truth[views[2]]]
         tiles += [_composite(t, scale) for t in row]
     return contact_sheet(tiles, columns=len(COLUMNS), pad=GAP)
 
 
-def write_prediction_sheet(path: str | Path, net: SoftRasNet, split: Any, per_category: int = 2,
+def write_prediction_sheet(path: str | Path, net: torch.nn.Module, split: Any, per_category: int = 2,
                            view: int = 0) -> None:
     """Write `prediction_sheet` as a PNG, atomically."""
     write_png(path, prediction_sheet(net, split, per_category, view))

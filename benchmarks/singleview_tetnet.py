@@ -1,0 +1,427 @@
+"""Single-view reconstruction with the tet-grid SDF network (Wu et al.) beside SoftRas's, on the CPU:
+training speed and test quality of each network after the same wall-clock budget (issue 17, point 6).
+
+1. Data: `write_dataset(generated_sources(categories, --count))` made as `zerolevel dataset --for tetnet`
+   makes it (`cli.learning.dataset_defaults("tetnet")`: 128^2, varied lighting; normal maps; the 24-view
+   ring, 32^3 voxels, 80/10/10 split per category), cached outside the repository (`--data`, default
+   `<system temp>/zerolevel-bench/singleview_tetnet-<count>-seed<seed>`); a rerun reuses it.
+2. Rows (`--rows`), each network trained from scratch (seed 0, no validation) until `--budget` wall-clock
+   seconds of its loop:
+   - "mean shape", "mean shape per category": the baselines of `singleview.py`;
+   - "softras": SoftRas's network (`learn.train`) on the same 128^2 images (SoftRasNet takes any size;
+     its silhouettes are rendered at 128^2 too), the settings of the SoftRas benchmark of record
+     (`singleview.py --no-cross-render --lr 3e-4 --decay-at-budget 0.75`);
+   - "tetnet (GT normals)": `learn.tetnet_train` with its defaults (`--tetnet-set KEY=VALUE` overrides any
+     `TetNetTrainConfig` field, for both tetnet rows), the decay (x0.3) after 0.75 of the budget;
+   - "tetnet (pix2pix normals)": first the normals network (`learn.pix2pix_train`, its defaults) for
+     `--normals-budget` s, scored on the test split beside the mean-normal-map baseline
+     (`normals_eval.evaluate_normals_run`: angular error, in the notes); then TetNet trained on its predicted
+     normal maps of the train split (`normals_from`) for `--budget` s;
+   - "tetnet + refine S": the GT-normals TetNet's prediction from view 0 of each of the first
+     `--refine-objects` test objects, continued for `--refine-seconds` by the tet-grid fit
+     (`learn.refine.refine`, `zerolevel predict --refine`) to that view's mask and a normal map
+     (`--refine-normals`: pix2pix's prediction from the same image, default; the dataset's, an oracle;
+     or none), beside the unrefined prediction on the same (object, view) pairs.
+3. Scores (`learn.evaluate.evaluate_run`, `zerolevel eval-set`'s protocol): voxel IoU at 32^3 on every ring
+   view of every test object (`--test-views` fewer), mean per category over (object, view) pairs and over
+   categories; F-score at 0.5% and 0.25% of the GT bounding-box diagonal, Chamfer (in diagonals) and normal
+   consistency on view 0 of each object. "iterations", "seconds", "samples/s": the budget run's;
+   "step s": the median seconds per iteration over the run's log (one line per iteration, the first left out).
+4. A TetNet training step at batch `--step-batch` (default 16) taken apart (`step_breakdown`: timers around
+   the parts of `TetNetTraining.batch_losses` and the step), median of `--step-repeats` steps after a warm-up,
+   of the trained GT-normals network: `results/<name>_step.md`.
+
+    python benchmarks/singleview_tetnet.py        # the command of record: 150 objects per category,
+                                                  # 4 networks x 1800 s + 600 s of pix2pix (> 2.5 h)
+    python benchmarks/singleview_tetnet.py --count 4 --budget 15 --normals-budget 10 --refine-seconds 3 \\
+        --refine-objects 2 --categories chair table --step-repeats 1 --name scratch_tetnet --threads 1   # quick check
+
+Writes results/<name>.md and .json, <name>_step.md and .json, and a gallery picture per network row
+(<name>_gallery_<row>.png); `--name` (default singleview_tetnet) changes the stem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import ExitStack, contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _report import limit_threads, write_report  # noqa: E402
+from singleview import DEFAULT_COUNT, make_dataset, per_category_mean_shape  # noqa: E402
+from singleview import train_config as softras_config  # noqa: E402
+
+ROWS = ("mean", "mean-category", "softras", "tetnet-gt", "tetnet-pix2pix", "refine")
+TITLES = {"softras": "softras", "tetnet-gt": "tetnet (GT normals)", "tetnet-pix2pix": "tetnet (pix2pix normals)"}
+SOFTRAS_RECIPE = {"batch_size": 64, "cross_render": False, "lr": 3e-4, "decay_at_budget": 0.75}  # singleview.md
+DECAY_AT_BUDGET = 0.75
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
+    parser.add_argument("--budget", type=float, default=1800.0, help="training seconds per network (default 1800)")
+    parser.add_argument("--normals-budget", type=float, default=600.0, help="pix2pix training seconds (default 600)")
+    parser.add_argument("--refine-seconds", type=float, default=20.0, help="tet-grid fit per object (default 20)")
+    parser.add_argument("--refine-objects", type=int, default=12, help="first test objects refined (default 12)")
+    parser.add_argument("--refine-normals", choices=["pix2pix", "gt", "none"], default="pix2pix",
+                        help="the normal map the refine fits besides the mask (default: pix2pix's prediction)")
+    parser.add_argument("--tetnet-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="TetNetTrainConfig settings of both tetnet rows")
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="objects per category (default 150)")
+    parser.add_argument("--categories", nargs="+", default=None, help="default: every shape family")
+    parser.add_argument("--test-views", type=int, default=None,
+                        help="ring views per test object, evenly spaced (default: all, the protocol)")
+    parser.add_argument("--step-batch", type=int, default=16, help="batch of the step breakdown (default 16)")
+    parser.add_argument("--step-repeats", type=int, default=3, help="timed steps of the breakdown (default 3)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--data", type=Path, default=None, help="dataset cache folder (default: under the temp dir)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="keep the run folders here (default: a temporary folder, removed at the end)")
+    parser.add_argument("--workers", type=int, default=None, help="processes making the dataset (default --threads)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--name", default="singleview_tetnet", help="results file stem")
+    args = parser.parse_args(argv)
+    if "refine" in args.rows and "tetnet-gt" not in args.rows:
+        parser.error("--rows refine refines the tetnet-gt row's network: select tetnet-gt too")
+    if "refine" in args.rows and args.refine_normals == "pix2pix" and "tetnet-pix2pix" not in args.rows:
+        parser.error("--refine-normals pix2pix needs the normals run of the tetnet-pix2pix row: select it, "
+                     "or --refine-normals gt / none")
+    return args
+
+
+# ---------------------------------------------------------------------------------------- training
+def tetnet_config(args: argparse.Namespace, **settings):
+    """The tetnet rows' TetNetTrainConfig: its defaults, a budget run, `--tetnet-set` on top."""
+    from zerolevel.learn.tetnet_train import TetNetTrainConfig
+    from zerolevel.settings import apply_overrides, parse_assignments
+
+    config = TetNetTrainConfig(**_budget_run(args, args.budget), decay_at_budget=DECAY_AT_BUDGET, **settings)
+    return apply_overrides(config, parse_assignments(args.tetnet_set))
+
+
+def _budget_run(args: argparse.Namespace, budget: float) -> dict:
+    """The run settings of every budget run: seed, budget, no validation, no checkpoint before the end,
+    a log line per iteration (for the median step)."""
+    return {"seed": args.seed, "budget_s": budget, "iterations": 10**9, "val_split": None,
+            "checkpoint_every": 10**9, "log_every": 1}
+
+
+def configs(args: argparse.Namespace, runs: Path) -> dict:
+    """{row: (training module, config)} of the trained rows, and "normals" for the pix2pix network."""
+    from zerolevel.learn import pix2pix_train, tetnet_train
+    from zerolevel.learn import train as softras_train
+
+    recipe = argparse.Namespace(**SOFTRAS_RECIPE, seed=args.seed, budget=args.budget)
+    return {"softras": (softras_train, replace(softras_config(recipe), **_budget_run(args, args.budget))),
+            "normals": (pix2pix_train, pix2pix_train.NormalsTrainConfig(**_budget_run(args, args.normals_budget))),
+            "tetnet-gt": (tetnet_train, tetnet_config(args)),
+            "tetnet-pix2pix": (tetnet_train, tetnet_config(args, normals_from=str(runs / "normals")))}
+
+
+def median_step(run_dir: Path) -> float | None:
+    """Median seconds per iteration between the run's log lines, the first interval (warm-up) left out."""
+    from zerolevel.optim.loop import LOG, read_log
+
+    lines = [row for row in read_log(run_dir / LOG) if "loss" in row]
+    steps = [(b["time"] - a["time"]) / (b["iter"] - a["iter"]) for a, b in zip(lines, lines[1:]) if b["iter"] > a["iter"]]
+    return statistics.median(steps[1:] or steps) if steps else None
+
+
+def train_row(key: str, module, config, data: Path, runs: Path, threads: int) -> dict:
+    """Train one network for its budget in runs/<key>; what the table reports of the run."""
+    result = module.train(data, runs / key, config, "cpu", progress=False, threads=threads)
+    print(f"{key}: {result.summary()}", flush=True)
+    return {"iterations": result.iterations, "seconds": round(result.seconds, 1),
+            "samples_s": round(result.samples_per_s, 2), "step_s": median_step(runs / key)}
+
+
+# ---------------------------------------------------------------------------------------- scores
+def score_run(key: str, run_dir: Path, data: Path, args: argparse.Namespace) -> dict:
+    """`evaluate_run` on the test split (surface metrics on view 0), with a gallery picture."""
+    from zerolevel.learn.evaluate import evaluate_run
+
+    gallery = HERE / "results" / f"{args.name}_gallery_{key.replace('-', '_')}.png"
+    scores = evaluate_run(run_dir, data, "test", views=args.test_views, surface_views=1, progress=False,
+                          gallery=gallery)
+    print(f"{key}: test IoU {scores['iou']['mean']} ({scores['seconds']:.0f} s to evaluate)", flush=True)
+    return {"iou": scores["iou"], "surface": scores["surface"]}
+
+
+def score_meshes(meshes: list, split, objects: list[int], seed: int) -> dict:
+    """Scores as `score_run`'s of one mesh per object (from view 0), aggregated per category."""
+    import numpy as np
+
+    from zerolevel.geometry.mesh import load_mesh
+    from zerolevel.learn.evaluate import category_means, surface_scores, voxel_iou
+    from zerolevel.metrics import DEFAULT_TAUS, tau_key
+
+    values = defaultdict(list)
+    for mesh, i in zip(meshes, objects):
+        values["iou"].append(voxel_iou(mesh.vertices, mesh.faces, np.asarray(split.voxels[i], dtype=bool)))
+        for name, value in surface_scores(mesh, load_mesh(split.mesh_path(i)), seed=seed).items():
+            values[name].append(value)
+    cats = [split.categories[i] for i in objects]
+    means = {name: category_means(cats, np.asarray(v, dtype=float)) for name, v in values.items()}
+    return {"iou": means["iou"], "surface": {"chamfer": means["chamfer"], "normal_consistency": means["normal_consistency"],
+                                             "fscore": {tau_key(t): means[f"fscore@{tau_key(t)}"] for t in DEFAULT_TAUS}}}
+
+
+def mean_shape_rows(data: Path) -> list[dict]:
+    """The two baselines' rows: one mean train shape (threshold fitted), and one per category."""
+    from zerolevel.learn.dataset.folder import load_split
+    from zerolevel.learn.evaluate import category_means, fit_mean_shape, voxel_ious
+
+    train, test = load_split(data, "train"), load_split(data, "test")
+    shape = fit_mean_shape(train)
+    return [{"name": f"mean shape (train > {shape.threshold:g})",
+             "iou": category_means(list(test.categories), voxel_ious(shape.voxels, test))},
+            {"name": "mean shape per category", "iou": per_category_mean_shape(data)}]
+
+
+# ---------------------------------------------------------------------------------------- refine
+def refine_normal_maps(split, objects: list[int], how: str, normals_run: Path) -> list:
+    """The (S, S, 3) world-space normal maps of the objects' view 0 the refine fits: pix2pix's (`how`
+    "pix2pix"), the dataset's ("gt"), or None each ("none")."""
+    import numpy as np
+    import torch
+
+    from zerolevel.learn.dataset.folder import decode_normals
+    from zerolevel.learn.pix2pix import NormalsNet
+    from zerolevel.learn.predict import load_model
+    from zerolevel.learn.sampling import split_images
+
+    if how != "pix2pix":
+        return [decode_normals(split.normals[i, 0]) if how == "gt" else None for i in objects]
+    net = load_model(normals_run, network=NormalsNet)
+    with torch.no_grad():
+        images = split_images(split, np.asarray(objects), np.zeros(len(objects), dtype=np.int64), "cpu", torch.float32)
+        return list(net.world_normals(images, split.cameras.R[[0] * len(objects)]).numpy())
+
+
+def refine_rows(run_dir: Path, data: Path, normals_run: Path, args: argparse.Namespace) -> list[dict]:
+    """The GT-normals TetNet's prediction from view 0 of the first --refine-objects test objects, and
+    the same refined by the tet-grid fit for --refine-seconds: two rows scored on those pairs."""
+    import numpy as np
+
+    from zerolevel.learn.dataset.folder import load_split
+    from zerolevel.learn.predict import load_model, network_outputs, output_mesh
+    from zerolevel.learn.refine import input_scene, refine, ring_cameras
+
+    net, split = load_model(run_dir), load_split(data, "test", normals=args.refine_normals == "gt")
+    objects = list(range(min(args.refine_objects, len(split))))
+    cameras = ring_cameras(data, [0], net.config.image_size)
+    predicted, refined, fits = [], [], []
+    for i, normals in zip(objects, refine_normal_maps(split, objects, args.refine_normals, normals_run)):
+        image = np.asarray(split.images[i, 0])
+        output = network_outputs(net, [image])[0]
+        scene = input_scene([image], cameras, None if normals is None else [normals], float(net.config.bounds))
+        fit = refine(net, output, scene, args.refine_seconds, progress=False, seed=args.seed)
+        predicted.append(output_mesh(net, output))
+        refined.append(fit.mesh)
+        fits.append(fit.result)
+        print(f"refine {i}: {fit.result.iterations} iterations in {fit.result.seconds:.1f} s", flush=True)
+    targets = "mask" + ("" if args.refine_normals == "none" else f" + {args.refine_normals} normal map")
+    pairs = f"{len(objects)} test objects, view 0"
+    return [{"name": f"tetnet (GT normals), {pairs}", **score_meshes(predicted, split, objects, args.seed)},
+            {"name": f"tetnet + refine {args.refine_seconds:g} s ({targets}), {pairs}",
+             "iterations": round(statistics.mean(r.iterations for r in fits)),
+             "seconds": round(statistics.mean(r.seconds for r in fits), 1),
+             **score_meshes(refined, split, objects, args.seed)}]
+
+
+# ---------------------------------------------------------------------------------------- step
+@contextmanager
+def _timed(owner, attribute: str, clock: dict, key: str):
+    """Replace owner.attribute (a function or method) by one that adds its seconds to clock[key]."""
+    original = getattr(owner, attribute)
+
+    def timed(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            clock[key] += time.perf_counter() - t0
+
+    setattr(owner, attribute, timed)
+    try:
+        yield
+    finally:
+        setattr(owner, attribute, original)
+
+
+def step_breakdown(data: Path, run_dir: Path | None, args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds of the parts of a TetNet training step (`TetNetTraining.step`) at batch --step-batch,
+    of the network of `run_dir` (None: untrained), over --step-repeats steps after a warm-up."""
+    import torch
+
+    from zerolevel.learn import tetnet_train
+    from zerolevel.learn.predict import load_model
+    from zerolevel.learn.sampling import open_splits
+    from zerolevel.optim.distributed import Distributed
+
+    train_split, _ = open_splits(data, "train", None, normals=True)
+    task = tetnet_train._make_task(train_split, None, replace(tetnet_config(args), batch_size=args.step_batch),
+                                   Distributed(), torch.device("cpu"))
+    if run_dir is not None:
+        task.net.load_state_dict(load_model(run_dir).state_dict())
+    task.net.train()
+    parts = {"data": (task, "next_batch"), "network forward": (task, "model"), "marching tetrahedra": (task.net, "mesh"),
+             "rasterisation (forward)": (tetnet_train, "render_normals"), "expand": (task, "expand"),
+             "carve": (task, "carve"), "eikonal": (tetnet_train, "lattice_eikonal"),
+             "losses (forward)": (task, "batch_losses"), "step": (task, "step")}
+    samples = defaultdict(list)
+    with ExitStack() as stack:
+        clock = defaultdict(float)
+        for key, (owner, attribute) in parts.items():
+            stack.enter_context(_timed(owner, attribute, clock, key))
+        for i in range(args.step_repeats + 1):
+            clock.clear()
+            task.step(i)
+            if i:  # the first step warms up
+                for key in parts:
+                    samples[key].append(clock[key])
+    return {key: statistics.median(values) for key, values in samples.items()}
+
+
+def step_table(times: dict[str, float]) -> list[list]:
+    """Rows (part, median s, % of the step): the timed parts, the rest of the forward, backward + Adam."""
+    inner = ("network forward", "marching tetrahedra", "rasterisation (forward)", "expand", "carve", "eikonal")
+    derived = {"other losses (forward)": times["losses (forward)"] - sum(times[k] for k in inner),
+               "backward + Adam": times["step"] - times["data"] - times["losses (forward)"]}
+    total = times["step"]
+    return [[key, round(s, 4), round(100 * s / total, 1)]
+            for key, s in [(k, times[k]) for k in ("data", *inner)] + list(derived.items()) + [("step", total)]]
+
+
+# ---------------------------------------------------------------------------------------- report
+def table_row(row: dict, categories: list[str]) -> list:
+    """A row of the table from a row dict (name, run figures, "iou", "surface")."""
+    from zerolevel.metrics import tau_key
+
+    surface = row.get("surface")
+    cells = ([surface["fscore"][tau_key(t)]["mean"] for t in (0.005, 0.0025)]
+             + [surface["chamfer"]["mean"], surface["normal_consistency"]["mean"]]) if surface else ["-"] * 4
+    return [row["name"], *[row.get(k, "-") for k in ("iterations", "seconds", "samples_s", "step_s")],
+            *[row["iou"]["per_category"].get(c) for c in categories], row["iou"]["mean"], *cells]
+
+
+def normals_note(run_dir: Path, data: Path, args: argparse.Namespace, trained: dict) -> str:
+    """The pix2pix network's test angular error beside the mean normal map's, in words."""
+    from zerolevel.learn.normals_eval import evaluate_normals_run
+
+    scores = evaluate_normals_run(run_dir, data, "test", views=args.test_views)
+    net, base = scores["network"], scores["baseline"]
+    return (f"pix2pix normals network ({trained['iterations']} iterations in {trained['seconds']} s, "
+            f"{trained['samples_s']} samples/s): test angular error mean {net['mean']:.2f} deg, median "
+            f"{net['median']:.2f} deg, {net['within']['22.5']:.1f}% of pixels within 22.5 deg; the mean normal "
+            f"map per view: mean {base['mean']:.2f}, median {base['median']:.2f} deg, {base['within']['22.5']:.1f}%.")
+
+
+def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: list[str], seconds: float) -> str:
+    import torch
+
+    tet = cfgs["tetnet-gt"][1]
+    return " ".join([
+        f"Data: generated shape families {', '.join(info['categories'])}, {args.count} objects each (splits "
+        f"{info['splits']}), {info['views']} ring views at {info['resolution']}^2, lighting {info['light']['type']}, "
+        f"normal maps, {info['voxels']}^3 voxels; cache {data}. Every network from scratch, seed {args.seed}, "
+        f"until {args.budget:g} s of its loop's wall-clock time, no validation; torch {torch.__version__}, "
+        f"{args.threads} thread(s).",
+        f"softras: SoftRas's settings but one render per sample, Adam lr 3e-4 and the decay (x0.3) after 0.75 "
+        f"of the budget (singleview.md's recipe), batch {SOFTRAS_RECIPE['batch_size']}, on the 128^2 images.",
+        f"tetnet: TetNetTrainConfig defaults (batch {tet.batch_size}, lr {tet.lr:g}, grid {tet.grid}) with the "
+        f"decay (x0.3) after {DECAY_AT_BUDGET} of the budget"
+        + (f" and --tetnet-set {' '.join(args.tetnet_set)}" if args.tetnet_set else "") + "; the pix2pix row "
+        "predicts its train split's normal maps before its loop starts (outside the budget).",
+        "\"step s\": median seconds per iteration over the run's log. IoU: voxel IoU at 32^3, "
+        f"{'all' if args.test_views is None else args.test_views} ring views per test object (`evaluate_run`), "
+        "mean per category over (object, view) pairs, \"mean IoU\" over categories; F@0.5% / F@0.25% (of the GT "
+        "bounding-box diagonal), Chamfer (in diagonals) and normal consistency on view 0 of each test object.",
+        *extra,
+        f"Pictures: {args.name}_gallery_<row>.png; the step breakdown: {args.name}_step.md. Benchmark wall time "
+        f"{seconds:.0f} s."])
+
+
+def refine_note(args: argparse.Namespace) -> str:
+    which = {"pix2pix": "pix2pix's normal map predicted from the same image (world space)",
+             "gt": "the dataset's normal map of that view (an oracle)", "none": "no normal map"}[args.refine_normals]
+    return (f"Refine rows: the first {args.refine_objects} test objects, view 0 each; the GT-normals tetnet's "
+            f"prediction from that one image, and the same continued for {args.refine_seconds:g} s by the tet-grid "
+            f"fit (`learn.refine.refine`, its REFINE settings, the ring camera of view 0) to the view's mask and "
+            f"{which}; \"iterations\", \"seconds\": the fit's, mean over objects. All metrics on those (object, view) pairs only.")
+
+
+# ---------------------------------------------------------------------------------------- main
+def run_rows(args: argparse.Namespace, data: Path, runs: Path, cfgs: dict) -> tuple[list[dict], list[str]]:
+    """Train and score the selected network rows; (row dicts, notes)."""
+    rows, extra = [], []
+    for key in ("softras", "tetnet-gt", "tetnet-pix2pix"):
+        if key not in args.rows:
+            continue
+        if key == "tetnet-pix2pix":
+            trained = train_row("normals", *cfgs["normals"], data, runs, args.threads)
+            extra.append(normals_note(runs / "normals", data, args, trained))
+        trained = train_row(key, *cfgs[key], data, runs, args.threads)
+        rows.append({"name": TITLES[key], **trained, **score_run(key, runs / key, data, args)})
+    if "refine" in args.rows:
+        rows += refine_rows(runs / "tetnet-gt", data, runs / "normals", args)
+        extra.append(refine_note(args))
+    return rows, extra
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    limit_threads(args.threads)  # before numpy / torch load
+    import torch
+
+    from zerolevel.cli.learning import dataset_defaults
+    from zerolevel.learn.dataset.folder import load_split
+    from zerolevel.learn.dataset.settings import DatasetSettings
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    data = make_dataset(args, DatasetSettings(**dataset_defaults("tetnet")), "singleview_tetnet")
+    info = load_split(data, "test").info
+    categories = sorted(info["categories"])
+    command = "python benchmarks/singleview_tetnet.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    with tempfile.TemporaryDirectory(prefix="singleview-tetnet-runs-") as tmp:
+        runs = args.runs or Path(tmp)
+        cfgs = configs(args, runs)
+        rows, extra = run_rows(args, data, runs, cfgs)
+        baselines = mean_shape_rows(data)
+        rows = [r for r, k in zip(baselines, ("mean", "mean-category")) if k in args.rows] + rows
+        if {"tetnet-gt", "tetnet-pix2pix"} & set(args.rows):
+            trained = runs / ("tetnet-gt" if "tetnet-gt" in args.rows else "tetnet-pix2pix")
+            write_report(f"{args.name}_step", f"One TetNet training step at batch {args.step_batch}, taken apart",
+                         command, ["part", "median s", "% of step"], step_table(step_breakdown(data, trained, args)),
+                         notes=step_notes(args, trained.name))
+    columns = ["row", "iterations", "seconds", "samples/s", "step s", *[f"IoU {c}" for c in categories], "mean IoU",
+               "F@0.5%", "F@0.25%", "Chamfer", "normal consistency"]
+    write_report(args.name, "Single-view reconstruction: the tet-grid SDF network (Wu et al.) beside SoftRas's, "
+                 "after a fixed training budget", command, columns, [table_row(r, categories) for r in rows],
+                 notes=notes(args, data, info, cfgs, extra, time.perf_counter() - t_start))
+    print((HERE / "results" / f"{args.name}.md").read_text())
+    if (HERE / "results" / f"{args.name}_step.md").is_file():
+        print((HERE / "results" / f"{args.name}_step.md").read_text())
+
+
+def step_notes(args: argparse.Namespace, run: str) -> str:
+    return (f"`TetNetTraining.step` of the {run} row's trained network at batch {args.step_batch}, "
+            f"{args.threads} thread(s): median of {args.step_repeats} steps after a warm-up. Timers around "
+            "`next_batch` (data), the network call, `TetNet.mesh` (marching tetrahedra, every sample), "
+            "`render_normals` (its forward; its backward is in \"backward + Adam\"), `expand`, `carve` (computed "
+            "even at weight 0), `lattice_eikonal`, `batch_losses` and the whole step; \"other losses\": the "
+            "rest of `batch_losses` (normal / mask / shrink / area terms, normal-map lookup).")
+
+
+if __name__ == "__main__":
+    main()
