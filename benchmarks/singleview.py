@@ -54,25 +54,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--encoders", nargs="+", default=["baseline", "resnet", "attention"],
                         choices=["baseline", "resnet", "attention"])
     parser.add_argument("--budget", type=float, default=600.0, help="training seconds per encoder (default 600)")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="objects per category (default 150)")
-    parser.add_argument("--categories", nargs="+", default=None, help="default: every shape family")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=None, help="Adam learning rate (default: SoftRas's 1e-4)")
     parser.add_argument("--decay-at-budget", type=float, default=None,
                         help="decay the learning rate and sigma (x0.3) once this fraction of the budget has passed")
     parser.add_argument("--cross-render", action=argparse.BooleanOptionalAction, default=True,
                         help="SoftRas's cross-render (default) or one render per sample")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--speed-steps", type=int, default=3, help="timed steps per encoder (after a warm-up)")
+    add_run_options(parser, "singleview")
+    return parser.parse_args(argv)
+
+
+def add_run_options(parser: argparse.ArgumentParser, name: str) -> None:
+    """The options a single-view benchmark shares: the dataset, the test views, threads, run folders,
+    seed and the results file stem (default `name`)."""
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="objects per category (default 150)")
+    parser.add_argument("--categories", nargs="+", default=None, help="default: every shape family")
     parser.add_argument("--test-views", type=int, default=None,
                         help="ring views per test object, evenly spaced (default: all, the protocol)")
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--data", type=Path, default=None, help="dataset cache folder (default: under the temp dir)")
     parser.add_argument("--runs", type=Path, default=None,
                         help="keep the run folders here (default: a temporary folder, removed at the end)")
     parser.add_argument("--workers", type=int, default=None, help="processes making the dataset (default --threads)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="singleview", help="results file stem")
-    return parser.parse_args(argv)
+    parser.add_argument("--name", default=name, help=f"results file stem (default {name})")
 
 
 # ---------------------------------------------------------------------------------------- data

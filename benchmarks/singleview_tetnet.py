@@ -56,7 +56,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _report import limit_threads, write_report  # noqa: E402
-from singleview import DEFAULT_COUNT, make_dataset, per_category_mean_shape  # noqa: E402
+from singleview import add_run_options, make_dataset, per_category_mean_shape  # noqa: E402
 from singleview import train_config as softras_config  # noqa: E402
 
 ROWS = ("mean", "mean-category", "softras", "tetnet-gt", "tetnet-pix2pix", "refine")
@@ -76,19 +76,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the normal map the refine fits besides the mask (default: pix2pix's prediction)")
     parser.add_argument("--tetnet-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="TetNetTrainConfig settings of both tetnet rows")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help="objects per category (default 150)")
-    parser.add_argument("--categories", nargs="+", default=None, help="default: every shape family")
-    parser.add_argument("--test-views", type=int, default=None,
-                        help="ring views per test object, evenly spaced (default: all, the protocol)")
     parser.add_argument("--step-batch", type=int, default=16, help="batch of the step breakdown (default 16)")
     parser.add_argument("--step-repeats", type=int, default=3, help="timed steps of the breakdown (default 3)")
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--data", type=Path, default=None, help="dataset cache folder (default: under the temp dir)")
-    parser.add_argument("--runs", type=Path, default=None,
-                        help="keep the run folders here (default: a temporary folder, removed at the end)")
-    parser.add_argument("--workers", type=int, default=None, help="processes making the dataset (default --threads)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--name", default="singleview_tetnet", help="results file stem")
+    add_run_options(parser, "singleview_tetnet")
     args = parser.parse_args(argv)
     if "refine" in args.rows and "tetnet-gt" not in args.rows:
         parser.error("--rows refine refines the tetnet-gt row's network: select tetnet-gt too")
@@ -132,7 +122,8 @@ def median_step(run_dir: Path) -> float | None:
     from zerolevel.optim.loop import LOG, read_log
 
     lines = [row for row in read_log(run_dir / LOG) if "loss" in row]
-    steps = [(b["time"] - a["time"]) / (b["iter"] - a["iter"]) for a, b in zip(lines, lines[1:]) if b["iter"] > a["iter"]]
+    steps = [(b["time"] - a["time"]) / (b["iter"] - a["iter"])
+             for a, b in zip(lines, lines[1:]) if b["iter"] > a["iter"]]
     return statistics.median(steps[1:] or steps) if steps else None
 
 
@@ -171,8 +162,9 @@ def score_meshes(meshes: list, split, objects: list[int], seed: int) -> dict:
             values[name].append(value)
     cats = [split.categories[i] for i in objects]
     means = {name: category_means(cats, np.asarray(v, dtype=float)) for name, v in values.items()}
-    return {"iou": means["iou"], "surface": {"chamfer": means["chamfer"], "normal_consistency": means["normal_consistency"],
-                                             "fscore": {tau_key(t): means[f"fscore@{tau_key(t)}"] for t in DEFAULT_TAUS}}}
+    surface = {"chamfer": means["chamfer"], "normal_consistency": means["normal_consistency"],
+               "fscore": {tau_key(t): means[f"fscore@{tau_key(t)}"] for t in DEFAULT_TAUS}}
+    return {"iou": means["iou"], "surface": surface}
 
 
 def mean_shape_rows(data: Path) -> list[dict]:
@@ -203,7 +195,8 @@ def refine_normal_maps(split, objects: list[int], how: str, normals_run: Path) -
         return [decode_normals(split.normals[i, 0]) if how == "gt" else None for i in objects]
     net = load_model(normals_run, network=NormalsNet)
     with torch.no_grad():
-        images = split_images(split, np.asarray(objects), np.zeros(len(objects), dtype=np.int64), "cpu", torch.float32)
+        views = np.zeros(len(objects), dtype=np.int64)
+        images = split_images(split, np.asarray(objects), views, "cpu", torch.float32)
         return list(net.world_normals(images, split.cameras.R[[0] * len(objects)]).numpy())
 
 
@@ -274,7 +267,8 @@ def step_breakdown(data: Path, run_dir: Path | None, args: argparse.Namespace) -
     if run_dir is not None:
         task.net.load_state_dict(load_model(run_dir).state_dict())
     task.net.train()
-    parts = {"data": (task, "next_batch"), "network forward": (task, "model"), "marching tetrahedra": (task.net, "mesh"),
+    parts = {"data": (task, "next_batch"), "network forward": (task, "model"),
+             "marching tetrahedra": (task.net, "mesh"),
              "rasterisation (forward)": (tetnet_train, "render_normals"), "expand": (task, "expand"),
              "carve": (task, "carve"), "eikonal": (tetnet_train, "lattice_eikonal"),
              "losses (forward)": (task, "batch_losses"), "step": (task, "step")}
@@ -357,7 +351,8 @@ def refine_note(args: argparse.Namespace) -> str:
     return (f"Refine rows: the first {args.refine_objects} test objects, view 0 each; the GT-normals tetnet's "
             f"prediction from that one image, and the same continued for {args.refine_seconds:g} s by the tet-grid "
             f"fit (`learn.refine.refine`, its REFINE settings, the ring camera of view 0) to the view's mask and "
-            f"{which}; \"iterations\", \"seconds\": the fit's, mean over objects. All metrics on those (object, view) pairs only.")
+            f"{which}; \"iterations\", \"seconds\": the fit's, mean over objects. All metrics on those (object, "
+            "view) pairs only.")
 
 
 # ---------------------------------------------------------------------------------------- main
