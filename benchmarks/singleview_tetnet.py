@@ -32,7 +32,7 @@ training speed and test quality of each network after the same wall-clock budget
    of the trained GT-normals network: `results/<name>_step.md`.
 
     python benchmarks/singleview_tetnet.py        # the command of record: 150 objects per category,
-                                                  # 4 networks x 1800 s + 600 s of pix2pix (> 2.5 h)
+                                                  # 3 networks x 1800 s + 600 s of pix2pix (> 2 h)
     python benchmarks/singleview_tetnet.py --count 4 --budget 15 --normals-budget 10 --refine-seconds 3 \\
         --refine-objects 2 --categories chair table --step-repeats 1 --name scratch_tetnet --threads 1   # quick check
 
