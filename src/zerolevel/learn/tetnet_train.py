@@ -112,7 +112,7 @@ class TetNetTraining(TrainingTask):
                 sums[name] = sums[name] + term
         parts = {name: total / B for name, total in sums.items()}
         parts["expand"] = self.expand(values, cameras, missing)
-        parts["carve"] = self.carve(values, cameras, masks)
+        parts["carve"] = self.carve(values, cameras, masks) if cfg.w_carve else values.new_zeros(())
         parts["eikonal"] = lattice_eikonal(values, net.config.grid, net.grid.cell)
         weights = {"normal": cfg.w_normal, "mask": cfg.w_mask, "shrink": cfg.w_shrink, "expand": cfg.w_expand,
                    "carve": cfg.w_carve, "eikonal": cfg.w_eikonal, "curvature": cfg.w_curvature}
