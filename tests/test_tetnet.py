@@ -3,12 +3,15 @@ form, training that reads only images and normal maps (and learns a shape from t
 loading and prediction, and the command line's one-line errors."""
 
 import json
+import os
 import shutil
+import socket
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 import trimesh
 from conftest import run_state as load_checkpoint
 
@@ -23,6 +26,7 @@ from zerolevel.learn.predict import load_model, predict
 from zerolevel.learn.softras_net import SoftRasNet
 from zerolevel.learn.tetnet import TetNet
 from zerolevel.learn.tetnet_train import TetNetTrainConfig, lattice_eikonal, train
+from zerolevel.optim.loop import read_log
 from zerolevel.render.raycast import MeshRayCaster
 
 SMALL = {"image_size": 32, "grid": 16, "channels": (16, 8, 8)}  # a small network for fast tests
@@ -190,6 +194,33 @@ def test_resume_continues_exactly(tmp_path):
     part = load_checkpoint(tmp_path / "part")["model"]
     for name in whole:
         torch.testing.assert_close(part[name], whole[name], rtol=0, atol=0)
+
+
+DDP_RADII = [(0.3, 0.2, 0.25), (0.2, 0.3, 0.2), (0.25, 0.25, 0.3), (0.35, 0.15, 0.2)]
+
+
+def _ddp_worker(rank: int, world: int, port: int, run_dir: str, cfg: TetNetTrainConfig) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    train(ellipsoids(DDP_RADII, views=4), run_dir, cfg, "cpu", progress=False, threads=1)
+
+
+def test_two_processes_match_one(tmp_path):
+    """torchrun's setting: 2 gloo processes x 2 samples == 1 process x 4 samples (every loss is a mean
+    over the process's samples, DDP averages the gradients). expand_rays is above any sample's missing
+    pixels, so that no random pick of rays differs between the processes' generators."""
+    cfg = config(batch_size=4, iterations=2, dtype="float64", expand_rays=100_000)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), cfg), nprocs=2)
+    run(ellipsoids(DDP_RADII, views=4), tmp_path / "one", cfg)
+    ddp, one = load_checkpoint(tmp_path / "ddp"), load_checkpoint(tmp_path / "one")
+    assert ddp["iteration"] == one["iteration"] == 2
+    for key, value in one["model"].items():
+        assert torch.allclose(ddp["model"][key], value, rtol=0, atol=1e-10), key
+    assert [r["loss"] for r in read_log(tmp_path / "ddp" / "log.jsonl")] == pytest.approx(
+        [r["loss"] for r in read_log(tmp_path / "one" / "log.jsonl")], rel=1e-10)
 
 
 # ------------------------------------------------------------------------------------------------ command line
