@@ -9,7 +9,7 @@ published protocol, `learn.evaluate.evaluate_iou`). `--jobs` variants train at o
 threads than cores run, so do not oversubscribe). The table gives per variant its iterations, the
 median step and the validation IoU at each evaluation and at the end; compare rows of one run only.
 
-    python benchmarks/tetnet_ablation.py --count 60 --budget 1500 --jobs 2 --threads 1   # default, silhouette x5
+    python benchmarks/tetnet_ablation.py --count 60 --budget 1500 --jobs 2 --threads 1   # 4 variants, ~55 min
     python benchmarks/tetnet_ablation.py --variants default carve=w_carve=1 --budget 600
     python benchmarks/tetnet_ablation.py --count 4 --categories chair table --budget 20   # a quick check
 
@@ -37,16 +37,16 @@ from singleview import add_run_options, make_dataset  # noqa: E402
 # Variants studied so far (settings that differ from TetNetTrainConfig's defaults).
 VARIANTS = {
     "default": {},
-    "silhouette/5": {"w_mask": 1.0, "w_shrink": 0.1, "w_expand": 0.1},  # the tet fit's weights
-    "silhouette x4": {"w_mask": 20.0, "w_shrink": 2.0, "w_expand": 2.0},
-    "carve": {"w_carve": 5.0},
+    "silhouette x5": {"w_mask": 5.0, "w_shrink": 0.5, "w_expand": 0.5},
+    "silhouette x1": {"w_mask": 1.0, "w_shrink": 0.1, "w_expand": 0.1},  # the tet fit's weights
+    "carve": {"w_carve": 20.0},
     "lr 1e-3": {"lr": 1e-3},
 }
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["default", "silhouette/5"],
+    parser.add_argument("--variants", nargs="+", default=["default", "silhouette x5", "silhouette x1", "carve"],
                         help=f"NAME or NAME=KEY=VALUE,... (predefined: {', '.join(VARIANTS)})")
     parser.add_argument("--budget", type=float, default=1500.0, help="training seconds per variant (default 1500)")
     parser.add_argument("--eval-every", type=int, default=150)

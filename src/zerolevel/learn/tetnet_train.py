@@ -65,9 +65,9 @@ class TetNetTrainConfig(TrainingConfig):
     decay_at: int = 30_000
     checkpoint_every: int = 250
     w_normal: float = 1.0              # the tet fit's weights (recon/tetsdf.py), but the silhouette
-    w_mask: float = 5.0                # terms' x5: a network must first learn where the object is, and
-    w_shrink: float = 0.5              # learnt it faster so (benchmarks/tetnet_ablation.py; a first pair
-    w_expand: float = 0.5              # of runs in issue 17's notes)
+    w_mask: float = 20.0               # terms' x20: a network must first learn where the object is, and
+    w_shrink: float = 2.0              # learnt it faster so (x1 < x5 < x20 in first 20-25 min runs, issue
+    w_expand: float = 2.0              # 17's notes; benchmarks/tetnet_ablation.py is the study to run)
     w_eikonal: float = 0.1
     w_curvature: float = 0.01
     w_carve: float = 0.0                # volumetric shrink (`carve`); off until measured to help
