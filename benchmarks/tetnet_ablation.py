@@ -37,8 +37,8 @@ from singleview import add_run_options, make_dataset  # noqa: E402
 # Variants studied so far (settings that differ from TetNetTrainConfig's defaults).
 VARIANTS = {
     "default": {},
-    "silhouette x5": {"w_mask": 5.0, "w_shrink": 0.5, "w_expand": 0.5},
-    "silhouette x1": {"w_mask": 1.0, "w_shrink": 0.1, "w_expand": 0.1},  # the tet fit's weights
+    "silhouette-x5": {"w_mask": 5.0, "w_shrink": 0.5, "w_expand": 0.5},
+    "silhouette-x1": {"w_mask": 1.0, "w_shrink": 0.1, "w_expand": 0.1},  # the tet fit's weights
     "carve": {"w_carve": 20.0},
     "lr 1e-3": {"lr": 1e-3},
 }
@@ -46,7 +46,7 @@ VARIANTS = {
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["default", "silhouette x5", "silhouette x1", "carve"],
+    parser.add_argument("--variants", nargs="+", default=["default", "silhouette-x5", "silhouette-x1", "carve"],
                         help=f"NAME or NAME=KEY=VALUE,... (predefined: {', '.join(VARIANTS)})")
     parser.add_argument("--budget", type=float, default=1500.0, help="training seconds per variant (default 1500)")
     parser.add_argument("--eval-every", type=int, default=150)
