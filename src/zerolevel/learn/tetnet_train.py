@@ -66,8 +66,8 @@ class TetNetTrainConfig(TrainingConfig):
     checkpoint_every: int = 250
     w_normal: float = 1.0              # the tet fit's weights (recon/tetsdf.py), but the silhouette
     w_mask: float = 20.0               # terms' x20: a network must first learn where the object is, and
-    w_shrink: float = 2.0              # learnt it faster so (x1 < x5 < x20 in first 20-25 min runs, issue
-    w_expand: float = 2.0              # 17's notes; benchmarks/tetnet_ablation.py is the study to run)
+    w_shrink: float = 2.0              # learnt it faster so (benchmarks/results/tetnet_ablation.md:
+    w_expand: float = 2.0              # x20 vs x1 at 15 min; x5 between them in issue 17's notes)
     w_eikonal: float = 0.1
     w_curvature: float = 0.01
     w_carve: float = 0.0                # volumetric shrink (`carve`); off until measured to help
