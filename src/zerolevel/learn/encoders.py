@@ -26,7 +26,9 @@ one works with any backend and device. Outside a process group it is plain Batch
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -225,3 +227,18 @@ def make_encoder(name: str, image_size: int = 64, in_channels: int = 4, latent: 
     if name not in classes:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     return classes[name](image_size=image_size, in_channels=in_channels, latent=latent)
+
+
+def config_from_dict(cls: type, data: dict) -> Any:
+    """A network's settings dataclass rebuilt from `asdict` output (e.g. read back from a checkpoint);
+    ValueError for unknown keys."""
+    unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise ValueError(f"unknown network settings {unknown}")
+    return cls(**data)
+
+
+def check_images(images: Tensor, channels: int, size: int) -> None:
+    """ValueError unless images is a (B, channels, size, size) batch."""
+    if images.dim() != 4 or tuple(images.shape[1:]) != (channels, size, size):
+        raise ValueError(f"expected images of shape (B, {channels}, {size}, {size}), got {tuple(images.shape)}")

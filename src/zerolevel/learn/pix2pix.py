@@ -36,11 +36,13 @@ stayed behind the per-view mean normal map (`normals_eval`) while "camera" beat 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .encoders import check_images, config_from_dict
 
 SPACES = ("world", "camera")
 
@@ -80,10 +82,7 @@ class NormalsNetConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "NormalsNetConfig":
         """Rebuild from `asdict` output (e.g. read back from a checkpoint); unknown keys are an error."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown network settings {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class NormalsNet(nn.Module):
@@ -119,8 +118,7 @@ class NormalsNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, S, S) images with the configured C and S -> (B, 3, S, S) unit normals (0 where alpha = 0)."""
         c, s = self.config.in_channels, self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        check_images(images, c, s)
         x, skips = images, []
         for down in self.downs:
             x = down(x)

@@ -20,14 +20,14 @@ template's, shared by the whole batch, so every predicted mesh is closed (the te
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .encoders import ENCODERS, LATENT, make_encoder
+from .encoders import ENCODERS, LATENT, check_images, config_from_dict, make_encoder
 from .template import SUBDIVISIONS, Template, sphere_template
 
 
@@ -59,11 +59,7 @@ class NetConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "NetConfig":
         """Rebuild from `asdict` output (e.g. read back from a checkpoint); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown network settings {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class MeshDecoder(nn.Module):
@@ -119,8 +115,7 @@ class SoftRasNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, S, S) images with the configured C and S -> (B, V, 3) vertices in (-0.5, 0.5)^3."""
         c, s = self.config.in_channels, self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        check_images(images, c, s)
         return self.decoder(self.encoder(images))
 
     @torch.no_grad()

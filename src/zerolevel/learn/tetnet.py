@@ -19,7 +19,7 @@ the network through it). The vertex lattice is indexed [x, y, z] in the grid's v
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..geometry.marching import marching_tetrahedra
 from ..geometry.tetgrid import TetGrid
-from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, make_encoder
+from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_from_dict, make_encoder
 
 
 @dataclass
@@ -58,10 +58,7 @@ class TetNetConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "TetNetConfig":
         """Rebuild from `asdict` output (e.g. read back from a checkpoint); unknown keys are an error."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown network settings {unknown}")
-        return cls(**data)
+        return config_from_dict(cls, data)
 
 
 class GridDecoder(nn.Module):
@@ -126,8 +123,7 @@ class TetNet(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """(B, C, S, S) images with the configured C and S -> (B, N) SDF values at the grid's vertices."""
         c, s = self.config.in_channels, self.config.image_size
-        if images.dim() != 4 or tuple(images.shape[1:]) != (c, s, s):
-            raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        check_images(images, c, s)
         return self.decoder(self.encoder(self.stem(images)))
 
     def mesh(self, values: Tensor, return_edges: bool = False) -> tuple[Tensor, ...]:
