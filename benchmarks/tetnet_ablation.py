@@ -40,7 +40,8 @@ VARIANTS = {
     "silhouette-x5": {"w_mask": 5.0, "w_shrink": 0.5, "w_expand": 0.5},
     "silhouette-x1": {"w_mask": 1.0, "w_shrink": 0.1, "w_expand": 0.1},  # the tet fit's weights
     "carve": {"w_carve": 20.0},
-    "lr 1e-3": {"lr": 1e-3},
+    "lr-1e-3": {"lr": 1e-3},
+    "conv-head": {"head": "conv", "channels": "64,32,16,8"},  # the finest lattice convolved (tetnet.py)
 }
 
 

@@ -24,7 +24,7 @@ from zerolevel.learn.dataset.sources import generated_sources
 from zerolevel.learn.dataset.write import write_dataset
 from zerolevel.learn.predict import load_model, predict
 from zerolevel.learn.softras_net import SoftRasNet
-from zerolevel.learn.tetnet import TetNet
+from zerolevel.learn.tetnet import TetNet, _sub_vertices
 from zerolevel.learn.tetnet_train import TetNetTrainConfig, lattice_eikonal, train
 from zerolevel.optim.loop import read_log
 from zerolevel.render.raycast import MeshRayCaster
@@ -91,9 +91,10 @@ def run(split, out, cfg, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ network
-def test_the_network_starts_as_a_closed_sphere():
+@pytest.mark.parametrize("head", ["shuffle", "conv"])
+def test_the_network_starts_as_a_closed_sphere(head):
     torch.manual_seed(0)
-    net = TetNet(**SMALL).eval()
+    net = TetNet(**SMALL, head=head).eval()
     values = net(torch.rand(2, 4, 32, 32))
     grid = net.grid
     expected = grid.vertices.norm(dim=1) - net.config.init_radius
@@ -105,6 +106,28 @@ def test_the_network_starts_as_a_closed_sphere():
     assert mesh.is_watertight
     radius = np.linalg.norm(vertices, axis=1)
     assert abs(radius.mean() - 0.3) < 0.01 and radius.std() < 0.01
+
+
+def test_the_shuffle_head_gives_each_fine_vertex_its_coarse_vertex_channel():
+    """Channel 4a + 2b + c at coarse vertex (i, j, k) is fine vertex (2i + a, 2j + b, 2k + c); the last
+    coarse vertex of each axis keeps only its even fine vertex (the fine lattice has 2m - 1)."""
+    m = 3
+    x = torch.arange(2 * 8 * m ** 3, dtype=torch.float64).reshape(2, 8, m, m, m)
+    fine = _sub_vertices(x)
+    assert fine.shape == (2, 1, 2 * m - 1, 2 * m - 1, 2 * m - 1)
+    for s, i, j, k, a, b, c in [(0, 0, 0, 0, 0, 0, 0), (1, 2, 1, 0, 0, 1, 1), (0, 1, 2, 1, 1, 0, 1), (1, 0, 1, 2, 1, 1, 0)]:
+        assert fine[s, 0, 2 * i + a, 2 * j + b, 2 * k + c] == x[s, 4 * a + 2 * b + c, i, j, k]
+
+
+def test_a_trained_shuffle_head_moves_fine_vertices_independently():
+    """Its sub-vertex convolution reaches every fine vertex: a gradient on one odd vertex alone (no coarse
+    vertex there) reaches the sub-vertex weights, and the decoder's output keeps the tet grid's size."""
+    net = TetNet(**SMALL)
+    values = net(torch.rand(2, 4, 32, 32))
+    n = net.config.grid + 1
+    assert values.shape == (2, n ** 3)
+    values.reshape(2, n, n, n)[0, 3, 5, 7].backward()
+    assert net.decoder.sub.weight.grad.abs().sum() > 0
 
 
 def test_the_gallery_draws_a_tetnet_prediction():
@@ -185,10 +208,13 @@ def test_training_learns_an_ellipsoid_from_its_normal_maps(tmp_path):
 
 
 def test_resume_continues_exactly(tmp_path):
-    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2)], views=4)
-    cfg = config(iterations=4, checkpoint_every=2, dtype="float64")
+    """Also the random picks of the expand term's rays (ellipsoids wider than the starting sphere leave
+    more missing pixels than `expand_rays`), which the checkpoint keeps."""
+    split = ellipsoids([(0.42, 0.2, 0.25), (0.2, 0.4, 0.2)], views=4)
+    settings = dict(checkpoint_every=2, dtype="float64", expand_rays=8)
+    cfg = config(iterations=4, **settings)
     run(split, tmp_path / "whole", cfg)
-    run(split, tmp_path / "part", config(iterations=2, checkpoint_every=2, dtype="float64"))
+    run(split, tmp_path / "part", config(iterations=2, **settings))
     run(split, tmp_path / "part", cfg, resume=True)
     whole = load_checkpoint(tmp_path / "whole")["model"]
     part = load_checkpoint(tmp_path / "part")["model"]

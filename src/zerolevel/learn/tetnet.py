@@ -5,13 +5,20 @@ to the encoders' 64) and a 3D convolutional decoder to the SDF values at the ver
 tet grid (`geometry.tetgrid.TetGrid.regular`, `grid` cubes per axis over [-bounds, bounds]^3, which
 holds the dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
 
-    code (512) -> Linear -> C0 x (g0 + 1)^3 vertex features, g0 = grid / 2^L
+    code (512) -> Linear -> C0 x (g0 + 1)^3 vertex features, g0 = grid / 2^(L + 1)
     L times: trilinear upsampling vertex lattice to vertex lattice ((n + 1)^3 -> (2n + 1)^3, corners
              aligned, which is exactly the nested lattice of the finer grid), 3x3x3 convolution, ReLU
-    3x3x3 convolution to one channel: the offset, in grid cells, from the initial sphere's SDF
+    head, on the lattice of the half-resolution grid: two 3x3x3 convolutions, one to a smooth offset
+             (one channel, upsampled trilinearly to the grid's lattice) and one to 8 channels, the
+             detail of the 8 fine vertices each coarse vertex owns (a 3D pixel shuffle); their sum is
+             the offset, in grid cells, from the initial sphere's SDF
 
-so its output starts (last convolution zero) as the signed distance to a sphere of `init_radius`,
-as SoftRas's network starts as its template sphere. The grid's boundary vertices are kept outside
+so its output starts (head convolutions zero) as the signed distance to a sphere of `init_radius`,
+as SoftRas's network starts as its template sphere. The head does at half resolution what a
+convolved level of the full lattice (`head="conv"`, with one more entry in `channels`) does at 8x
+the voxels: a step's decoder costs 0.13 s instead of 0.51 s (forward + backward, batch 16, 2
+threads), which is why it is the default; `benchmarks/results/tetnet_decoder.md` compares their
+validation IoU at equal training time. The grid's boundary vertices are kept outside
 (>= half a cell), so every predicted surface is closed. Marching tetrahedra (`geometry.marching`)
 turns each sample's values into a mesh, differentiably in the values (the training's losses reach
 the network through it). The vertex lattice is indexed [x, y, z] in the grid's vertex order.
@@ -41,16 +48,20 @@ class TetNetConfig:
     latent: int = LATENT
     grid: int = 32                  # tet grid cubes per axis (a power of two times the coarsest)
     bounds: float = 0.55            # the grid spans [-bounds, bounds]^3 (objects: [-0.5, 0.5]^3)
-    channels: tuple[int, ...] = (64, 32, 16, 8)  # decoder features, coarsest lattice to the finest
+    channels: tuple[int, ...] = (64, 32, 16)  # decoder features, coarsest lattice to the finest
+    head: str = "shuffle"           # the finest lattice: "shuffle" (sub-vertex values from the
+                                    # half-resolution lattice) or "conv" (a convolved level of its own)
     init_radius: float = 0.3        # the starting surface: a sphere of this radius
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
-        levels = len(self.channels) - 1
-        if self.grid % (1 << levels) or self.grid < (1 << levels) or self.image_size < 16:
-            raise ValueError(f"grid must be a positive multiple of 2^{levels} (one halving per decoder "
+        if self.head not in HEADS:
+            raise ValueError(f"unknown decoder head {self.head!r}; choose one of {', '.join(HEADS)}")
+        halvings = len(self.channels) - 1 + (self.head == "shuffle")
+        if self.grid % (1 << halvings) or self.grid < (1 << halvings) or self.image_size < 16:
+            raise ValueError(f"grid must be a positive multiple of 2^{halvings} (one halving per decoder "
                              f"level) and image_size >= 16, got {self.grid}, {self.image_size}")
         if not 0 < self.init_radius < self.bounds:
             raise ValueError("need 0 < init_radius < bounds")
@@ -61,18 +72,25 @@ class TetNetConfig:
         return config_from_dict(cls, data)
 
 
+HEADS = ("shuffle", "conv")
+
+
 class GridDecoder(nn.Module):
     """(B, latent) code -> (B, (grid + 1)^3) SDF values at the tet grid's vertices."""
 
     def __init__(self, config: TetNetConfig, grid: TetGrid):
         super().__init__()
         channels = config.channels
-        self.coarse = config.grid >> (len(channels) - 1)
+        self.shuffle = config.head == "shuffle"
+        self.coarse = config.grid >> (len(channels) - 1 + self.shuffle)
         self.fc = nn.Linear(config.latent, channels[0] * (self.coarse + 1) ** 3)
         self.convs = nn.ModuleList(nn.Conv3d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
         self.out = nn.Conv3d(channels[-1], 1, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        self.sub = nn.Conv3d(channels[-1], 8, 3, padding=1) if self.shuffle else None
+        for conv in (self.out, self.sub):
+            if conv is not None:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         self.cell = grid.cell
         n = config.grid + 1
         start = grid.vertices.norm(dim=1) - config.init_radius
@@ -85,13 +103,29 @@ class GridDecoder(nn.Module):
         m = self.coarse + 1
         x = F.relu(self.fc(code)).reshape(len(code), -1, m, m, m)
         for conv in self.convs:
-            size = 2 * x.shape[-1] - 1  # vertex lattice of the halved grid
-            x = F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=True)
-            x = F.relu(conv(x))
-        values = self.start + self.cell * self.out(x)[:, 0]
+            x = F.relu(conv(_refine_lattice(x)))
+        offset = self.out(x)
+        if self.shuffle:
+            offset = _refine_lattice(offset) + _sub_vertices(self.sub(x))
+        values = self.start + self.cell * offset[:, 0]
         # boundary vertices stay outside: every surface is closed inside the grid
         values = torch.where(self.boundary, values.clamp_min(0.5 * self.cell), values)
         return values.reshape(len(code), -1)
+
+
+def _refine_lattice(x: Tensor) -> Tensor:
+    """(B, C, n + 1, n + 1, n + 1) vertex features -> those of the halved grid, (B, C, 2n + 1, ...),
+    trilinearly (corners aligned: the finer lattice nests the coarser one)."""
+    size = 2 * x.shape[-1] - 1
+    return F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=True)
+
+
+def _sub_vertices(x: Tensor) -> Tensor:
+    """(B, 8, m, m, m) -> (B, 1, 2m - 1, ...): channel 4a + 2b + c of coarse vertex (i, j, k) is the
+    value of fine vertex (2i + a, 2j + b, 2k + c) (a 3D pixel shuffle, cropped to the fine lattice)."""
+    B, _, m = x.shape[:3]
+    fine = x.reshape(B, 2, 2, 2, m, m, m).permute(0, 4, 1, 5, 2, 6, 3).reshape(B, 1, 2 * m, 2 * m, 2 * m)
+    return fine[..., :-1, :-1, :-1]
 
 
 class TetNet(nn.Module):

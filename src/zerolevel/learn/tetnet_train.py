@@ -58,7 +58,8 @@ class TetNetTrainConfig(TrainingConfig):
 
     encoder: str = "baseline"          # encoders.py
     grid: int = 32                     # tet grid cubes per axis over [-0.55, 0.55]^3
-    channels: tuple[int, ...] = (64, 32, 16, 8)  # decoder features, coarsest lattice to the finest (tetnet.py)
+    channels: tuple[int, ...] = (64, 32, 16)  # decoder features, coarsest lattice to the finest (tetnet.py)
+    head: str = "shuffle"              # the decoder's finest lattice (tetnet.py)
     batch_size: int = 16
     lr: float = 3e-4
     iterations: int = 50_000
@@ -94,6 +95,13 @@ class TetNetTraining(TrainingTask):
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.generator = torch.Generator().manual_seed(self.config.seed + 1)  # expand-ray picks
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.generator.set_state(state["generator"])
 
     def batch_losses(self, batch: Batch) -> dict[str, Tensor]:
         cfg, net, split = self.config, self.net, self.train_split
@@ -215,7 +223,8 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
     if config.normals_from is not None:
         train_split = with_predicted_normals(train_split, config.normals_from, device)
     size = train_split.images.shape[2]
-    net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels)
+    net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
+                 head=config.head)
     net = net.to(device, config.torch_dtype)
     return TetNetTraining(net, train_split, val_split, config, dist, device)
 
