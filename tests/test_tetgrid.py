@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from zerolevel.errors import InputError
-from zerolevel.geometry.tetgrid import TetGrid, kuhn_interpolate, lattice_evaluate
+from zerolevel.geometry.tetgrid import TetGrid, kuhn_interpolate, lattice_evaluate, lattice_trilinear
 
 
 def _signed_volumes(grid: TetGrid) -> torch.Tensor:
@@ -105,3 +105,23 @@ def test_lattice_evaluate_matches_the_grid_for_a_batch_and_is_inf_outside_the_bo
     assert torch.isinf(batched[:, 50]).all()
     batched[:, :50].sum().backward()
     assert values.grad[0].abs().sum() > 0 and values.grad[1].abs().sum() > 0
+
+
+def test_lattice_trilinear_is_exact_on_vertices_and_affine_functions_and_inf_outside():
+    """The fast search interpolant: equal to the grid's function at the lattice's vertices and for an
+    affine function (both interpolate it exactly), in every batch row, with the (x, y, z) vertex order;
+    off the vertices of a non-affine function it differs from it by less than the values' spread."""
+    grid = TetGrid.regular(4, bounds=(-0.5, 0.5))
+    gen = torch.Generator().manual_seed(5)
+    vertex_points = grid.vertices[torch.randperm(len(grid.vertices), generator=gen)[:30]].double()
+    affine = torch.stack([grid.vertices.double() @ torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64),
+                          grid.vertices.double() @ torch.tensor([-1.0, 0.2, 0.1], dtype=torch.float64) + 2])
+    points = torch.cat([torch.rand(2, 40, 3, generator=gen, dtype=torch.float64) - 0.5,
+                        vertex_points.expand(2, -1, -1), torch.tensor([[[0.0, -0.6, 0.0]]] * 2, dtype=torch.float64)], 1)
+    torch.testing.assert_close(lattice_trilinear(affine, points, 4, (-0.5, 0.5))[:, :70],
+                               lattice_evaluate(affine, points, 4, (-0.5, 0.5))[:, :70])
+    rough = torch.randn(2, len(grid.vertices), generator=gen, dtype=torch.float64)
+    fast, exact = lattice_trilinear(rough, points, 4, (-0.5, 0.5)), lattice_evaluate(rough, points, 4, (-0.5, 0.5))
+    torch.testing.assert_close(fast[:, 40:70], exact[:, 40:70])
+    assert (fast[:, :40] - exact[:, :40]).abs().max() < rough.max() - rough.min()
+    assert torch.isinf(fast[:, 70]).all()

@@ -185,6 +185,46 @@ def test_training_reads_only_images_and_normal_maps(tmp_path):
     assert all(np.isfinite(row["loss"]) for row in log if "loss" in row)
 
 
+def test_extra_views_are_the_objects_other_views(tmp_path):
+    """views=4: each sample is also rendered in two more of its object's views, distinct and neither its
+    input view a nor its pair's view b; more views than the dataset has is one clear error."""
+    from zerolevel.learn.tetnet_train import _make_task
+    from zerolevel.optim.distributed import Distributed
+
+    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2)], views=6)
+    task = _make_task(split, None, config(batch_size=8, views=4), Distributed(), torch.device("cpu"))
+    for iteration in range(5):
+        batch = task.next_batch(iteration)
+        extra = task.extra_views(batch)
+        assert extra.shape == (2, 8)
+        picked = np.stack([batch.view_a, batch.view_b, *extra], axis=1)
+        assert all(len(set(row)) == 4 for row in picked) and (picked < 6).all()
+    parts = task.batch_losses(task.next_batch(5))
+    assert torch.isfinite(parts["loss"]) and parts["normal"] > 0
+    with pytest.raises(InputError, match="views=7 per sample, but the dataset has 6"):
+        _make_task(split, None, config(views=7), Distributed(), torch.device("cpu"))
+
+
+def test_the_lowest_value_along_a_ray_of_the_starting_sphere(tmp_path):
+    """The expand term's search on the untrained network (the sphere of radius 0.3): a ray at distance d
+    from the centre has its lowest value d - 0.3 (within half a cell: the search samples every half
+    cell); a ray that misses the grid's box has none (+inf)."""
+    from zerolevel.learn.tetnet_train import _make_task
+    from zerolevel.optim.distributed import Distributed
+
+    split = ellipsoids([(0.3, 0.2, 0.25)], views=4)
+    task = _make_task(split, None, config(), Distributed(), torch.device("cpu"))
+    with torch.no_grad():
+        values = task.net(torch.rand(1, 4, 32, 32))
+    offsets = torch.tensor([0.0, 0.1, 0.2, 0.25, 2.0])
+    origins = torch.stack([offsets, torch.zeros(5), torch.full((5,), -2.0)], dim=1)[None]
+    directions = torch.tensor([[[0.0, 0.0, 1.0]] * 5])
+    lowest = task.lowest_on_rays(values, origins, directions)[0]
+    expected = offsets[:4] - 0.3
+    assert (lowest[:4] - expected).abs().max() < 0.5 * task.net.grid.cell, (lowest, expected)
+    assert torch.isinf(lowest[4])
+
+
 def test_training_without_normal_maps_is_refused(tmp_path):
     split = ellipsoids([(0.3, 0.2, 0.25)], views=4)
     split.normals = None
@@ -235,7 +275,7 @@ def test_two_processes_match_one(tmp_path):
     """torchrun's setting: 2 gloo processes x 2 samples == 1 process x 4 samples (every loss is a mean
     over the process's samples, DDP averages the gradients). expand_rays is above any sample's missing
     pixels, so that no random pick of rays differs between the processes' generators."""
-    cfg = config(batch_size=4, iterations=2, dtype="float64", expand_rays=100_000)
+    cfg = config(batch_size=4, iterations=2, dtype="float64", expand_rays=100_000, views=3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -297,6 +297,24 @@ def lattice_evaluate(values: Tensor, points: Tensor, resolution: int, bounds: tu
     return torch.where(inside, result, torch.full_like(result, math.inf))
 
 
+def lattice_trilinear(values: Tensor, points: Tensor, resolution: int, bounds: tuple[float, float]) -> Tensor:
+    """Trilinear interpolation of a batch of regular vertex lattices at points, +inf outside the box.
+
+    Arguments and result as `lattice_evaluate`, whose piecewise-linear (Kuhn) function this is not:
+    within a cube the two agree at the corners and differ by at most the corner values' spread. It
+    is one fused kernel (`grid_sample`), ~5x faster: for searches (e.g. a ray's lowest value) whose
+    result is then evaluated exactly.
+    """
+    n = resolution + 1
+    lo, hi = bounds
+    volume = values.reshape(-1, 1, n, n, n)  # (B, 1, x, y, z): grid_sample's (D, H, W)
+    normalised = (points - lo) * (2.0 / (hi - lo)) - 1.0
+    grid = normalised.flip(-1).reshape(len(volume), -1, 1, 1, 3).to(values.dtype)  # (z, y, x) order
+    result = F.grid_sample(volume, grid, mode="bilinear", align_corners=True).reshape(points.shape[:-1])
+    inside = ((normalised >= -1) & (normalised <= 1)).all(dim=-1)
+    return torch.where(inside, result, torch.full_like(result, math.inf))
+
+
 def kuhn_interpolate(corner_values: Tensor, u: Tensor) -> Tensor:
     """Kuhn's piecewise-linear interpolation inside unit cubes.
 

@@ -6,7 +6,8 @@ resume, distribution and run folder are every network's (`learn.training`, `opti
 A step: every sample of the global batch is an object with two ring views a (the input) and b
 (`PairSampler`, class-balanced). The network maps image a to SDF values on its tet grid; marching
 tetrahedra makes the mesh, which is rasterised (`render.raster.render_normals`: world-space normals
-and antialiased coverage) in views a and b and compared with the dataset's normal maps and masks:
+and antialiased coverage) in views a and b (and `views` - 2 more of the object's views, drawn at
+random) and compared with the dataset's normal maps and masks:
 
     w_normal    * L1(rendered normal, target normal)   over pixels both call foreground
     w_mask      * L2(antialiased coverage, target mask)
@@ -32,19 +33,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .. import losses as L
 from ..cameras import Cameras
+from ..errors import InputError
 from ..geometry.rays import ray_sphere_interval
-from ..geometry.tetgrid import inside_ends, lattice_evaluate
+from ..geometry.tetgrid import inside_ends, lattice_evaluate, lattice_trilinear
 from ..geometry.visual_hull import VisualHullField
 from ..optim.distributed import Distributed
 from ..render.raster import render_normals
 from .encoders import ENCODERS
 from .normals_predict import with_predicted_normals
-from .sampling import split_normals
+from .sampling import split_cameras, split_images, split_normals
 from .tetnet import TetNet
 from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
 
@@ -74,6 +77,8 @@ class TetNetTrainConfig(TrainingConfig):
     w_carve: float = 0.0                # volumetric shrink (`carve`); off until measured to help
     margin: float = 0.1                # shrink / expand push values this many cells past zero
     expand_rays: int = 256             # at most this many uncovered pixels per sample
+    views: int = 2                     # views rendered per sample: the input, the pair's second view
+                                       # and views - 2 more of the object's, drawn at random
     normals_from: str | None = None    # a normals run (pix2pix): train on its predicted normal maps
                                        # of the training split instead of the dataset's (Wu et al.)
 
@@ -84,6 +89,8 @@ class TetNetTrainConfig(TrainingConfig):
             raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
         if self.expand_rays < 0 or self.margin < 0:
             raise ValueError("expand_rays and margin must be >= 0")
+        if self.views < 2:
+            raise ValueError(f"views must be >= 2 (the input and the pair's second view), got {self.views}")
 
 
 class TetNetTraining(TrainingTask):
@@ -94,7 +101,10 @@ class TetNetTraining(TrainingTask):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.generator = torch.Generator().manual_seed(self.config.seed + 1)  # expand-ray picks
+        self.generator = torch.Generator().manual_seed(self.config.seed + 1)  # expand rays, extra views
+        available = self.train_split.images.shape[1]
+        if self.config.views > available:
+            raise InputError(f"views={self.config.views} per sample, but the dataset has {available} per object")
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state()}
@@ -107,14 +117,17 @@ class TetNetTraining(TrainingTask):
         cfg, net, split = self.config, self.net, self.train_split
         B, device, dtype = len(batch.objects), self.device, cfg.torch_dtype
         values = self.model(batch.images_a)  # (B, N)
-        cameras = Cameras.cat([batch.cameras_a, batch.cameras_b])
-        masks = torch.cat([batch.images_a[:, 3], batch.images_b[:, 3]])  # (2B, S, S), sample i: i, B + i
+        extra = self.extra_views(batch)  # (V - 2, B)
+        cameras = Cameras.cat([batch.cameras_a, batch.cameras_b,
+                               *(split_cameras(split, views, device, dtype) for views in extra)])
+        masks = torch.cat([batch.images_a[:, 3], batch.images_b[:, 3],  # (V B, S, S), sample i: i + k B
+                           *(split_images(split, batch.objects, views, device, dtype)[:, 3] for views in extra)])
         normals = torch.cat([split_normals(split, batch.objects, views, device, dtype)
-                             for views in (batch.view_a, batch.view_b)])
+                             for views in (batch.view_a, batch.view_b, *extra)])
         sums = {name: values.new_zeros(()) for name in SURFACE_TERMS}
         missing = torch.empty_like(masks, dtype=torch.bool)  # wanted pixels the mesh does not cover
         for i in range(B):
-            views = torch.tensor([i, B + i], device=device)
+            views = torch.arange(cfg.views, device=device) * B + i
             terms, missing[views] = self.surface_terms(values[i], cameras[views], masks[views], normals[views])
             for name, term in terms.items():
                 sums[name] = sums[name] + term
@@ -126,6 +139,18 @@ class TetNetTraining(TrainingTask):
                    "carve": cfg.w_carve, "eikonal": cfg.w_eikonal, "curvature": cfg.w_curvature}
         parts["loss"] = sum(weights[name] * parts[name] for name in TERMS)
         return parts
+
+    def extra_views(self, batch: Batch) -> np.ndarray:
+        """(views - 2, B) further views of each sample's object, distinct and neither a nor b: drawn for
+        the global batch and cut to this process's shard, so that torchrun's processes draw as one."""
+        cfg, dist = self.config, self.dist
+        if cfg.views == 2:
+            return np.zeros((0, len(batch.objects)), np.int64)
+        scores = torch.rand(cfg.batch_size, self.train_split.images.shape[1], generator=self.generator)
+        scores = scores[dist.rank * cfg.batch_size // dist.world:(dist.rank + 1) * cfg.batch_size // dist.world]
+        rows = torch.arange(len(scores))
+        scores[rows, torch.from_numpy(batch.view_a)] = scores[rows, torch.from_numpy(batch.view_b)] = 2.0
+        return scores.argsort(dim=1)[:, :cfg.views - 2].T.numpy()
 
     def surface_terms(self, values: Tensor, cameras: Cameras, masks: Tensor,
                       normals: Tensor) -> tuple[dict[str, Tensor], Tensor]:
@@ -149,18 +174,18 @@ class TetNetTraining(TrainingTask):
     def expand(self, values: Tensor, cameras: Cameras, missing: Tensor) -> Tensor:
         """The expand term of the batch: per sample, the mean hinge on the smallest grid value along
         the rays of (at most `expand_rays` of) its missing pixels, averaged over the samples.
-        values (B, N); cameras and missing (2B, ...), sample i's views at i and B + i."""
+        values (B, N); cameras and missing (V B, ...), sample i's views at i + k B."""
         B, limit = len(values), self.config.expand_rays
         picks = []
         for i in range(B):
-            index = missing[[i, B + i]].nonzero()  # (view 0 / 1, row, column)
+            index = missing[i::B].nonzero()  # (view k, row, column)
             if len(index) > limit:
                 index = index[torch.randperm(len(index), generator=self.generator)[:limit].to(index.device)]
             picks.append(index)
         count = max(len(index) for index in picks)
         if count == 0:
             return values.sum() * 0
-        # pad every sample to `count` rays (repeating its view 0's centre pixel; masked out below)
+        # pad every sample to `count` rays (view 0's corner pixel; masked out below)
         padded = torch.zeros(B, count, 3, dtype=torch.long, device=values.device)
         valid = torch.zeros(B, count, dtype=torch.bool, device=values.device)
         for i, index in enumerate(picks):
@@ -178,7 +203,7 @@ class TetNetTraining(TrainingTask):
     def lowest_on_rays(self, values: Tensor, origins: Tensor, directions: Tensor, spacing: float = 0.5) -> Tensor:
         """(B, R) smallest grid value along each ray of each sample (origins, directions (B, R, 3)),
         over samples `spacing` cells apart inside the sphere around the grid's box, chosen without
-        gradients and evaluated again with them; +inf for a ray that misses the box."""
+        gradients (trilinearly) and evaluated again with them (the grid's own function); +inf for a ray that misses the box."""
         net = self.net
         lo, hi = net.grid.bounds
         radius = hi * 3 ** 0.5  # the sphere around the grid's box
@@ -189,7 +214,7 @@ class TetNetTraining(TrainingTask):
         points = origins[..., None, :] + depth[..., None] * directions[..., None, :]  # (B, R, K, 3)
         B, R = origins.shape[:2]
         with torch.no_grad():
-            sampled = lattice_evaluate(values, points.reshape(B, -1, 3), net.config.grid, (lo, hi))
+            sampled = lattice_trilinear(values, points.reshape(B, -1, 3), net.config.grid, (lo, hi))
             sampled = sampled.reshape(B, R, count)
         lowest = torch.gather(points, 2, sampled.argmin(dim=2)[..., None, None].expand(B, R, 1, 3))[:, :, 0]
         result = lattice_evaluate(values, lowest, net.config.grid, (lo, hi))
@@ -198,11 +223,11 @@ class TetNetTraining(TrainingTask):
     def carve(self, values: Tensor, cameras: Cameras, masks: Tensor) -> Tensor:
         """Shrink over the volume: every lattice vertex that projects onto the background of one of
         its sample's views (or off the image) lies outside the object, so its value is pushed past
-        +margin; the mean hinge over those vertices. values (B, N); cameras and masks (2B, ...), sample
-        i's views at i and B + i."""
+        +margin; the mean hinge over those vertices. values (B, N); cameras and masks (V B, ...), sample
+        i's views at i + k B."""
         B = len(values)
-        coverage = VisualHullField(cameras, masks).coverage(self.net.grid_vertices)  # (2B, N)
-        outside = coverage.reshape(2, B, -1).amin(dim=0) < 0.5
+        coverage = VisualHullField(cameras, masks).coverage(self.net.grid_vertices)  # (V B, N)
+        outside = coverage.reshape(-1, B, coverage.shape[-1]).amin(dim=0) < 0.5
         margin = self.config.margin * self.net.grid.cell
         return L.shrink_loss(values[outside], margin)
 
