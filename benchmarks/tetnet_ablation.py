@@ -42,6 +42,8 @@ VARIANTS = {
     "carve": {"w_carve": 20.0},
     "lr-1e-3": {"lr": 1e-3},
     "conv-head": {"head": "conv", "channels": "64,32,16,8"},  # the finest lattice convolved (tetnet.py)
+    "views-4": {"views": 4},                 # each sample rendered in 4 of its views
+    "batch-8-views-4": {"batch_size": 8, "views": 4},
 }
 
 

@@ -200,10 +200,12 @@ class TetNetTraining(TrainingTask):
         rays = (valid & torch.isfinite(lowest)).sum(dim=1)
         return (hinge.sum(dim=1) / rays.clamp_min(1)).sum() / B
 
-    def lowest_on_rays(self, values: Tensor, origins: Tensor, directions: Tensor, spacing: float = 0.5) -> Tensor:
+    def lowest_on_rays(self, values: Tensor, origins: Tensor, directions: Tensor, spacing: float = 0.5,
+                       candidates: int = 4) -> Tensor:
         """(B, R) smallest grid value along each ray of each sample (origins, directions (B, R, 3)),
-        over samples `spacing` cells apart inside the sphere around the grid's box, chosen without
-        gradients (trilinearly) and evaluated again with them (the grid's own function); +inf for a ray that misses the box."""
+        over samples `spacing` cells apart inside the sphere around the grid's box: the `candidates`
+        lowest by trilinear interpolation (fast), of which the lowest by the grid's own function
+        (which marching tetrahedra meshes), chosen without gradients and evaluated again with them; +inf for a ray that misses the box."""
         net = self.net
         lo, hi = net.grid.bounds
         radius = hi * 3 ** 0.5  # the sphere around the grid's box
@@ -213,10 +215,13 @@ class TetNetTraining(TrainingTask):
         depth = (near[:, None] + (far - near)[:, None] * t).reshape(*origins.shape[:2], count)
         points = origins[..., None, :] + depth[..., None] * directions[..., None, :]  # (B, R, K, 3)
         B, R = origins.shape[:2]
-        with torch.no_grad():
+        with torch.no_grad():  # the lowest `candidates` samples by trilinear search, then exactly
             sampled = lattice_trilinear(values, points.reshape(B, -1, 3), net.config.grid, (lo, hi))
             sampled = sampled.reshape(B, R, count)
-        lowest = torch.gather(points, 2, sampled.argmin(dim=2)[..., None, None].expand(B, R, 1, 3))[:, :, 0]
+            k = min(candidates, count)
+            nearest = torch.gather(points, 2, sampled.topk(k, dim=2, largest=False).indices[..., None].expand(B, R, k, 3))
+            exact = lattice_evaluate(values, nearest.reshape(B, -1, 3), net.config.grid, (lo, hi)).reshape(B, R, k)
+        lowest = torch.gather(nearest, 2, exact.argmin(dim=2)[..., None, None].expand(B, R, 1, 3))[:, :, 0]
         result = lattice_evaluate(values, lowest, net.config.grid, (lo, hi))
         return torch.where(torch.isfinite(sampled.min(dim=2).values), result, torch.full_like(result, math.inf))
 
