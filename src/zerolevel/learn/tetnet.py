@@ -16,9 +16,8 @@ holds the dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
 so its output starts (head convolutions zero) as the signed distance to a sphere of `init_radius`,
 as SoftRas's network starts as its template sphere. The head does at half resolution what a
 convolved level of the full lattice (`head="conv"`, with one more entry in `channels`) does at 8x
-the voxels: a step's decoder costs 0.13 s instead of 0.51 s (forward + backward, batch 16, 2
-threads), which is why it is the default; `benchmarks/results/tetnet_decoder.md` compares their
-validation IoU at equal training time. The grid's boundary vertices are kept outside
+the voxels, for a step two thirds as long and a network that learnt more in the same time
+(`benchmarks/results/tetnet_decoder.md`). The grid's boundary vertices are kept outside
 (>= half a cell), so every predicted surface is closed. Marching tetrahedra (`geometry.marching`)
 turns each sample's values into a mesh, differentiably in the values (the training's losses reach
 the network through it). The vertex lattice is indexed [x, y, z] in the grid's vertex order.
