@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from zerolevel.errors import InputError
 from zerolevel.optim.loop import DivergedError, LoopConfig, load_checkpoint, read_log, run_loop
 
 
@@ -80,6 +81,18 @@ def test_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
     log_a, log_b = read_log(tmp_path / "a" / "log.jsonl"), read_log(tmp_path / "b" / "log.jsonl")
     assert [line["iter"] for line in log_b] == [5, 10, 15, 20, 25, 30]
     assert [line["loss"] for line in log_b] == [line["loss"] for line in log_a]
+
+
+def test_resume_refuses_another_runs_checkpoint(tmp_path):
+    """A folder holding a checkpoint of another kind of run (its `name`, e.g. another network's
+    training) is one clear error naming the checkpoint, and the checkpoint stays as it was."""
+    run_loop(NoisyRegression(), tmp_path, quiet(iters=3), name="softras")
+    before = (tmp_path / "checkpoint.pt").read_bytes()
+    with pytest.raises(InputError, match="a checkpoint of a softras run, not of a tetnet one") as caught:
+        run_loop(NoisyRegression(), tmp_path, quiet(iters=6), resume=True, name="tetnet")
+    assert caught.value.path == str(tmp_path / "checkpoint.pt")
+    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert run_loop(NoisyRegression(), tmp_path, quiet(iters=6), resume=True, name="softras").resumed_from == 3
 
 
 def test_resume_rewinds_the_log_to_the_checkpoint(tmp_path):

@@ -153,13 +153,17 @@ def run_loop(task: Task, out_dir: str | Path, config: LoopConfig, resume: bool =
         LoopResult (the same on every process).
     Raises:
         DivergedError: a value stayed non-finite; the last good checkpoint is left in place.
-        InputError: the checkpoint to resume from is unreadable or foreign.
+        InputError: the checkpoint to resume from is unreadable, foreign or another run's (`name`).
     """
     run = _Run(task, Path(out_dir), config, hooks or Hooks(), dist or Distributed(), name)
     path = run.out_dir / CHECKPOINT
     if resume and path.is_file():
+        payload = load_checkpoint(path)
+        if name and payload.get("name") and payload["name"] != name:
+            raise InputError(f"a checkpoint of a {payload['name']} run, not of a {name} one: resume it with "
+                             "its own command, or write to another folder", path)
         try:
-            _restore(run, load_checkpoint(path))
+            _restore(run, payload)
         except InputError as error:  # e.g. the task refuses other settings: name the checkpoint
             raise error if error.path is not None else InputError(str(error), path) from None
     start_iter = run.state.iteration
