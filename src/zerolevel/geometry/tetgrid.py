@@ -302,7 +302,7 @@ def lattice_trilinear(values: Tensor, points: Tensor, resolution: int, bounds: t
 
     Arguments and result as `lattice_evaluate`, whose piecewise-linear (Kuhn) function this is not:
     within a cube the two agree at the corners and differ by at most the corner values' spread. It
-    is one fused kernel (`grid_sample`), ~5x faster: for searches (e.g. a ray's lowest value) whose
+    is one fused kernel (`grid_sample`), several times faster: for searches (e.g. a ray's lowest value) whose
     result is then evaluated exactly.
     """
     n = resolution + 1

@@ -104,7 +104,8 @@ class TetNetTraining(TrainingTask):
         self.generator = torch.Generator().manual_seed(self.config.seed + 1)  # expand rays, extra views
         available = self.train_split.images.shape[1]
         if self.config.views > available:
-            raise InputError(f"views={self.config.views} per sample, but the dataset has {available} per object")
+            raise InputError(f"views={self.config.views} per sample, but the dataset has {available} per object",
+                             getattr(self.train_split, "root", None))
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state()}
@@ -143,11 +144,10 @@ class TetNetTraining(TrainingTask):
     def extra_views(self, batch: Batch) -> np.ndarray:
         """(views - 2, B) further views of each sample's object, distinct and neither a nor b: drawn for
         the global batch and cut to this process's shard, so that torchrun's processes draw as one."""
-        cfg, dist = self.config, self.dist
+        cfg = self.config
         if cfg.views == 2:
             return np.zeros((0, len(batch.objects)), np.int64)
-        scores = torch.rand(cfg.batch_size, self.train_split.images.shape[1], generator=self.generator)
-        scores = scores[dist.rank * cfg.batch_size // dist.world:(dist.rank + 1) * cfg.batch_size // dist.world]
+        scores = torch.rand(cfg.batch_size, self.train_split.images.shape[1], generator=self.generator)[self.shard]
         rows = torch.arange(len(scores))
         scores[rows, torch.from_numpy(batch.view_a)] = scores[rows, torch.from_numpy(batch.view_b)] = 2.0
         return scores.argsort(dim=1)[:, :cfg.views - 2].T.numpy()
@@ -205,7 +205,8 @@ class TetNetTraining(TrainingTask):
         """(B, R) smallest grid value along each ray of each sample (origins, directions (B, R, 3)),
         over samples `spacing` cells apart inside the sphere around the grid's box: the `candidates`
         lowest by trilinear interpolation (fast), of which the lowest by the grid's own function
-        (which marching tetrahedra meshes), chosen without gradients and evaluated again with them; +inf for a ray that misses the box."""
+        (which marching tetrahedra meshes), chosen without gradients and evaluated again with them;
+        +inf for a ray that misses the box."""
         net = self.net
         lo, hi = net.grid.bounds
         radius = hi * 3 ** 0.5  # the sphere around the grid's box

@@ -173,11 +173,17 @@ class TrainingTask:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.net, device_ids=ids)
 
+    @property
+    def shard(self) -> slice:
+        """This process's contiguous share of the global batch's samples."""
+        size, dist = self.config.batch_size, self.dist
+        return slice(dist.rank * size // dist.world, (dist.rank + 1) * size // dist.world)
+
     def next_batch(self, iteration: int) -> Batch:
         """This process's shard of the global batch of `iteration` (every process draws the same)."""
-        cfg, dist = self.config, self.dist
+        cfg = self.config
         objects, view_a, view_b = self.sampler.sample(cfg.batch_size)
-        shard = slice(dist.rank * cfg.batch_size // dist.world, (dist.rank + 1) * cfg.batch_size // dist.world)
+        shard = self.shard
         objects, view_a, view_b = objects[shard], view_a[shard], view_b[shard]
         split, device, dtype = self.train_split, self.device, cfg.torch_dtype
         images = [split_images(split, objects, views, device, dtype) for views in (view_a, view_b)]
