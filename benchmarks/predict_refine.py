@@ -1,16 +1,17 @@
 """A single-view network's prediction from 1 and from 3 views, fused (mean or max of the SDFs), and
 refined by the tet-grid fit (`zerolevel predict --refine S`), scored against the dataset's truth.
 
-For every object of the chosen splits and every ring offset k, the views are {k} (1 view) and
+For every object of the chosen splits (or the first --per-category of each category) and every ring offset k, the views are {k} (1 view) and
 {k, k + V/3, k + 2V/3} (3 views, 120 degrees apart), or n views 360/n degrees apart (--view-sets). Rows:
 - "predict": the network's mesh (1 view), or the views' predictions fused ("mean" / "max" of the SDF
   values, `learn.predict.fuse`);
 - "refine <config> <modalities>": the mean-fused prediction refined for --seconds by the tet-grid fit
   (`learn.refine.refine`, schedule fitted to the budget) to the views' masks, or masks and normal maps
-  (the dataset's own normal maps: what a perfect normal predictor would give).
+  (the dataset's own normal maps: what a perfect normal predictor would give); <config> is
+  RESOLUTIONS:LR[:W_NORMAL][:KEY=VALUE...], `learn.refine.REFINE` with those settings.
 Scores, as `zerolevel eval-set`: voxel IoU on the dataset's 32^3 grid (`learn.evaluate.voxel_iou`),
-F-score at 1% and 2% of the GT bounding-box diagonal and Chamfer (`metrics.evaluate`, 20000 points),
-averaged over (object, offset) pairs.
+F-score at 0.5%, 1% and 2% of the GT bounding-box diagonal (F@0.5% also per category) and Chamfer
+(`metrics.evaluate`, 20000 points), averaged over (object, offset) pairs.
 
     zerolevel dataset --generate chair,table --count 12 --for tetnet -o /tmp/d
     zerolevel train tetnet /tmp/d -o /tmp/run --budget 240 --threads 1
@@ -40,8 +41,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--offsets", type=int, nargs="+", default=[0, 5], help="ring offsets k (default 0 5)")
     parser.add_argument("--seconds", type=float, default=20.0, help="refine budget (default 20)")
     parser.add_argument("--configs", nargs="*", default=["32:0.05"],
-                        help="refine settings RESOLUTIONS:LR[:W_NORMAL], e.g. 32:0.05 32,64:0.05 32:0.05:0.3 "
-                             "(default 32:0.05)")
+                        help="refine settings RESOLUTIONS:LR[:W_NORMAL][:KEY=VALUE...] (TetSDFConfig fields), e.g. "
+                             "32:0.05 32,64:0.05 32:0.05:0.3 32:0.1:w_prior=1 (default 32:0.05)")
+    parser.add_argument("--per-category", type=int, default=None,
+                        help="only the first N objects of each category of each split (default: all)")
     parser.add_argument("--modalities", nargs="*", default=["masks", "normals"], choices=["masks", "normals"])
     parser.add_argument("--view-sets", type=int, nargs="+", default=[1, 3],
                         help="views per set, evenly spread around the ring from offset k (default 1 3)")
@@ -51,13 +54,36 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _config(text: str):
-    from zerolevel.learn.refine import REFINE
+    """TetSDFConfig of a --configs entry: REFINE with its resolutions, lr and further settings."""
     from dataclasses import replace
 
-    resolutions, lr, *normal = text.split(":")
+    from zerolevel.learn.refine import REFINE
+
+    resolutions, lr, *rest = text.split(":")
     levels = tuple(int(r) for r in resolutions.split(","))
-    config = replace(REFINE, resolutions=levels, level_shares=(1.0,) * len(levels), lr=float(lr))
-    return replace(config, w_normal=float(normal[0])) if normal else config
+    settings = {"resolutions": levels, "level_shares": (1.0,) * len(levels), "lr": float(lr)}
+    for item in rest:
+        key, value = item.split("=") if "=" in item else ("w_normal", item)
+        settings[key] = float(value)
+    return replace(REFINE, **settings)
+
+
+def _fits_normals(text: str) -> bool:
+    """Whether a --configs entry sets the normal term's weight (a normals-only variant)."""
+    return any(item.startswith("w_normal=") or "=" not in item for item in text.split(":")[2:])
+
+
+def _objects(split, per_category: int | None) -> list[int]:
+    """The split's objects, or the first `per_category` of each category."""
+    if per_category is None:
+        return list(range(len(split)))
+    seen: dict[str, int] = {}
+    chosen = []
+    for i, category in enumerate(split.categories):
+        if seen.get(category, 0) < per_category:
+            chosen.append(i)
+            seen[category] = seen.get(category, 0) + 1
+    return chosen
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,47 +103,54 @@ def main(argv: list[str] | None = None) -> None:
     net = load_model(args.run)
     size = net.config.image_size
     scores: dict[tuple, list[list[float]]] = {}
+    categories: dict[tuple, list[str]] = {}  # the category of each row of scores[key]
 
-    def score(key, mesh, voxels, gt, iterations=0):
-        metrics = evaluate(mesh, gt, taus=(0.01, 0.02), n_points=20000, seed=0)
-        row = [voxel_iou(mesh.vertices, mesh.faces, voxels), metrics["fscore"]["0.01"], metrics["fscore"]["0.02"],
+    def score(key, mesh, voxels, gt, category, iterations=0):
+        metrics = evaluate(mesh, gt, taus=(0.005, 0.01, 0.02), n_points=20000, seed=0)
+        row = [voxel_iou(mesh.vertices, mesh.faces, voxels), *(metrics["fscore"][t] for t in ("0.005", "0.01", "0.02")),
                metrics["chamfer"], iterations]
         scores.setdefault(key, []).append(row)
-        print(key, " ".join(f"{x:.4f}" for x in row), flush=True)
+        categories.setdefault(key, []).append(category)
+        print(key, category, " ".join(f"{x:.4f}" for x in row), flush=True)
 
     for split_name in args.splits:
         split = load_split(args.data, split_name)
         count = split.cameras.K.shape[0]
-        for i in range(len(split)):
+        for i in _objects(split, args.per_category):
             voxels, gt = np.asarray(split.voxels[i], dtype=bool), load_mesh(split.mesh_path(i))
+            category = split.categories[i]
             for k in args.offsets:
                 for n in args.view_sets:
                     views = [(k + j * count // n) % count for j in range(n)]
                     images = [np.asarray(split.images[i, v]) for v in views]
                     outputs = network_outputs(net, images)
                     for how in (["mean", "max"] if n > 1 else ["mean"]):
-                        score((n, "predict", how if n > 1 else "-"), output_mesh(net, fuse(outputs, how)), voxels, gt)
+                        score((n, "predict", how if n > 1 else "-"), output_mesh(net, fuse(outputs, how)), voxels, gt,
+                              category)
                     cameras = ring_cameras(args.data, views, size)
                     for modality in args.modalities:
                         normals = ([np.asarray(decode_normals(split.normals[i, v])) for v in views]
                                    if modality == "normals" else None)
                         scene = input_scene(images, cameras, normals, float(net.config.bounds))
                         for text in args.configs:
-                            if modality == "masks" and text.count(":") == 2:
-                                continue  # W_NORMAL: a normals-only variant
+                            if modality == "masks" and _fits_normals(text):
+                                continue
                             t0 = time.perf_counter()
                             refined = refine(net, fuse(outputs), scene, args.seconds, config=_config(text),
                                              progress=False, seed=0)
                             print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
-                            score((n, f"refine {text}", modality), refined.mesh, voxels, gt, refined.result.iterations)
+                            score((n, f"refine {text}", modality), refined.mesh, voxels, gt, category,
+                                  refined.result.iterations)
     rows = []
+    names = sorted({c for values in categories.values() for c in values})
     for (n, what, how), values in sorted(scores.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])):
-        mean = np.mean(np.asarray(values), axis=0)
-        rows.append([n, what, how, len(values), *[float(x) for x in mean]])
+        values, cats = np.asarray(values), np.asarray(categories[n, what, how])
+        per_category = [float(values[cats == c, 1].mean()) for c in names]  # F@0.5%
+        rows.append([n, what, how, len(values), *[float(x) for x in values.mean(axis=0)], *per_category])
     write_report(args.name, "Single-view prediction: fusion of views and refinement by the tet-grid fit",
                  "python benchmarks/predict_refine.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-                 ["views", "mesh", "fusion / refine targets", "pairs", "IoU", "F@1%", "F@2%", "chamfer",
-                  "iterations"], rows,
+                 ["views", "mesh", "fusion / refine targets", "pairs", "IoU", "F@0.5%", "F@1%", "F@2%", "chamfer",
+                  "iterations", *(f"F@0.5% {c}" for c in names)], rows,
                  notes=f"data {args.data} (splits {', '.join(args.splits)}), run {args.run}; ring offsets "
                        f"{args.offsets}; n views 360/n degrees apart; refine budget {args.seconds} s on "
                        f"{args.threads} thread(s), a shared machine (the iteration counts vary with its load); "

@@ -40,7 +40,7 @@ from .evaluate import view_indices
 from .normals_eval import normal_errors
 from .pix2pix import SPACES, NormalsNet, PatchDiscriminator, to_camera
 from .sampling import split_normals
-from .training import TrainingConfig, TrainingTask, TrainResult, run_training
+from .training import TrainingConfig, TrainingTask, TrainResult, adam, run_training
 
 GAN_LOSSES = ("bce", "lsgan")
 
@@ -102,7 +102,7 @@ class NormalsTraining(TrainingTask):
             raise InputError("the validation split has no normal maps")
         self.disc = PatchDiscriminator(cfg.d_channels).to(self.device, cfg.torch_dtype)
         self.d_model = self.disc
-        self.d_optimizer = torch.optim.Adam(self.disc.parameters(), lr=cfg.lr, betas=cfg.betas)
+        self.d_optimizer = adam(self.disc.parameters(), cfg)
         self.val_angle: float | None = None
         self.best_val_angle: float | None = None
 

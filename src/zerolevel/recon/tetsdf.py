@@ -16,6 +16,9 @@ tetrahedra -> a triangle mesh -> rasterised normal maps and antialiased masks of
                   the whole band so that values away from the surface do not drift
     w_curvature * area of the mesh: its gradient with respect to the mesh vertices is the mean
                   curvature normal, so descending it moves the surface by mean curvature.
+    w_prior     * mean over the grid's vertices of ((f - f_start) / cell)^2, with `init="field"`
+                  only: keeps what the views do not constrain at the start field's values (a
+                  single-view network's prediction refined from its one view: `learn.refine`)
 
 Surface energies (normals, masks, shrink, area) reach the SDF values through the marching step's
 crossing points (the paper's Lagrangian view); volumetric ones (eikonal, expand) act on the grid
@@ -75,6 +78,7 @@ class TetSDFConfig:
     w_expand: float = 0.1
     w_eikonal: float = 0.1
     w_curvature: float = 0.01
+    w_prior: float = 0.0                 # pull towards the start field (init="field" only)
     eikonal_cells: float | None = None   # eikonal over tetrahedra with a value within this many cells
                                          # of zero (None: every tetrahedron of the band). An early study
                                          # chose the whole band; rerun on today's fit, nefertiti at 600 it.
@@ -101,6 +105,8 @@ class TetSDF(LevelledFit):
         c = self.config
         if (c.init == "field") != (start is not None):
             raise ValueError("init='field' and a start field go together (the start field is code, not a setting)")
+        if c.w_prior and c.init != "field":
+            raise ValueError("w_prior pulls towards a start field: it needs init='field'")
         self.start = start
         if len(c.level_shares) != len(c.resolutions) or any(b != 2 * a for a, b in
                                                                zip(c.resolutions, c.resolutions[1:])):
@@ -120,11 +126,7 @@ class TetSDF(LevelledFit):
         if c.init == "sphere":
             return (grid.vertices.norm(dim=1) - c.init_radius).float()
         if c.init == "field":
-            with torch.no_grad():
-                values = torch.as_tensor(self.start(grid), dtype=torch.float32, device=self.device).reshape(-1)
-            if len(values) != len(grid.vertices) or not bool(torch.isfinite(values).all()):
-                raise ValueError(f"the start field must give {len(grid.vertices)} finite values, one per vertex")
-            return values
+            return self._start_values()
         if c.init != "visual_hull":
             raise ValueError(f"init must be 'visual_hull', 'sphere' or 'field', got {c.init!r}")
         with torch.no_grad():
@@ -134,6 +136,14 @@ class TetSDF(LevelledFit):
             raise InputError("the masks' visual hull is empty: no point projects into every mask")
         return lattice_sdf(grid, inside)
 
+    def _start_values(self) -> torch.Tensor:
+        """The start field's (N,) values on the current grid."""
+        with torch.no_grad():
+            values = torch.as_tensor(self.start(self.grid), dtype=torch.float32, device=self.device).reshape(-1)
+        if len(values) != len(self.grid.vertices) or not bool(torch.isfinite(values).all()):
+            raise ValueError(f"the start field must give {len(self.grid.vertices)} finite values, one per vertex")
+        return values
+
     def _enter_level(self, level: int, refine: bool = True) -> None:
         """Switch to `level`: subdivide the grid in the band, new optimiser, views at this resolution."""
         c = self.config
@@ -141,6 +151,7 @@ class TetSDF(LevelledFit):
             self.grid, values = self.grid.subdivide(self.values.detach(), band=c.band)
             self.values = torch.nn.Parameter(values.float())
         self.level = level
+        self.prior = self._start_values() if c.w_prior else None
         self.base_lr = c.lr * self.grid.cell / c.lr_decay_per_level ** level
         self.optimizer = torch.optim.Adam([self.values], lr=self.base_lr, betas=(0.9, 0.99))
         width = max(16, round(c.pixels_per_cube * self.grid.resolution))
@@ -175,6 +186,8 @@ class TetSDF(LevelledFit):
         losses["expand"] = c.w_expand * L.expand_loss(self._lowest_values(cameras, wanted & ~covered), margin)
         losses["eikonal"] = c.w_eikonal * L.eikonal_loss(self._tet_gradients())
         losses["curvature"] = c.w_curvature * L.mesh_area(verts, faces)
+        if self.prior is not None:
+            losses["prior"] = c.w_prior * ((self.values - self.prior) / self.grid.cell).square().mean()
         return losses
 
     def _inside_values(self, frags, extra: torch.Tensor, faces: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
