@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _report import limit_threads, write_report  # noqa: E402
+from singleview_tetnet import first_per_category  # noqa: E402
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -77,13 +78,7 @@ def _objects(split, per_category: int | None) -> list[int]:
     """The split's objects, or the first `per_category` of each category."""
     if per_category is None:
         return list(range(len(split)))
-    seen: dict[str, int] = {}
-    chosen = []
-    for i, category in enumerate(split.categories):
-        if seen.get(category, 0) < per_category:
-            chosen.append(i)
-            seen[category] = seen.get(category, 0) + 1
-    return chosen
+    return first_per_category(list(split.categories), per_category)
 
 
 def main(argv: list[str] | None = None) -> None:

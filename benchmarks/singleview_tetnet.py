@@ -18,7 +18,7 @@ training speed and test quality of each network after the same wall-clock budget
      (`normals_eval.evaluate_normals_run`: angular error, in the notes); then TetNet trained on its predicted
      normal maps of the train split (`normals_from`) for `--budget` s;
    - "tetnet + refine S": the GT-normals TetNet's prediction from view 0 of each of the first
-     `--refine-objects` test objects, continued for `--refine-seconds` by the tet-grid fit
+     `--refine-objects` test objects of each category, continued for `--refine-seconds` by the tet-grid fit
      (`learn.refine.refine`, `zerolevel predict --refine`) to that view's mask and a normal map
      (`--refine-normals`: pix2pix's prediction from the same image, default; the dataset's, an oracle;
      or none), beside the unrefined prediction on the same (object, view) pairs.
@@ -34,7 +34,7 @@ training speed and test quality of each network after the same wall-clock budget
     python benchmarks/singleview_tetnet.py        # the command of record: 150 objects per category,
                                                   # 3 networks x 1800 s + 600 s of pix2pix (> 2 h)
     python benchmarks/singleview_tetnet.py --count 4 --budget 15 --normals-budget 10 --refine-seconds 3 \\
-        --refine-objects 2 --categories chair table --step-repeats 1 --name scratch_tetnet --threads 1   # quick check
+        --refine-objects 1 --categories chair table --step-repeats 1 --name scratch_tetnet --threads 1   # quick check
 
 Writes results/<name>.md and .json, <name>_step.md and .json, and a gallery picture per network row
 (<name>_gallery_<row>.png); `--name` (default singleview_tetnet) changes the stem.
@@ -71,7 +71,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=1800.0, help="training seconds per network (default 1800)")
     parser.add_argument("--normals-budget", type=float, default=600.0, help="pix2pix training seconds (default 600)")
     parser.add_argument("--refine-seconds", type=float, default=20.0, help="tet-grid fit per object (default 20)")
-    parser.add_argument("--refine-objects", type=int, default=12, help="first test objects refined (default 12)")
+    parser.add_argument("--refine-objects", type=int, default=2,
+                        help="first test objects of each category refined (default 2)")
     parser.add_argument("--refine-normals", choices=["pix2pix", "gt", "none"], default="pix2pix",
                         help="the normal map the refine fits besides the mask (default: pix2pix's prediction)")
     parser.add_argument("--tetnet-set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -200,8 +201,19 @@ def refine_normal_maps(split, objects: list[int], how: str, normals_run: Path) -
         return list(net.world_normals(images, split.cameras.R[[0] * len(objects)]).numpy())
 
 
+def first_per_category(categories: list[str], count: int) -> list[int]:
+    """Indices of the first `count` objects of each category (in the split's order)."""
+    seen: dict[str, int] = defaultdict(int)
+    chosen = []
+    for i, category in enumerate(categories):
+        if seen[category] < count:
+            chosen.append(i)
+            seen[category] += 1
+    return chosen
+
+
 def refine_rows(run_dir: Path, data: Path, normals_run: Path, args: argparse.Namespace) -> list[dict]:
-    """The GT-normals TetNet's prediction from view 0 of the first --refine-objects test objects, and
+    """The GT-normals TetNet's prediction from view 0 of the first --refine-objects test objects of each category, and
     the same refined by the tet-grid fit for --refine-seconds: two rows scored on those pairs."""
     import numpy as np
 
@@ -210,7 +222,7 @@ def refine_rows(run_dir: Path, data: Path, normals_run: Path, args: argparse.Nam
     from zerolevel.learn.refine import input_scene, refine, ring_cameras
 
     net, split = load_model(run_dir), load_split(data, "test", normals=args.refine_normals == "gt")
-    objects = list(range(min(args.refine_objects, len(split))))
+    objects = first_per_category(list(split.categories), args.refine_objects)
     cameras = ring_cameras(data, [0], net.config.image_size)
     predicted, refined, fits = [], [], []
     for i, normals in zip(objects, refine_normal_maps(split, objects, args.refine_normals, normals_run)):
@@ -268,7 +280,7 @@ def step_breakdown(data: Path, run_dir: Path | None, args: argparse.Namespace) -
         task.net.load_state_dict(load_model(run_dir).state_dict())
     task.net.train()
     parts = {"data": (task, "next_batch"), "network forward": (task, "model"),
-             "marching tetrahedra": (task.net, "mesh"),
+             "marching tetrahedra": (task.net, "meshes"),
              "rasterisation (forward)": (tetnet_train, "render_normals"), "expand": (task, "expand"),
              "carve": (task, "carve"), "eikonal": (tetnet_train, "lattice_eikonal"),
              "losses (forward)": (task, "batch_losses"), "step": (task, "step")}
@@ -348,7 +360,7 @@ def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: l
 def refine_note(args: argparse.Namespace) -> str:
     which = {"pix2pix": "pix2pix's normal map predicted from the same image (world space)",
              "gt": "the dataset's normal map of that view (an oracle)", "none": "no normal map"}[args.refine_normals]
-    return (f"Refine rows: the first {args.refine_objects} test objects, view 0 each; the GT-normals tetnet's "
+    return (f"Refine rows: the first {args.refine_objects} test objects of each category, view 0 each; the GT-normals tetnet's "
             f"prediction from that one image, and the same continued for {args.refine_seconds:g} s by the tet-grid "
             f"fit (`learn.refine.refine`, its REFINE settings, the ring camera of view 0) to the view's mask and "
             f"{which}; \"iterations\", \"seconds\": the fit's, mean over objects. All metrics on those (object, "

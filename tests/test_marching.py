@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import trimesh
 
-from zerolevel.geometry.marching import TRIANGLE_COUNT, marching_tetrahedra
+from zerolevel.geometry.marching import TRIANGLE_COUNT, marching_tetrahedra, marching_tetrahedra_batch
 from zerolevel.geometry.tetgrid import TetGrid
 
 RADIUS = 0.7
@@ -96,3 +96,24 @@ def test_surface_energy_gradients_match_finite_differences():
         d[i, 2] = eps
         fd = (energy(sdf, offsets + d) - energy(sdf, offsets - d)) / (2 * eps)
         assert torch.isclose(shift.grad[i, 2], fd, rtol=1e-5, atol=1e-8)
+
+
+def test_a_batch_gives_each_samples_mesh_and_gradient():
+    grid = TetGrid.regular(10)
+    centres = torch.tensor([[0.0, 0, 0], [0.2, -0.1, 0], [0, 0, 0], [0.1, 0.3, 0.2]], dtype=torch.float64)
+    radii = torch.tensor([0.5, 0.3, 0.0, 0.4], dtype=torch.float64)  # sample 2: empty (no surface)
+    sdf = ((grid.vertices.double()[None] - centres[:, None]).norm(dim=2) - radii[:, None]).requires_grad_()
+    packed = marching_tetrahedra_batch(grid.vertices.double(), grid.tets, sdf)
+    assert len(packed) == 4 and packed.face_counts()[2] == 0
+    torch.testing.assert_close(packed.face_sample(), torch.repeat_interleave(torch.arange(4), packed.face_counts()))
+    weights = torch.randn(len(packed.verts), 3, dtype=torch.float64)
+    (packed.verts * weights).sum().backward()
+    for b in range(4):
+        one = sdf.detach()[b].clone().requires_grad_()
+        verts, faces, edges = marching_tetrahedra(grid.vertices.double(), grid.tets, one, return_edges=True)
+        v0, v1 = packed.vert_first[b], packed.vert_first[b + 1]
+        torch.testing.assert_close(packed.verts[v0:v1], verts)
+        torch.testing.assert_close(packed.faces[packed.face_first[b]:packed.face_first[b + 1]] - v0, faces)
+        torch.testing.assert_close(packed.edges[v0:v1] - b * len(grid.vertices), edges)
+        (verts * weights[v0:v1]).sum().backward()
+        torch.testing.assert_close(sdf.grad[b], one.grad)

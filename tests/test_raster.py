@@ -29,7 +29,7 @@ from zerolevel.cameras import Cameras
 from zerolevel.data import example_mesh_path
 from zerolevel.geometry.mesh import load_mesh, transform_mesh, unit_sphere_transform
 from zerolevel.render.antialias import antialias, edge_topology
-from zerolevel.render.fragments import interpolate
+from zerolevel.render.fragments import ViewMeshes, interpolate
 from zerolevel.render.raster import face_normals, rasterize, render_normals, vertex_normals
 from zerolevel.render.raycast import render_mesh
 
@@ -398,6 +398,33 @@ def test_batched_views_equal_per_view(spot):
         wb = w[b:b + 1]
         lb = (wb[..., :3] * ob["normal"]).sum() + (wb[..., 3] * ob["mask"]).sum() + ob["depth"].sum()
         assert torch.allclose(g[b], torch.autograd.grad(lb, xb)[0], atol=1e-9)
+
+
+@pytest.mark.parametrize("visibility", ["zbuffer", "embree"])
+def test_packed_meshes_render_as_each_alone(spot, visibility):
+    # three meshes packed into one array (the middle one empty), each shown by its own views: the
+    # images and the gradients are those of rendering each mesh alone in its views
+    cams = Cameras.sphere(4, distance=2.5, fov_deg=40, width=40, height=40)
+    v0, f0 = _tensors(spot)
+    v1, f1 = _tensors(trimesh.creation.box(extents=(0.8, 0.5, 0.6)))
+    view_mesh = torch.tensor([2, 0, 0, 2])
+    verts = torch.cat([v0, v1]).requires_grad_(True)
+    meshes = ViewMeshes(view_mesh, torch.tensor([0, len(v0), len(v0), len(v0) + len(v1)]),
+                        torch.tensor([0, len(f0), len(f0), len(f0) + len(f1)]))
+    w = torch.tensor(np.random.default_rng(7).normal(size=(4, 40, 40, 4)))
+
+    def loss(out, views):
+        wv = w[views]
+        return (wv[..., :3] * out["normal"]).sum() + (wv[..., 3] * out["mask"]).sum() + out["depth"].sum()
+
+    out = render_normals(verts, torch.cat([f0, f1 + len(v0)]), cams, meshes=meshes, visibility=visibility)
+    grad = torch.autograd.grad(loss(out, [0, 1, 2, 3]), verts)[0]
+    for v, f, views, rows in ((v0, f0, [1, 2], slice(0, len(v0))), (v1, f1, [0, 3], slice(len(v0), None))):
+        x = v.clone().requires_grad_(True)
+        alone = render_normals(x, f, cams[torch.tensor(views)], visibility=visibility)
+        for k in ("normal", "mask", "depth"):
+            torch.testing.assert_close(out[k][views], alone[k], atol=1e-12, rtol=0)
+        torch.testing.assert_close(grad[rows], torch.autograd.grad(loss(alone, views), x)[0], atol=1e-9, rtol=0)
 
 
 # --------------------------------------------------------------------------- degenerate triangles

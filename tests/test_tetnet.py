@@ -205,6 +205,51 @@ def test_extra_views_are_the_objects_other_views(tmp_path):
         _make_task(split, None, config(views=7), Distributed(), torch.device("cpu"))
 
 
+def test_the_batch_is_scored_as_each_sample_alone():
+    """The surface terms of a batch (every sample's mesh made, rendered and scored at once) are the mean
+    over its samples of each sample's terms computed on its own mesh and views, a vanished surface
+    scoring 0; so are their gradients."""
+    from zerolevel import losses as L
+    from zerolevel.geometry.tetgrid import inside_ends
+    from zerolevel.learn.tetnet_train import _make_task
+    from zerolevel.optim.distributed import Distributed
+    from zerolevel.render.raster import render_normals
+
+    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2), (0.25, 0.25, 0.3)], views=6)
+    task = _make_task(split, None, config(batch_size=3, views=3), Distributed(), torch.device("cpu"))
+    batch = task.next_batch(0)
+    cameras = task.train_split.cameras[[0, 2, 4, 1, 3, 5, 2, 4, 0]]  # sample i's views at i + 3 k
+    masks = torch.cat([batch.images_a[:, 3], batch.images_b[:, 3], batch.images_a[:, 3]])
+    normals = torch.randn(9, 32, 32, 3)
+    with torch.no_grad():
+        values = task.net(torch.rand(3, 4, 32, 32)) + torch.tensor([[0.0], [0.05], [1.0]])  # sample 2: no surface
+    values.requires_grad_(True)
+    parts, missing = task.surface_terms(values, cameras, masks, normals)
+    margin = task.config.margin * task.net.grid.cell
+    expected = {name: 0.0 for name in parts}
+    for i in range(3):
+        views = torch.tensor([i, i + 3, i + 6])
+        verts, faces, edges = task.net.mesh(values[i], return_edges=True)
+        if len(faces) == 0:
+            assert i == 2 and torch.equal(missing[views], masks[views] > 0.5)
+            continue
+        out = render_normals(verts, faces, cameras[views])
+        covered, wanted = out["fragments"].mask > 0.5, masks[views] > 0.5
+        extra = covered & ~wanted
+        terms = {"normal": L.normal_l1(out["normal"], normals[views], covered & wanted),
+                 "mask": L.mask_l2(out["mask"], masks[views]),
+                 "shrink": L.shrink_loss(inside_ends(values[i], edges[faces[out["fragments"].face[extra]]]), margin),
+                 "curvature": L.mesh_area(verts, faces)}
+        for name, term in terms.items():
+            expected[name] = expected[name] + term / 3
+        assert torch.equal(missing[views], wanted & ~covered)
+    for name, term in parts.items():
+        torch.testing.assert_close(term, expected[name], rtol=1e-5, atol=1e-7)
+        grad = torch.autograd.grad(term, values, retain_graph=True)[0]
+        torch.testing.assert_close(grad, torch.autograd.grad(expected[name], values, retain_graph=True)[0],
+                                   rtol=1e-4, atol=1e-7)
+
+
 def test_the_lowest_value_along_a_ray_of_the_starting_sphere(tmp_path):
     """The expand term's search on the untrained network (the sphere of radius 0.3): a ray at distance d
     from the centre has its lowest value d - 0.3 (within half a cell: the search samples every half

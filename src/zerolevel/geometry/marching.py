@@ -1,7 +1,8 @@
 """Differentiable marching tetrahedra: the zero level set of SDF values on a tetrahedral grid as a
 triangle mesh whose vertex positions are differentiable functions of those values.
 
-One job: `marching_tetrahedra(vertices, tets, sdf)` -> (mesh vertices, faces). A mesh vertex sits on
+One job: `marching_tetrahedra(vertices, tets, sdf)` -> (mesh vertices, faces), and
+`marching_tetrahedra_batch` for a batch of SDFs on one grid at once (`PackedMeshes`). A mesh vertex sits on
 each grid edge whose end values change sign (inside: sdf < 0; a value of exactly 0 counts as outside,
 so every edge is classified and no division by zero can occur), at the linear crossing
 
@@ -17,6 +18,8 @@ is piecewise constant and has none.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -61,6 +64,31 @@ def _triangle_table() -> tuple[np.ndarray, np.ndarray]:
 TRIANGLE_TABLE, TRIANGLE_COUNT = _triangle_table()
 
 
+@dataclass
+class PackedMeshes:
+    """The level sets of a batch of SDFs on one grid, as one mesh: sample b's vertices are
+    verts[vert_first[b]:vert_first[b + 1]], its faces faces[face_first[b]:face_first[b + 1]] (indices
+    into all of `verts`); edges[m] are the (a < b) indices into the flattened (B * N,) values of the
+    grid edge vertex m lies on."""
+
+    verts: Tensor
+    faces: Tensor
+    edges: Tensor
+    vert_first: Tensor
+    face_first: Tensor
+
+    def __len__(self) -> int:
+        return len(self.vert_first) - 1
+
+    def face_counts(self) -> Tensor:
+        """(B,) faces of each sample."""
+        return self.face_first[1:] - self.face_first[:-1]
+
+    def face_sample(self) -> Tensor:
+        """(K,) the sample each face belongs to."""
+        return torch.repeat_interleave(torch.arange(len(self), device=self.faces.device), self.face_counts())
+
+
 def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor,
                         return_edges: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:
     """The zero level set of `sdf` on a tetrahedral mesh.
@@ -75,36 +103,59 @@ def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor,
         faces: (K, 3) int64 triangles wound outward. Both empty when no tetrahedron is crossed;
         with `return_edges`, edges: (M, 2) int64 grid vertex indices (a < b) of each crossing.
     """
+    packed = marching_tetrahedra_batch(vertices, tets, sdf[None])
+    if return_edges:
+        return packed.verts, packed.faces, packed.edges
+    return packed.verts, packed.faces
+
+
+def marching_tetrahedra_batch(vertices: Tensor, tets: Tensor, sdf: Tensor) -> PackedMeshes:
+    """The zero level sets of a batch of SDFs on one tetrahedral mesh, in one pass (one set of
+    tensor operations for the whole batch, rather than one per sample).
+
+    Args:
+        vertices: (N, 3) grid vertex positions shared by the batch (differentiable).
+        tets: (T, 4) int64 positively oriented tetrahedra.
+        sdf: (B, N) values at the vertices, negative inside (differentiable).
+    Returns:
+        `PackedMeshes`: each sample's mesh as `marching_tetrahedra` makes it (same vertices and
+        faces, in the same order), its indices offset into the packed arrays.
+    """
     device = sdf.device
+    B, n = sdf.shape
     inside = sdf.detach() < 0
-    codes = (inside[tets] * torch.tensor([1, 2, 4, 8], device=device)).sum(dim=1)
-    crossed = (codes > 0) & (codes < 15)
-    if not crossed.any():
-        empty = torch.zeros((0, 3), dtype=torch.int64, device=device)
-        if return_edges:
-            return vertices.new_zeros((0, 3)), empty, empty[:, :2]
-        return vertices.new_zeros((0, 3)), empty
-    tets, codes = tets[crossed], codes[crossed]
-    # the 6 edges of each crossed tetrahedron, as global vertex pairs (a < b)
-    pairs = torch.sort(tets[:, torch.as_tensor(TET_EDGES, device=device)], dim=2).values  # (T', 6, 2)
-    n = len(vertices)
-    keys = pairs[..., 0] * n + pairs[..., 1]
-    sign_change = inside[pairs[..., 0]] != inside[pairs[..., 1]]
-    unique_keys, slot = torch.unique(keys[sign_change], return_inverse=True)
+    bits = inside.to(torch.uint8)
+    codes = bits.index_select(1, tets[:, 0])  # (B, T) corner k inside: bit k (uint8: 8x less memory)
+    for k in range(1, 4):
+        codes |= bits.index_select(1, tets[:, k]) << k
+    sample, tet = ((codes > 0) & (codes < 15)).nonzero(as_tuple=True)  # sample-major
+    codes = codes[sample, tet].long()
+    # the 6 edges of each crossed tetrahedron, as vertex pairs (a < b) of the flattened (B * N,) values
+    local = torch.sort(tets.index_select(0, tet)[:, torch.as_tensor(TET_EDGES, device=device)], dim=2).values
+    pairs = local + (sample * n)[:, None, None]  # (T', 6, 2)
+    flat_inside, total = inside.reshape(-1), B * n
+    keys = pairs[..., 0] * total + pairs[..., 1]
+    sign_change = flat_inside[pairs[..., 0]] != flat_inside[pairs[..., 1]]
+    unique_keys, slot = torch.unique(keys[sign_change], return_inverse=True)  # sorted: sample-major
     edge_vertex = torch.full(keys.shape, -1, dtype=torch.int64, device=device)
     edge_vertex[sign_change] = slot
-    a, b = unique_keys // n, unique_keys % n
+    a, b = unique_keys // total, unique_keys % total
     # index_select, not x[i]: its backward (index_add_) sums in a fixed order, where advanced
     # indexing's multi-threaded accumulate makes runs differ in the last bits (breaks exact resume)
-    s_a, s_b = sdf.index_select(0, a)[:, None], sdf.index_select(0, b)[:, None]
-    verts = (vertices.index_select(0, a) * s_b - vertices.index_select(0, b) * s_a) / (s_b - s_a)
+    flat = sdf.reshape(-1)
+    s_a, s_b = flat.index_select(0, a)[:, None], flat.index_select(0, b)[:, None]
+    verts = (vertices.index_select(0, a % n) * s_b - vertices.index_select(0, b % n) * s_a) / (s_b - s_a)
     # triangles by table; the second triangle only where the code has two
     table = torch.as_tensor(TRIANGLE_TABLE, device=device)[codes]  # (T', 6)
     count = torch.as_tensor(TRIANGLE_COUNT, device=device)[codes]
     first = torch.gather(edge_vertex, 1, table[:, :3])
     two = count == 2
     second = torch.gather(edge_vertex[two], 1, table[two, 3:])
-    faces = torch.cat([first, second])
-    if return_edges:
-        return verts, faces, torch.stack([a, b], dim=1)
-    return verts, faces
+    faces, face_sample = torch.cat([first, second]), torch.cat([sample, sample[two]])
+    if B > 1:  # group the faces by sample (stable: each sample's in the single-sample order)
+        order = torch.sort(face_sample, stable=True).indices
+        faces, face_sample = faces.index_select(0, order), face_sample.index_select(0, order)
+    bounds = torch.arange(B + 1, device=device)
+    return PackedMeshes(verts, faces, torch.stack([a, b], dim=1),
+                        vert_first=torch.searchsorted(a, bounds * n),
+                        face_first=torch.searchsorted(face_sample, bounds))

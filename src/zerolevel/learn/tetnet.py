@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..geometry.marching import marching_tetrahedra
+from ..geometry.marching import PackedMeshes, marching_tetrahedra, marching_tetrahedra_batch
 from ..geometry.tetgrid import TetGrid
 from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_from_dict, make_encoder
 
@@ -163,6 +163,11 @@ class TetNet(nn.Module):
         """Marching tetrahedra on one sample's (N,) values: vertices, faces (and the grid edge of each
         vertex), differentiable in the values."""
         return marching_tetrahedra(self.grid_vertices, self.grid_tets, values, return_edges=return_edges)
+
+    def meshes(self, values: Tensor) -> PackedMeshes:
+        """Marching tetrahedra on a batch's (B, N) values at once: the samples' meshes packed into one
+        (`PackedMeshes`), differentiable in the values."""
+        return marching_tetrahedra_batch(self.grid_vertices, self.grid_tets, values)
 
     @torch.no_grad()
     def predict_meshes(self, images: Tensor) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -44,7 +44,7 @@ from ..geometry.rays import ray_sphere_interval
 from ..geometry.tetgrid import inside_ends, lattice_evaluate, lattice_trilinear
 from ..geometry.visual_hull import VisualHullField
 from ..optim.distributed import Distributed
-from ..render.raster import render_normals
+from ..render.raster import ViewMeshes, render_normals
 from .encoders import ENCODERS
 from .normals_predict import with_predicted_normals
 from .sampling import split_cameras, split_images, split_normals
@@ -125,14 +125,7 @@ class TetNetTraining(TrainingTask):
                            *(split_images(split, batch.objects, views, device, dtype)[:, 3] for views in extra)])
         normals = torch.cat([split_normals(split, batch.objects, views, device, dtype)
                              for views in (batch.view_a, batch.view_b, *extra)])
-        sums = {name: values.new_zeros(()) for name in SURFACE_TERMS}
-        missing = torch.empty_like(masks, dtype=torch.bool)  # wanted pixels the mesh does not cover
-        for i in range(B):
-            views = torch.arange(cfg.views, device=device) * B + i
-            terms, missing[views] = self.surface_terms(values[i], cameras[views], masks[views], normals[views])
-            for name, term in terms.items():
-                sums[name] = sums[name] + term
-        parts = {name: total / B for name, total in sums.items()}
+        parts, missing = self.surface_terms(values, cameras, masks, normals)
         parts["expand"] = self.expand(values, cameras, missing)
         parts["carve"] = self.carve(values, cameras, masks) if cfg.w_carve else values.new_zeros(())
         parts["eikonal"] = lattice_eikonal(values, net.config.grid, net.grid.cell)
@@ -154,22 +147,40 @@ class TetNetTraining(TrainingTask):
 
     def surface_terms(self, values: Tensor, cameras: Cameras, masks: Tensor,
                       normals: Tensor) -> tuple[dict[str, Tensor], Tensor]:
-        """The terms of one sample's mesh: its (N,) grid values seen by its cameras, against their
-        (K, S, S) masks and (K, S, S, 3) normal maps; and the (K, S, S) wanted pixels it misses."""
-        wanted = masks > 0.5
-        verts, faces, edges = self.net.mesh(values, return_edges=True)
-        if len(faces) == 0:  # the surface vanished: only the expand and carve terms act
+        """The terms of the samples' meshes, each a mean over the samples (a sample's term is 0 when
+        its surface has vanished): their (B, N) grid values seen by the (V B) cameras against their
+        (V B, S, S) masks and (V B, S, S, 3) normal maps (sample i's views at i + k B); and the (V B,
+        S, S) wanted pixels the meshes miss. All samples' meshes are made, rendered and scored at
+        once (`marching_tetrahedra_batch`, `ViewMeshes`), not one by one."""
+        B, wanted = len(values), masks > 0.5
+        packed = self.net.meshes(values)
+        present = packed.face_counts() > 0  # (B,) samples with a surface
+        if not bool(present.any()):  # every surface vanished: only the expand and carve terms act
             zero = values.sum() * 0
             return {name: zero for name in SURFACE_TERMS}, wanted
-        out = render_normals(verts, faces, cameras)
+        view_mesh = torch.arange(len(cameras), device=values.device) % B
+        out = render_normals(packed.verts, packed.faces, cameras,
+                             meshes=ViewMeshes(view_mesh, packed.vert_first, packed.face_first))
         frags = out["fragments"]
         covered = frags.mask > 0.5
-        extra = covered & ~wanted
-        margin = self.config.margin * self.net.grid.cell
-        return {"normal": L.normal_l1(out["normal"], normals, covered & wanted),
-                "mask": L.mask_l2(out["mask"], masks),
-                "shrink": L.shrink_loss(inside_ends(values, edges[faces[frags.face[extra]]]), margin),
-                "curvature": L.mesh_area(verts, faces)}, wanted & ~covered
+
+        def per_sample(x: Tensor) -> Tensor:  # (V B, ...) -> (B,) sums over each sample's views
+            return x.reshape(-1, B, x[0].numel()).sum(dim=(0, 2))
+
+        both = covered & wanted
+        error = torch.where(both, (out["normal"] - normals).abs().sum(-1), 0.0)
+        normal = per_sample(error) / per_sample(both).clamp_min(1)
+        mask = per_sample((out["mask"] - masks.to(out["mask"].dtype)).square()) / masks[0].numel() / (len(cameras) // B)
+        # shrink: the inside ends of the grid edges under each pixel covered but not wanted
+        extra = (covered & ~wanted).reshape(-1).nonzero()[:, 0]
+        sample = torch.div(extra, masks[0].numel(), rounding_mode="floor") % B
+        inside = inside_ends(values.reshape(-1), packed.edges[packed.faces[frags.face.reshape(-1)[extra]]])  # (P, 3)
+        hinge = (self.config.margin * self.net.grid.cell - inside).clamp_min(0.0).sum(dim=1)
+        shrink = values.new_zeros(B).index_add(0, sample, hinge) / (3 * torch.bincount(sample, minlength=B)).clamp_min(1)
+        terms = {"normal": normal, "mask": torch.where(present, mask, 0.0), "shrink": shrink}
+        parts = {name: term.sum() / B for name, term in terms.items()}
+        parts["curvature"] = L.mesh_area(packed.verts, packed.faces) / B
+        return parts, wanted & ~covered
 
     def expand(self, values: Tensor, cameras: Cameras, missing: Tensor) -> Tensor:
         """The expand term of the batch: per sample, the mean hinge on the smallest grid value along

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from ..cameras import Cameras
-from .fragments import Fragments, check_mesh, gather_vertices
+from .fragments import Fragments, ViewMeshes, check_mesh, gather_vertices
 from .visibility import NEAR
 
 __all__ = ["EdgeTopology", "edge_topology", "antialias"]
@@ -102,8 +102,9 @@ class _Crossings:
 
 
 def _find_crossings(fragments: Fragments, vertices: Tensor, cameras: Cameras,
-                    topology: EdgeTopology) -> _Crossings:
-    """Pixel pairs straddled by a visible silhouette edge, each with the frontmost such edge."""
+                    topology: EdgeTopology, meshes: ViewMeshes | None = None) -> _Crossings:
+    """Pixel pairs straddled by a visible silhouette edge, each with the frontmost such edge
+    (`meshes`: of the mesh the view shows)."""
     B, H, W = fragments.face.shape
     HW = H * W
     device = vertices.device
@@ -118,25 +119,40 @@ def _find_crossings(fragments: Fragments, vertices: Tensor, cameras: Cameras,
     faces = fragments.faces
     tri = verts.index_select(-2, faces.reshape(-1)).reshape(*verts.shape[:-2], -1, 3, 3)
     n = torch.linalg.cross(tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :], dim=-1)
-    if verts.dim() == 2:
+    if meshes is not None:
+        facing = None  # per view, over its own mesh's faces below
+        edge_order, edge_first = _edges_by_mesh(e, meshes)
+    elif verts.dim() == 2:
         facing = (n * tri[..., 0, :]).sum(-1)[:, None] - n @ cameras.centers.T  # (F, B), float64
     else:
         facing = ((n * (tri[..., 0, :] - cameras.centers[:, None, :])).sum(-1)).T  # (F, B)
     views, a_all, b_all, side_all = [], [], [], []
     for bv in range(B):
-        sigma = torch.sign(facing[:, bv])
+        if meshes is None:
+            sigma, edge, offset = torch.sign(facing[:, bv]), None, 0
+        else:  # the view's mesh: its faces [offset, f1) and its edges
+            _, _, offset, end = meshes.ranges(bv)
+            m = int(meshes.mesh[bv])
+            edge = edge_order[edge_first[m]:edge_first[m + 1]]
+            nv, corner = (n, tri[..., 0, :]) if verts.dim() == 2 else (n[bv], tri[bv, :, 0])
+            sigma = torch.sign((nv[offset:end] * (corner[offset:end] - cameras.centers[bv])).sum(-1))
+        pick = (lambda x: x) if edge is None else (lambda x: x.index_select(0, edge))
         # the sign of det[lo - c, hi - c, o - c] for each triangle's third vertex o: the side of
         # the edge (in the image) on which the triangle lies
-        s0 = sigma.index_select(0, ef[:, 0]) * es[:, 0]
-        s1 = sigma.index_select(0, f1) * es1
+        s0 = sigma.index_select(0, pick(ef[:, 0]) - offset) * pick(es[:, 0])
+        s1 = sigma.index_select(0, pick(f1) - offset) * pick(es1)
         # silhouette: both triangles on the same side of the edge in the image (one faces the
         # camera, one faces away), or a boundary edge; the edge in front of the camera
         sil = (s0 == s1) & (s0 != 0)
         idx = sil.nonzero()[:, 0]
+        if edge is not None:
+            s0, idx = s0[idx], edge[idx]
+        else:
+            s0 = s0[idx]
         views.append(torch.full_like(idx, bv))
         a_all.append(e[idx, 0])
         b_all.append(e[idx, 1])
-        side_all.append(s0[idx] > 0)
+        side_all.append(s0 > 0)
     view, ea, eb, side = (torch.cat(x) for x in (views, a_all, b_all, side_all))
     uv, z = _project_items(gather_vertices(verts, torch.stack([ea, eb], 1), view), view,
                            cameras.projection_matrix())
@@ -197,8 +213,18 @@ def _find_crossings(fragments: Fragments, vertices: Tensor, cameras: Cameras,
                       towards=torch.where(back[pick] > front[pick], 1.0, -1.0).to(verts.dtype))
 
 
+def _edges_by_mesh(edges: Tensor, meshes: ViewMeshes) -> tuple[Tensor, Tensor]:
+    """The edges' indices grouped by the packed mesh they belong to, and (M + 1,) where each group
+    starts: mesh m's edges are order[first[m]:first[m + 1]]."""
+    owner = torch.searchsorted(meshes.vert_first.to(edges.device), edges[:, 0].contiguous(), right=True) - 1
+    order = torch.sort(owner, stable=True).indices
+    first = torch.searchsorted(owner.index_select(0, order),
+                               torch.arange(len(meshes.vert_first), device=edges.device))
+    return order, first
+
+
 def antialias(image: Tensor, fragments: Fragments, vertices: Tensor, faces, cameras: Cameras, *,
-              topology: EdgeTopology | None = None) -> Tensor:
+              topology: EdgeTopology | None = None, meshes: ViewMeshes | None = None) -> Tensor:
     """Analytic silhouette antialiasing, after nvdiffrast's `antialias` (Laine et al. 2020).
 
     Each horizontal (vertical) pair of neighbouring pixels whose centre-to-centre segment is
@@ -230,6 +256,7 @@ def antialias(image: Tensor, fragments: Fragments, vertices: Tensor, faces, came
         cameras: the B cameras given to `rasterize`.
         topology: `edge_topology(faces)`; by default built on every call (pass one when the
             faces stay the same over many calls).
+        meshes: packed meshes, one per view, as given to `rasterize` (`ViewMeshes`).
     Returns:
         (B, H, W, C) antialiased image; differentiable w.r.t. `image` and `vertices`.
     """
@@ -243,7 +270,7 @@ def antialias(image: Tensor, fragments: Fragments, vertices: Tensor, faces, came
     # float64, as the search: an edge of a sub-pixel triangle can project to one float32 point
     cams = cameras.to(device=vertices.device, dtype=torch.float64)
     with torch.no_grad():
-        cr = _find_crossings(fragments, vertices, cams, topology)
+        cr = _find_crossings(fragments, vertices, cams, topology, meshes)
     if len(cr.front) == 0:
         return image
     # differentiable crossing: the edge's projected end points with gradients (cast back at the end)

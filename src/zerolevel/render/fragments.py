@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ..cameras import Cameras
 
-__all__ = ["Fragments", "check_mesh", "gather_vertices", "make_fragments", "interpolate"]
+__all__ = ["Fragments", "ViewMeshes", "check_mesh", "gather_vertices", "make_fragments", "interpolate"]
 
 # A ray's barycentric solve is degenerate when twice the triangle's area seen along the ray is below
 # this fraction of |d| max|a|^2: float64 rounds the terms at ~1e-16 of that.
@@ -87,6 +87,28 @@ class Fragments:
         B, H, W = self.face.shape
         out = values.new_zeros((B * H * W, values.shape[-1]))
         return out.index_copy(0, self.pixel, values).reshape(B, H, W, values.shape[-1])
+
+
+@dataclass
+class ViewMeshes:
+    """Several meshes packed into one vertex and one face array, and the one each view shows: mesh m
+    is faces[face_first[m]:face_first[m + 1]], whose indices point into vertices[vert_first[m]:
+    vert_first[m + 1]]; view b shows mesh `mesh[b]` alone (e.g. `geometry.marching.PackedMeshes` of a
+    training batch, each sample's surface in its own views). One rasterisation call then serves
+    them all, with one set of tensor operations rather than one per mesh.
+
+    Attributes: mesh (B,), vert_first (M + 1,), face_first (M + 1,): int64 tensors.
+    """
+
+    mesh: Tensor
+    vert_first: Tensor
+    face_first: Tensor
+
+    def ranges(self, view: int) -> tuple[int, int, int, int]:
+        """(first vertex, end vertex, first face, end face) of the mesh `view` shows."""
+        m = int(self.mesh[view])
+        return (int(self.vert_first[m]), int(self.vert_first[m + 1]),
+                int(self.face_first[m]), int(self.face_first[m + 1]))
 
 
 def check_mesh(vertices: Tensor, faces, cameras: Cameras) -> tuple[Tensor, Tensor, bool]:

@@ -8,6 +8,7 @@ High-Performance Differentiable Rendering"), plus the normal-map renderer built 
     normal = interpolate(vertex_normals(vertices, faces), frags)             # (B, H, W, 3)
     mask = antialias(frags.mask[..., None], frags, vertices, faces, cameras)  # silhouette gradients
     out = render_normals(vertices, faces, cameras)     # the three above: normal, mask, depth
+    out = render_normals(verts, faces, cameras, meshes=ViewMeshes(...))  # several meshes, one per view
 
 How gradients reach the vertices:
   - Visibility (which triangle covers each pixel centre, `visibility.py`) is computed WITHOUT
@@ -42,14 +43,14 @@ from torch import Tensor
 
 from ..cameras import Cameras
 from .antialias import EdgeTopology, antialias
-from .fragments import Fragments, check_mesh, interpolate, make_fragments
+from .fragments import Fragments, ViewMeshes, check_mesh, interpolate, make_fragments
 from .visibility import visible_faces
 
-__all__ = ["rasterize", "face_normals", "vertex_normals", "render_normals"]
+__all__ = ["rasterize", "face_normals", "vertex_normals", "render_normals", "ViewMeshes"]
 
 
-def rasterize(vertices: Tensor, faces, cameras: Cameras, *, visibility: str = "zbuffer"
-              ) -> Fragments:
+def rasterize(vertices: Tensor, faces, cameras: Cameras, *, visibility: str = "zbuffer",
+              meshes: ViewMeshes | None = None) -> Fragments:
     """Rasterise a triangle mesh: per-pixel visibility and differentiable barycentrics.
 
     Visibility is that of the pixel-centre rays (two-sided faces), computed without gradients.
@@ -65,13 +66,15 @@ def rasterize(vertices: Tensor, faces, cameras: Cameras, *, visibility: str = "z
         visibility: "zbuffer" (default; views with a triangle across the camera plane fall back to
             Embree) or "embree" (ray casting for every view; one BVH per call, or per view for
             per-view vertices).
+        meshes: several meshes packed into `vertices` and `faces`, and the one each view shows
+            (`ViewMeshes`); None: every view shows all the faces.
     Returns:
         `Fragments` with face (B, H, W) and the packed per-pixel barycentrics and depths.
     """
     vertices, faces, batched = check_mesh(vertices, faces, cameras)
     if visibility not in ("zbuffer", "embree"):
         raise ValueError(f"visibility must be 'zbuffer' or 'embree', got {visibility!r}")
-    pixel, face = visible_faces(vertices, faces, cameras, batched, visibility)
+    pixel, face = visible_faces(vertices, faces, cameras, batched, visibility, meshes)
     return make_fragments(vertices, faces, cameras, torch.from_numpy(pixel), torch.from_numpy(face))
 
 
@@ -111,7 +114,7 @@ def vertex_normals(vertices: Tensor, faces) -> Tensor:
 def render_normals(vertices: Tensor, faces, cameras: Cameras, *,
                    vertex_normals: Tensor | None = None, smooth: bool = True,
                    topology: EdgeTopology | None = None, antialias_normal: bool = False,
-                   visibility: str = "zbuffer") -> dict[str, Tensor]:
+                   visibility: str = "zbuffer", meshes: ViewMeshes | None = None) -> dict[str, Tensor]:
     """Normal map, antialiased mask and depth of a mesh; all differentiable w.r.t. the vertices.
 
     Args:
@@ -125,6 +128,7 @@ def render_normals(vertices: Tensor, faces, cameras: Cameras, *,
         antialias_normal: also antialias the normal map (it then holds coverage-weighted, not unit,
             normals on silhouette pixels, like `normal * mask`).
         visibility: "zbuffer" or "embree", see `rasterize`.
+        meshes: packed meshes, one per view, see `rasterize` (`ViewMeshes`).
     Returns:
         dict of tensors on the vertices' device:
           normal (B, H, W, 3) world-space unit normals by the faces' winding (not flipped towards
@@ -134,7 +138,7 @@ def render_normals(vertices: Tensor, faces, cameras: Cameras, *,
           fragments: the `Fragments`.
     """
     vertices, faces, _ = check_mesh(vertices, faces, cameras)
-    frags = rasterize(vertices, faces, cameras, visibility=visibility)
+    frags = rasterize(vertices, faces, cameras, visibility=visibility, meshes=meshes)
     if smooth:
         vn = _vertex_normals(vertices, faces) if vertex_normals is None else vertex_normals
         n = interpolate(vn.to(vertices.dtype), frags)
@@ -149,10 +153,10 @@ def render_normals(vertices: Tensor, faces, cameras: Cameras, *,
     hard = frags.mask[..., None]
     if antialias_normal:
         aa = antialias(torch.cat([hard, n], dim=-1), frags, vertices, faces, cameras,
-                       topology=topology)
+                       topology=topology, meshes=meshes)
         mask, n = aa[..., 0], aa[..., 1:]
     else:
-        mask = antialias(hard, frags, vertices, faces, cameras, topology=topology)[..., 0]
+        mask = antialias(hard, frags, vertices, faces, cameras, topology=topology, meshes=meshes)[..., 0]
     return {"normal": n, "mask": mask, "depth": frags.depth, "fragments": frags}
 
 

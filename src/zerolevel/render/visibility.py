@@ -17,6 +17,7 @@ import trimesh
 from torch import Tensor
 
 from ..cameras import Cameras
+from .fragments import ViewMeshes
 from .raycast import MeshRayCaster
 
 # Triangles with a vertex this close to the camera plane (camera z, world units) or behind it are
@@ -48,9 +49,9 @@ def _pixel_boxes(vertices: np.ndarray, K: np.ndarray, W2C: np.ndarray, width: in
 
 
 def _embree_visibility(vertices: Tensor, faces: Tensor, cameras: Cameras, batched: bool,
-                       views: list[int]) -> tuple[np.ndarray, np.ndarray]:
+                       views: list[int], meshes: ViewMeshes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Embree-cast pixel-centre rays of `views`: flat indices (into B*H*W) of covered pixels and
-    their faces, sorted by pixel."""
+    their faces, sorted by pixel (`meshes`: each view sees its own mesh only)."""
     cams = cameras.to(device="cpu", dtype=torch.float64)
     H, W = cams.height, cams.width
     Ks, W2Cs = cams.K.numpy(), cams.world_to_camera.numpy()
@@ -59,15 +60,24 @@ def _embree_visibility(vertices: Tensor, faces: Tensor, cameras: Cameras, batche
     centres = cams.centers.numpy()
     verts = vertices.detach().to("cpu", torch.float64).numpy()
     faces_np = faces.cpu().numpy()
-    groups = [([b], verts[b]) for b in views] if batched else [(views, verts)]
+    if meshes is not None:  # (views, vertices, faces, first face of the group's faces)
+        groups = []
+        for b in views:
+            v0, v1, f0, f1 = meshes.ranges(b)
+            if f1 > f0:
+                groups.append(([b], (verts[b] if batched else verts)[v0:v1], faces_np[f0:f1] - v0, f0))
+    elif batched:
+        groups = [([b], verts[b], faces_np, 0) for b in views]
+    else:
+        groups = [(views, verts, faces_np, 0)]
     pixels, hit_faces = [], []
-    for views, v in groups:
+    for views, v, group_faces, face_offset in groups:
         boxes = {b: _pixel_boxes(v, Ks[b], W2Cs[b], W, H) for b in views}
         boxes = {b: box for b, box in boxes.items() if box[1] > box[0] and box[3] > box[2]}
         if not boxes:
             continue
         # a fresh BVH from the current positions (cheap beside the rays cast through it)
-        caster = MeshRayCaster(trimesh.Trimesh(v, faces_np, process=False, validate=False))
+        caster = MeshRayCaster(trimesh.Trimesh(v, group_faces, process=False, validate=False))
         n = sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in boxes.values())
         idx = np.empty(n, np.int64)
         dirs = np.empty((n, 3), np.float32)
@@ -86,7 +96,7 @@ def _embree_visibility(vertices: Tensor, faces: Tensor, cameras: Cameras, batche
         face = caster.first_hit_faces(origins, dirs)
         hit = face >= 0
         pixels.append(idx[hit])
-        hit_faces.append(face[hit])
+        hit_faces.append(face[hit] + face_offset)
     if not pixels:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     pixel, face = np.concatenate(pixels), np.concatenate(hit_faces)
@@ -96,9 +106,10 @@ def _embree_visibility(vertices: Tensor, faces: Tensor, cameras: Cameras, batche
     return pixel, face
 
 
-def _zbuffer_view(uv: Tensor, z: Tensor, faces: Tensor, height: int, width: int,
-                  max_cells: int = 1 << 21) -> tuple[Tensor, Tensor] | None:
-    """Visibility of one view by a vectorised z-buffer over (triangle, pixel-centre) candidates.
+def _zbuffer(best: Tensor, p: Tensor, tz: Tensor, face: Tensor, view: Tensor, height: int, width: int,
+             max_cells: int = 1 << 21) -> set[int]:
+    """Depth-test triangles of several views into one z-buffer, `best` (B * H * W,) int64 keys (depth
+    bits << 32 | face), reduced in place.
 
     Every triangle is tested against the pixel centres in its screen bounding box with float64
     edge functions (inclusive, so no pixel centre slips through a shared edge), and the smallest
@@ -106,21 +117,19 @@ def _zbuffer_view(uv: Tensor, z: Tensor, faces: Tensor, height: int, width: int,
     `scatter_reduce(amin)`. Triangles are grouped by bounding-box size (k x k cells, k = 1, 2, 3,
     4, 6, 8, ...) and each group is evaluated as a dense (k, k, T) grid: plain broadcasting over
     long rows of triangles, no per-pixel gathers, which is what makes it fast for dense meshes
-    whose triangles cover a few pixels each.
+    whose triangles cover a few pixels each; all views' triangles go through the same groups.
 
     Args:
-        uv: (V, 2) float64 pixel coordinates; z: (V,) float64 camera depths; faces: (F, 3) int64.
+        p: (T, 3, 2) float64 pixel coordinates of the triangles' corners in their views; tz: (T, 3)
+            float64 camera depths; face: (T,) int64 face index; view: (T,) int64 view index.
         max_cells: grid cells evaluated at once (bounds the memory: ~100 bytes per cell).
     Returns:
-        (pixel (N,) flat indices into H * W, ascending; face (N,)), or None when a triangle
-        straddles the camera plane, which this projection cannot handle (no clipping).
+        The views left out: those with a triangle across the camera plane, which this projection
+        cannot handle (no clipping).
     """
-    flat_faces = faces.reshape(-1)
-    tz = z.index_select(0, flat_faces).reshape(-1, 3)  # (F, 3); index_select beats [] on CPU
     front = tz > NEAR
-    if bool((front.any(1) & ~front.all(1)).any()):
-        return None
-    p = uv.index_select(0, flat_faces).reshape(-1, 3, 2)
+    straddling = front.any(1) & ~front.all(1)
+    left_out = set(view[straddling].unique().tolist()) if bool(straddling.any()) else set()
     lo, hi = p.amin(1), p.amax(1)
     # pixel j has its centre at j + 0.5: centres in [lo, hi] are j = ceil(lo - .5) .. floor(hi - .5)
     x0 = torch.ceil(lo[:, 0] - 0.5).clamp_min(0)
@@ -128,38 +137,40 @@ def _zbuffer_view(uv: Tensor, z: Tensor, faces: Tensor, height: int, width: int,
     nx = torch.floor(hi[:, 0] - 0.5).clamp_max(width - 1) - x0 + 1
     ny = torch.floor(hi[:, 1] - 0.5).clamp_max(height - 1) - y0 + 1
     keep = front.all(1) & (nx > 0) & (ny > 0)
+    if left_out:
+        keep &= ~torch.isin(view, torch.tensor(sorted(left_out), dtype=view.dtype))
     tri = keep.nonzero()[:, 0]
-    best = torch.full((height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64)
-    if len(tri) > 0:
-        p, tz, x0, y0, nx, ny = (t.index_select(0, tri) for t in (p, tz, x0, y0, nx, ny))
-        # edge i runs from vertex i+1 to vertex i+2: E_i(q) = cross2(e_i, q - p_{i+1}), evaluated
-        # from the box's first pixel centre c: E_i(c + (a, b)) = E_i(c) + A_i a + B_i b
-        start, end = p.roll(-1, 1), p.roll(-2, 1)  # p[:, [1, 2, 0]], p[:, [2, 0, 1]]
-        e = end - start  # (T, 3, 2)
-        area2 = e[:, 0, 0] * e[:, 1, 1] - e[:, 0, 1] * e[:, 1, 0]  # twice the signed screen area
-        s = torch.sign(area2)[:, None]  # inside: s * E_i >= 0 for all i
-        c = torch.stack([x0, y0], dim=1)[:, None, :] + 0.5 - start
-        E0 = (e[..., 0] * c[..., 1] - e[..., 1] * c[..., 0]) * s
-        A, Bc = -e[..., 1] * s, e[..., 0] * s
-        # screen barycentrics are s E_i / |area2|; 1/z is their affine blend of 1/z_i
-        wz = 1.0 / (tz * area2.abs().clamp_min(1e-300)[:, None])
-        iz0, izA, izB = (E0 * wz).sum(1), (A * wz).sum(1), (Bc * wz).sum(1)
-        # one column per triangle: what a k x k grid test needs, gathered once per group (columns,
-        # so that the grid loops run over long contiguous rows of triangles)
-        extra = torch.stack([iz0, izA, izB, x0, y0, tri.to(E0.dtype)])
-        table = torch.cat([E0.T, A.T, Bc.T, extra])  # (15, T)
-        size = torch.where(area2 != 0, torch.maximum(nx, ny), 0)
-        # grid sizes 1, 2, 3, 4, 6, 8, 12, ...: each box is tested on at most ~1.8x its cells
-        limit = 2 * max(height, width)
-        ks = sorted({int(m * 2**j) for j in range(16) for m in (1, 1.5) if m * 2**j <= limit})
-        prev = 0
-        for k in ks:
-            group = ((size <= k) & (size > prev)).nonzero()[:, 0]
-            prev = k
-            for chunk in torch.split(group, max(1, max_cells // (k * k))):
-                _zbuffer_cells(best, table.index_select(1, chunk), k, height, width)
-    pixel = (best != torch.iinfo(torch.int64).max).nonzero()[:, 0]
-    return pixel, best[pixel] & 0xFFFFFFFF
+    if len(tri) == 0:
+        return left_out
+    p, tz, x0, y0, nx, ny = (t.index_select(0, tri) for t in (p, tz, x0, y0, nx, ny))
+    # edge i runs from vertex i+1 to vertex i+2: E_i(q) = cross2(e_i, q - p_{i+1}), evaluated
+    # from the box's first pixel centre c: E_i(c + (a, b)) = E_i(c) + A_i a + B_i b
+    start, end = p.roll(-1, 1), p.roll(-2, 1)  # p[:, [1, 2, 0]], p[:, [2, 0, 1]]
+    e = end - start  # (T, 3, 2)
+    area2 = e[:, 0, 0] * e[:, 1, 1] - e[:, 0, 1] * e[:, 1, 0]  # twice the signed screen area
+    s = torch.sign(area2)[:, None]  # inside: s * E_i >= 0 for all i
+    c = torch.stack([x0, y0], dim=1)[:, None, :] + 0.5 - start
+    E0 = (e[..., 0] * c[..., 1] - e[..., 1] * c[..., 0]) * s
+    A, Bc = -e[..., 1] * s, e[..., 0] * s
+    # screen barycentrics are s E_i / |area2|; 1/z is their affine blend of 1/z_i
+    wz = 1.0 / (tz * area2.abs().clamp_min(1e-300)[:, None])
+    iz0, izA, izB = (E0 * wz).sum(1), (A * wz).sum(1), (Bc * wz).sum(1)
+    # one column per triangle: what a k x k grid test needs, gathered once per group (columns,
+    # so that the grid loops run over long contiguous rows of triangles)
+    base = (view.index_select(0, tri) * (height * width)).to(E0.dtype)  # the view's first pixel
+    extra = torch.stack([iz0, izA, izB, x0, y0, face.index_select(0, tri).to(E0.dtype), base])
+    table = torch.cat([E0.T, A.T, Bc.T, extra])  # (16, T)
+    size = torch.where(area2 != 0, torch.maximum(nx, ny), 0)
+    # grid sizes 1, 2, 3, 4, 6, 8, 12, ...: each box is tested on at most ~1.8x its cells
+    limit = 2 * max(height, width)
+    ks = sorted({int(m * 2**j) for j in range(16) for m in (1, 1.5) if m * 2**j <= limit})
+    prev = 0
+    for k in ks:
+        group = ((size <= k) & (size > prev)).nonzero()[:, 0]
+        prev = k
+        for chunk in torch.split(group, max(1, max_cells // (k * k))):
+            _zbuffer_cells(best, table.index_select(1, chunk), k, height, width)
+    return left_out
 
 
 def _zbuffer_cells(best: Tensor, cols: Tensor, k: int, height: int, width: int) -> None:
@@ -167,9 +178,9 @@ def _zbuffer_cells(best: Tensor, cols: Tensor, k: int, height: int, width: int) 
 
     Args:
         best: (H * W,) int64 keys (depth bits << 32 | face), reduced in place.
-        cols: (15, T) per triangle: edge functions at the box's first pixel centre (3), their x and
+        cols: (16, T) per triangle: edge functions at the box's first pixel centre (3), their x and
             y steps (3 + 3), 1/z there and its x and y steps (3), the box's first column and row,
-            the face index.
+            the face index, the flat index of its view's first pixel.
     """
     off = torch.arange(k, dtype=cols.dtype)
     a, b = off[None, :, None], off[:, None, None]  # grid (row b, column a, triangle)
@@ -189,12 +200,12 @@ def _zbuffer_cells(best: Tensor, cols: Tensor, k: int, height: int, width: int) 
         cols[11].index_select(0, ti) * bi
     depth_bits = (1.0 / inv_z).to(torch.float32).view(torch.int32).to(torch.int64)
     key = (depth_bits << 32) | cols[14].index_select(0, ti).long()
-    pixel = row_.long() * width + col_.long()
+    pixel = cols[15].index_select(0, ti).long() + row_.long() * width + col_.long()
     best.scatter_reduce_(0, pixel[on_image], key[on_image], reduce="amin")
 
 
-def visible_faces(vertices: Tensor, faces: Tensor, cameras: Cameras, batched: bool, method: str
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def visible_faces(vertices: Tensor, faces: Tensor, cameras: Cameras, batched: bool, method: str,
+                  meshes: ViewMeshes | None = None, max_triangles: int = 1 << 19) -> tuple[np.ndarray, np.ndarray]:
     """The triangle each pixel-centre ray hits first, without gradients.
 
     Args:
@@ -203,31 +214,72 @@ def visible_faces(vertices: Tensor, faces: Tensor, cameras: Cameras, batched: bo
         cameras: B cameras.
         method: "zbuffer" (views with a triangle across the camera plane fall back to Embree) or
             "embree".
+        meshes: packed meshes, one per view (`ViewMeshes`); None: every view shows all the faces.
+        max_triangles: (view, triangle) pairs z-buffered at once (views are taken in groups).
     Returns:
         (pixel (N,) int64 flat indices into B * H * W of the covered pixels, ascending; face (N,)
         int64 the triangle each sees), numpy arrays.
     """
     B, H, W = len(cameras), cameras.height, cameras.width
     if method == "embree":
-        return _embree_visibility(vertices, faces, cameras, batched, list(range(B)))
+        return _embree_visibility(vertices, faces, cameras, batched, list(range(B)), meshes)
     cams = cameras.to(device="cpu", dtype=torch.float64)
     verts = vertices.detach().to("cpu", torch.float64)
     faces_cpu = faces.cpu()
-    uv, z = cams.project(verts)  # (B, V, 2), (B, V)
-    pixels, hit_faces, fallback = [], [], []
-    for b in range(B):
-        out = _zbuffer_view(uv[b], z[b], faces_cpu, H, W)
-        if out is None:
-            fallback.append(b)
-            continue
-        pixels.append(out[0].numpy() + b * H * W)
-        hit_faces.append(out[1].numpy())
+    if meshes is None:  # every view: all the vertices and faces
+        ranges = torch.tensor([[0, verts.shape[-2], 0, len(faces_cpu)]]).expand(B, 4)
+    else:
+        m = meshes.mesh.cpu()
+        first_v, first_f = meshes.vert_first.cpu(), meshes.face_first.cpu()
+        ranges = torch.stack([first_v[m], first_v[m + 1], first_f[m], first_f[m + 1]], dim=1)
+    best = torch.full((B * H * W,), torch.iinfo(torch.int64).max, dtype=torch.int64)
+    fallback: set[int] = set()
+    for views in _view_groups(ranges[:, 3] - ranges[:, 2], max_triangles):
+        p, tz, face, view = _view_triangles(verts, faces_cpu, cams, ranges, views)
+        fallback |= _zbuffer(best, p, tz, face, view, H, W)
+    pixel = (best != torch.iinfo(torch.int64).max).nonzero()[:, 0]
+    pixel, face = pixel.numpy(), (best[pixel] & 0xFFFFFFFF).numpy()
     if fallback:  # views with a triangle across the camera plane: exact rays instead
-        pix, fac = _embree_visibility(vertices, faces, cameras, batched, fallback)
-        pixels.append(pix)
-        hit_faces.append(fac)
-    pixel, face = np.concatenate(pixels), np.concatenate(hit_faces)
-    if fallback:
+        pix, fac = _embree_visibility(vertices, faces, cameras, batched, sorted(fallback), meshes)
+        pixel, face = np.concatenate([pixel, pix]), np.concatenate([face, fac])
         order = np.argsort(pixel, kind="stable")
         pixel, face = pixel[order], face[order]
     return pixel, face
+
+
+def _view_groups(counts: Tensor, limit: int) -> list[Tensor]:
+    """The views with faces (counts (B,) of each), in groups of consecutive views with about `limit`
+    faces in all (a view with more alone)."""
+    groups, current, total = [], [], 0
+    for b, count in enumerate(counts.tolist()):
+        if count == 0:
+            continue
+        if current and total + count > limit:
+            groups.append(torch.tensor(current))
+            current, total = [], 0
+        current.append(b)
+        total += count
+    return groups + ([torch.tensor(current)] if current else [])
+
+
+def _view_triangles(verts: Tensor, faces: Tensor, cameras: Cameras, ranges: Tensor, views: Tensor
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Every (view, face) pair of `views`, projected: corners' pixel coordinates (T, 3, 2) and camera
+    depths (T, 3), the face (T,) and view (T,) of each; `ranges` (B, 4): the vertex and face range
+    [v0, v1) and [f0, f1) each view shows; verts (V, 3) or (B, V, 3) float64."""
+    r = ranges.index_select(0, views)
+    v_count, f_count = r[:, 1] - r[:, 0], r[:, 3] - r[:, 2]
+    v_start = torch.cumsum(v_count, 0) - v_count  # where each view's vertices start among the items
+    item_view = torch.repeat_interleave(views, v_count)
+    item_vertex = torch.arange(int(v_count.sum())) + torch.repeat_interleave(r[:, 0] - v_start, v_count)
+    points = verts.index_select(0, item_vertex) if verts.dim() == 2 else verts[item_view, item_vertex]
+    # elementwise rather than a matmul (tiny inner dimension: BLAS is slow there, see raycast.py)
+    cam = (cameras.R.index_select(0, item_view) * points[:, None, :]).sum(-1) + cameras.t.index_select(0, item_view)
+    pix = (cameras.K.index_select(0, item_view) * cam[:, None, :]).sum(-1)
+    uv, z = pix[:, :2] / pix[:, 2:3], cam[:, 2]
+    local = torch.repeat_interleave(torch.arange(len(views)), f_count)  # each face item's view in `views`
+    f_start = torch.cumsum(f_count, 0) - f_count
+    face = torch.arange(int(f_count.sum())) + torch.repeat_interleave(r[:, 2] - f_start, f_count)
+    corners = (faces.index_select(0, face) + (v_start - r[:, 0]).index_select(0, local)[:, None]).reshape(-1)
+    return (uv.index_select(0, corners).reshape(-1, 3, 2), z.index_select(0, corners).reshape(-1, 3),
+            face, views.index_select(0, local))
