@@ -362,7 +362,7 @@ def refine_note(args: argparse.Namespace) -> str:
              "gt": "the dataset's normal map of that view (an oracle)", "none": "no normal map"}[args.refine_normals]
     return (f"Refine rows: the first {args.refine_objects} test objects of each category, view 0 each; the GT-normals tetnet's "
             f"prediction from that one image, and the same continued for {args.refine_seconds:g} s by the tet-grid "
-            f"fit (`learn.refine.refine`, its REFINE settings, the ring camera of view 0) to the view's mask and "
+            f"fit (`learn.refine.refine`, its REFINE_ONE_VIEW settings, the ring camera of view 0) to the view's mask and "
             f"{which}; \"iterations\", \"seconds\": the fit's, mean over objects. All metrics on those (object, "
             "view) pairs only.")
 

@@ -17,7 +17,8 @@ The pieces, each a plain function:
 - `start_from_values` (TetNet: its SDF values, Kuhn-interpolated as marching tetrahedra sees them)
   and `start_from_mesh` (SoftRas: the predicted closed mesh's occupancy on the lattice, by winding
   number, then signed distance by EDT);
-- `refine`: the fit for a time budget from that start, the surface back in the dataset frame.
+- `refine`: the fit for a time budget from that start, the surface back in the dataset frame; from one
+  view it also pulls towards the start (`REFINE_ONE_VIEW`: one view leaves the depth free).
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ from .tetnet import TetNet
 # IoU 0.18 -> 0.44 from masks, 1 view's only 0.17 -> 0.18 (F@2% 0.12 -> 0.27) and 0.27 with normal maps;
 # with 3 views the normal term at its fit weight (1) ends lower (0.31; 0.39 at 0.2) than masks alone
 REFINE = TetSDFConfig(resolutions=(32,), level_shares=(1.0,), lr=0.1, init="field")
+# From one view the depth is free: the fit moved it and lowered IoU (0.38 -> 0.26 on 24 test pairs, 4 per
+# category, of a 300 s network, GT normal maps; benchmarks/results/refine_prior.md). A pull towards the
+# network's SDF (w_prior) keeps it: IoU 0.40 and F@0.5% 0.054 -> 0.076, up on every category, at half the step
+REFINE_ONE_VIEW = replace(REFINE, lr=0.05, w_prior=1.0)
 PACE_SHARE = 0.1  # the first share of the budget measures the pace; the schedule is then fitted to it
 DEFAULT_RADIUS = 0.55  # a SoftRas prediction's frame: TetNet's default grid bound
 
@@ -162,7 +167,8 @@ def refine(net: torch.nn.Module, output: torch.Tensor, scene: Scene, seconds: fl
         scene: `input_scene` of the input images (its `to_world` is the working-space scale).
         seconds: the fit's time budget (the loop's own time; the set-up and the extraction add a
             little).
-        config: the fit's settings (default `REFINE`); `init` is set to "field".
+        config: the fit's settings (default `REFINE`, `REFINE_ONE_VIEW` for a scene of one view);
+            `init` is set to "field".
         iters: a fixed number of iterations (the budget still stops it), for repeatable runs;
             None: as many as the budget allows, the schedule fitted to the pace of the first steps.
     Returns:
@@ -172,7 +178,7 @@ def refine(net: torch.nn.Module, output: torch.Tensor, scene: Scene, seconds: fl
     """
     if not seconds > 0:
         raise ValueError(f"seconds must be positive, got {seconds}")
-    config = replace(config or REFINE, init="field")
+    config = replace(config or (REFINE_ONE_VIEW if len(scene.views) == 1 else REFINE), init="field")
     radius = float(np.asarray(scene.to_world)[0, 0])
     if isinstance(net, TetNet):
         start = start_from_values(output, net.grid, radius)
