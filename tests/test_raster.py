@@ -146,6 +146,21 @@ def test_zbuffer_and_embree_visibility_agree(spot):
     assert torch.allclose(z.pixel_barycentric[same], e.pixel_barycentric[same])
 
 
+def test_views_zbuffered_in_groups_equal_views_at_once(spot):
+    """The z-buffer takes views in groups of about `max_triangles` (view, face) pairs: any grouping,
+    down to one view at a time, gives the same pixels and faces, a plane-crossing view included."""
+    from zerolevel.render.visibility import visible_faces
+
+    v, f = _tensors(spot)
+    cams = Cameras.cat([Cameras.sphere(3, distance=2.2, fov_deg=50, width=48, height=40)[:2],
+                        Cameras.look_at([0.0, 0.05, 0.0], target=[1.0, 0.0, 0.2], fov_deg=90, width=48, height=40),
+                        Cameras.sphere(3, distance=2.2, fov_deg=50, width=48, height=40)[2:]])
+    whole = visible_faces(v, f, cams, False, "zbuffer")
+    for limit in (1, len(f) + 1, 3 * len(f)):
+        pixel, face = visible_faces(v, f, cams, False, "zbuffer", max_triangles=limit)
+        assert np.array_equal(pixel, whole[0]) and np.array_equal(face, whole[1])
+
+
 # --------------------------------------------------------------------------- topology reference
 def _reference_edges(faces: np.ndarray) -> dict[tuple[int, int], list[tuple[int, int]]]:
     """(lo, hi) -> [(face, +1 if the face runs lo -> hi else -1), ...], by a dictionary."""
