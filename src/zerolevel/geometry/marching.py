@@ -84,10 +84,6 @@ class PackedMeshes:
         """(B,) faces of each sample."""
         return self.face_first[1:] - self.face_first[:-1]
 
-    def face_sample(self) -> Tensor:
-        """(K,) the sample each face belongs to."""
-        return torch.repeat_interleave(torch.arange(len(self), device=self.faces.device), self.face_counts())
-
 
 def marching_tetrahedra(vertices: Tensor, tets: Tensor, sdf: Tensor,
                         return_edges: bool = False) -> tuple[Tensor, Tensor] | tuple[Tensor, Tensor, Tensor]:

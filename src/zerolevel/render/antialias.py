@@ -129,26 +129,23 @@ def _find_crossings(fragments: Fragments, vertices: Tensor, cameras: Cameras,
     views, a_all, b_all, side_all = [], [], [], []
     for bv in range(B):
         if meshes is None:
-            sigma, edge, offset = torch.sign(facing[:, bv]), None, 0
-        else:  # the view's mesh: its faces [offset, f1) and its edges
+            sigma, offset = torch.sign(facing[:, bv]), 0
+            edge = torch.arange(len(e), device=device)
+        else:  # the view's mesh: its faces [offset, end) and its edges
             _, _, offset, end = meshes.ranges(bv)
             m = int(meshes.mesh[bv])
             edge = edge_order[edge_first[m]:edge_first[m + 1]]
             nv, corner = (n, tri[..., 0, :]) if verts.dim() == 2 else (n[bv], tri[bv, :, 0])
             sigma = torch.sign((nv[offset:end] * (corner[offset:end] - cameras.centers[bv])).sum(-1))
-        pick = (lambda x: x) if edge is None else (lambda x: x.index_select(0, edge))
         # the sign of det[lo - c, hi - c, o - c] for each triangle's third vertex o: the side of
         # the edge (in the image) on which the triangle lies
-        s0 = sigma.index_select(0, pick(ef[:, 0]) - offset) * pick(es[:, 0])
-        s1 = sigma.index_select(0, pick(f1) - offset) * pick(es1)
+        s0 = sigma.index_select(0, ef[edge, 0] - offset) * es[edge, 0]
+        s1 = sigma.index_select(0, f1[edge] - offset) * es1[edge]
         # silhouette: both triangles on the same side of the edge in the image (one faces the
         # camera, one faces away), or a boundary edge; the edge in front of the camera
         sil = (s0 == s1) & (s0 != 0)
         idx = sil.nonzero()[:, 0]
-        if edge is not None:
-            s0, idx = s0[idx], edge[idx]
-        else:
-            s0 = s0[idx]
+        s0, idx = s0[idx], edge[idx]
         views.append(torch.full_like(idx, bv))
         a_all.append(e[idx, 0])
         b_all.append(e[idx, 1])

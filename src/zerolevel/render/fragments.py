@@ -104,6 +104,11 @@ class ViewMeshes:
     vert_first: Tensor
     face_first: Tensor
 
+    def table(self) -> Tensor:
+        """(B, 4) int64 on the CPU: each view's first vertex, end vertex, first face, end face."""
+        m, first_v, first_f = self.mesh.cpu(), self.vert_first.cpu(), self.face_first.cpu()
+        return torch.stack([first_v[m], first_v[m + 1], first_f[m], first_f[m + 1]], dim=1)
+
     def ranges(self, view: int) -> tuple[int, int, int, int]:
         """(first vertex, end vertex, first face, end face) of the mesh `view` shows."""
         m = int(self.mesh[view])

@@ -229,9 +229,7 @@ def visible_faces(vertices: Tensor, faces: Tensor, cameras: Cameras, batched: bo
     if meshes is None:  # every view: all the vertices and faces
         ranges = torch.tensor([[0, verts.shape[-2], 0, len(faces_cpu)]]).expand(B, 4)
     else:
-        m = meshes.mesh.cpu()
-        first_v, first_f = meshes.vert_first.cpu(), meshes.face_first.cpu()
-        ranges = torch.stack([first_v[m], first_v[m + 1], first_f[m], first_f[m + 1]], dim=1)
+        ranges = meshes.table()
     best = torch.full((B * H * W,), torch.iinfo(torch.int64).max, dtype=torch.int64)
     fallback: set[int] = set()
     for views in _view_groups(ranges[:, 3] - ranges[:, 2], max_triangles):
