@@ -7,7 +7,8 @@ For every object of the chosen splits (or the first --per-category of each categ
   values, `learn.predict.fuse`);
 - "refine <config> <modalities>": the mean-fused prediction refined for --seconds by the tet-grid fit
   (`learn.refine.refine`, schedule fitted to the budget) to the views' masks, or masks and normal maps
-  (the dataset's own normal maps: what a perfect normal predictor would give); <config> is
+  (the dataset's own normal maps: what a perfect normal predictor would give; or, with
+  --normals-run, a pix2pix run's predictions from the same images); <config> is
   RESOLUTIONS:LR[:W_NORMAL][:KEY=VALUE...], `learn.refine.REFINE` with those settings.
 Scores, as `zerolevel eval-set`: voxel IoU on the dataset's 32^3 grid (`learn.evaluate.voxel_iou`),
 F-score at 0.5%, 1% and 2% of the GT bounding-box diagonal (F@0.5% also per category) and Chamfer
@@ -31,7 +32,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _report import limit_threads, write_report  # noqa: E402
-from singleview_tetnet import first_per_category  # noqa: E402
+from singleview_tetnet import first_per_category, predicted_normals  # noqa: E402
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -47,6 +48,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--per-category", type=int, default=None,
                         help="only the first N objects of each category of each split (default: all)")
     parser.add_argument("--modalities", nargs="*", default=["masks", "normals"], choices=["masks", "normals"])
+    parser.add_argument("--normals-run", default=None,
+                        help="a normals run (pix2pix): fit its normal maps predicted from the same images "
+                             "instead of the dataset's")
     parser.add_argument("--view-sets", type=int, nargs="+", default=[1, 3],
                         help="views per set, evenly spread around the ring from offset k (default 1 3)")
     parser.add_argument("--threads", type=int, default=1)
@@ -90,12 +94,14 @@ def main(argv: list[str] | None = None) -> None:
     from zerolevel.geometry.mesh import load_mesh
     from zerolevel.learn.dataset.folder import decode_normals, load_split
     from zerolevel.learn.evaluate import voxel_iou
+    from zerolevel.learn.pix2pix import NormalsNet
     from zerolevel.learn.predict import fuse, load_model, network_outputs, output_mesh
     from zerolevel.learn.refine import input_scene, refine, ring_cameras
     from zerolevel.metrics import evaluate
 
     torch.set_num_threads(args.threads)
     net = load_model(args.run)
+    normals_net = None if args.normals_run is None else load_model(args.normals_run, network=NormalsNet)
     size = net.config.image_size
     scores: dict[tuple, list[list[float]]] = {}
     categories: dict[tuple, list[str]] = {}  # the category of each row of scores[key]
@@ -124,8 +130,10 @@ def main(argv: list[str] | None = None) -> None:
                               category)
                     cameras = ring_cameras(args.data, views, size)
                     for modality in args.modalities:
-                        normals = ([np.asarray(decode_normals(split.normals[i, v])) for v in views]
-                                   if modality == "normals" else None)
+                        normals = (None if modality == "masks" else
+                                   [np.asarray(decode_normals(split.normals[i, v])) for v in views]
+                                   if normals_net is None else
+                                   predicted_normals(normals_net, split, [i] * len(views), views))
                         scene = input_scene(images, cameras, normals, float(net.config.bounds))
                         for text in args.configs:
                             if modality == "masks" and _fits_normals(text):
@@ -149,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
                  notes=f"data {args.data} (splits {', '.join(args.splits)}), run {args.run}; ring offsets "
                        f"{args.offsets}; n views 360/n degrees apart; refine budget {args.seconds} s on "
                        f"{args.threads} thread(s), a shared machine (the iteration counts vary with its load); "
-                       f"normals: the dataset's own normal maps")
+                       + ("normals: the dataset's own normal maps" if args.normals_run is None else
+                          f"normals: predicted from the same images by the normals run {args.normals_run}"))
 
 
 if __name__ == "__main__":

@@ -184,21 +184,25 @@ def mean_shape_rows(data: Path) -> list[dict]:
 def refine_normal_maps(split, objects: list[int], how: str, normals_run: Path) -> list:
     """The (S, S, 3) world-space normal maps of the objects' view 0 the refine fits: pix2pix's (`how`
     "pix2pix"), the dataset's ("gt"), or None each ("none")."""
-    import numpy as np
-    import torch
-
     from zerolevel.learn.dataset.folder import decode_normals
     from zerolevel.learn.pix2pix import NormalsNet
     from zerolevel.learn.predict import load_model
-    from zerolevel.learn.sampling import split_images
 
     if how != "pix2pix":
         return [decode_normals(split.normals[i, 0]) if how == "gt" else None for i in objects]
-    net = load_model(normals_run, network=NormalsNet)
+    return predicted_normals(load_model(normals_run, network=NormalsNet), split, objects, [0] * len(objects))
+
+
+def predicted_normals(net, split, objects: list[int], views: list[int]) -> list:
+    """The (S, S, 3) world-space normal maps a normals network predicts from the (object, view) pairs' images."""
+    import numpy as np
+    import torch
+
+    from zerolevel.learn.sampling import split_images
+
     with torch.no_grad():
-        views = np.zeros(len(objects), dtype=np.int64)
-        images = split_images(split, np.asarray(objects), views, "cpu", torch.float32)
-        return list(net.world_normals(images, split.cameras.R[[0] * len(objects)]).numpy())
+        images = split_images(split, np.asarray(objects), np.asarray(views), "cpu", torch.float32)
+        return list(net.world_normals(images, split.cameras.R[list(views)]).numpy())
 
 
 def first_per_category(categories: list[str], count: int) -> list[int]:

@@ -3,7 +3,7 @@
 import numpy as np
 import trimesh
 
-from zerolevel.geometry.components import face_components, largest_component, largest_voxel_component
+from zerolevel.geometry.components import face_components, large_components, largest_component, largest_voxel_component
 
 
 def test_the_largest_piece_is_the_largest_by_area_not_by_faces():
@@ -12,6 +12,20 @@ def test_the_largest_piece_is_the_largest_by_area_not_by_faces():
     small.apply_translation([3.0, 0.0, 0.0])
     kept = largest_component(trimesh.util.concatenate([small, big]))
     assert len(kept.faces) == len(big.faces) and np.isclose(kept.area, big.area)
+
+
+def test_large_components_keep_the_pieces_of_a_share_of_the_largest_area():
+    """Areas ~12.6, ~0.50 (4%) and ~0.0013: a share of 1% keeps the first two, 1 the largest alone."""
+    big = trimesh.creation.icosphere(subdivisions=2, radius=1.0)
+    leg = trimesh.creation.icosphere(subdivisions=2, radius=0.2)
+    speck = trimesh.creation.icosphere(subdivisions=1, radius=0.01)
+    leg.apply_translation([3.0, 0.0, 0.0])
+    speck.apply_translation([0.0, 3.0, 0.0])
+    mesh = trimesh.util.concatenate([speck, big, leg])
+    kept = large_components(mesh, 0.01)
+    assert face_components(kept)[0] == 2 and np.isclose(kept.area, big.area + leg.area)
+    assert np.isclose(large_components(mesh, 1.0).area, big.area)
+    assert np.isclose(large_components(mesh, 0.0).area, mesh.area)
 
 
 def test_a_triangle_soup_of_one_surface_is_one_piece_and_is_kept_whole():

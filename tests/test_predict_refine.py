@@ -2,6 +2,8 @@
 fusing known SDFs and vertex sets, the network's lattice carried onto the fit's grid, a refine that
 corrects a wrong start, and `zerolevel predict`'s options and one-line errors."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ import trimesh
 
 from zerolevel.cameras import Cameras
 from zerolevel.cli import main
+from zerolevel.geometry.components import face_components
 from zerolevel.geometry.marching import marching_tetrahedra
 from zerolevel.geometry.occupancy import solid_voxels
 from zerolevel.geometry.tetgrid import TetGrid
@@ -19,7 +22,8 @@ from zerolevel.learn.dataset.sources import generated_sources
 from zerolevel.learn.dataset.write import write_dataset
 from zerolevel.learn.evaluate import voxel_iou
 from zerolevel.learn.predict import default_fusion, fuse, network_outputs, output_mesh, predict
-from zerolevel.learn.refine import REFINE, input_scene, refine, start_from_mesh, start_from_values
+from zerolevel.learn.refine import (REFINE, REFINE_ONE_VIEW, input_scene, refine, start_from_mesh,
+                                    start_from_values)
 from zerolevel.learn.softras_net import SoftRasNet
 from zerolevel.learn.tetnet import TetNet
 from zerolevel.learn.tetnet_train import TetNetTrainConfig, train
@@ -116,9 +120,9 @@ def test_the_start_from_a_mesh_is_its_signed_distance():
 
 
 # ------------------------------------------------------------------------------------------------ refine
-def _box_views(views, size: int = 32):
-    """A box seen from the dataset's ring: RGBA images, world normals, the ring cameras, the box."""
-    box = trimesh.creation.box((0.7, 0.35, 0.5))
+def _box_views(views, size: int = 32, box: trimesh.Trimesh | None = None):
+    """A box (or `box`) seen from the dataset's ring: RGBA images, world normals, the ring cameras, the box."""
+    box = trimesh.creation.box((0.7, 0.35, 0.5)) if box is None else box
     ring = Cameras.ring(8, elevation_deg=30, distance=2.732, fov_deg=30, width=size, height=size)
     cameras = ring[torch.as_tensor(views)]
     out = MeshRayCaster(box).render(cameras, supersample=2)
@@ -164,6 +168,32 @@ def test_refine_from_one_view_keeps_the_depth_it_cannot_see():
         scores[name] = voxel_iou(refined.mesh.vertices, refined.mesh.faces, truth)
         assert (refined.config.w_prior > 0) == (name == "one view")
     assert scores["one view"] > 0.8 and scores["one view"] > scores["no prior"] + 0.05, scores
+
+
+def test_refine_keeps_every_piece_the_network_predicted():
+    """A prediction in two pieces (a slab and a separate block, as a table top and a leg the network
+    could not join) refined from one view keeps both, and not the specks of ~1e-4 of the slab's area
+    the fit leaves after 10 iterations; the multi-view fit's rule (its largest piece) drops the block."""
+    slab = trimesh.creation.box((0.7, 0.12, 0.5))
+    block = trimesh.creation.box((0.16, 0.16, 0.16))
+    block.apply_translation([0.0, -0.3, 0.0])
+    images, normals, cameras, _ = _box_views([0], box=trimesh.util.concatenate([slab, block]))
+    net = TetNet(**SMALL).eval()
+    v = net.grid.vertices
+
+    def box_sdf(centre, half):
+        q = (v - torch.tensor(centre)).abs() - torch.tensor(half)
+        return q.clamp_min(0).norm(dim=1) + q.amax(dim=1).clamp_max(0)
+
+    output = torch.minimum(box_sdf([0.0, 0.0, 0.0], [0.35, 0.06, 0.25]), box_sdf([0.0, -0.3, 0.0], [0.08] * 3))
+    scene = input_scene(images, cameras, normals, radius=net.config.bounds)
+    pieces = {}
+    for share in (REFINE_ONE_VIEW.min_piece, 1e-6, 1.0):
+        config = replace(REFINE_ONE_VIEW, min_piece=share)
+        mesh = refine(net, output, scene, seconds=60, config=config, progress=False, iters=10).mesh
+        pieces[share] = face_components(mesh)[0]
+    assert pieces[REFINE_ONE_VIEW.min_piece] == 2 and pieces[1e-6] > 2 and pieces[1.0] == 1, pieces
+    assert REFINE.min_piece == REFINE_ONE_VIEW.min_piece
 
 
 def test_refine_starts_from_a_softras_mesh():

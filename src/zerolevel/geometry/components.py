@@ -3,7 +3,8 @@ extraction keeps when a fit leaves floaters, and what a carved visual hull keeps
 
 The mesh rule, the same everywhere: two faces belong to one piece when they share a vertex,
 vertices at the same position counting as one (marching output that repeats a vertex per face stays
-one piece); the largest piece is the one of largest area. The voxel rule: occupied voxels sharing a
+one piece); the largest piece is the one of largest area (a refined prediction keeps the pieces of
+at least a share of its area: `large_components`). The voxel rule: occupied voxels sharing a
 face are one piece; the largest piece is the one of most voxels.
 """
 
@@ -37,6 +38,17 @@ def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
         return mesh
     areas = np.bincount(labels, weights=np.asarray(mesh.area_faces), minlength=count)
     keep = np.flatnonzero(labels == int(np.argmax(areas)))
+    return mesh.submesh([keep], append=True, repair=False)
+
+
+def large_components(mesh: trimesh.Trimesh, share: float) -> trimesh.Trimesh:
+    """The pieces of at least `share` of the largest piece's area (share 1: the largest alone); a mesh
+    in one piece is returned as it is."""
+    count, labels = face_components(mesh)
+    if count <= 1:
+        return mesh
+    areas = np.bincount(labels, weights=np.asarray(mesh.area_faces), minlength=count)
+    keep = np.flatnonzero(areas[labels] >= share * areas.max())
     return mesh.submesh([keep], append=True, repair=False)
 
 

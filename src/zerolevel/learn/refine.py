@@ -51,7 +51,10 @@ from .tetnet import TetNet
 # ~1 s a step). With these settings (results/predict_refine.md, 8 object-offset pairs), 20 s lift 3 views'
 # IoU 0.18 -> 0.44 from masks, 1 view's only 0.17 -> 0.18 (F@2% 0.12 -> 0.27) and 0.27 with normal maps;
 # with 3 views the normal term at its fit weight (1) ends lower (0.31; 0.39 at 0.2) than masks alone
-REFINE = TetSDFConfig(resolutions=(32,), level_shares=(1.0,), lr=0.1, init="field")
+# the refined surface keeps its pieces of >= 1% of the largest's area, as the network's prediction keeps
+# all (a table's leg predicted apart from its top, a lamp's shade from a pole the fit cuts), where a
+# multi-view fit keeps its largest piece; 1% drops the fit's specks (~0.01%, tests/test_predict_refine.py)
+REFINE = TetSDFConfig(resolutions=(32,), level_shares=(1.0,), lr=0.1, init="field", min_piece=0.01)
 # From one view the depth is free: the fit moved it and lowered IoU (0.38 -> 0.26 on 24 test pairs, 4 per
 # category, of a 300 s network, GT normal maps; benchmarks/results/refine_prior.md). A pull towards the
 # network's SDF (w_prior) keeps it: IoU 0.40 and F@0.5% 0.054 -> 0.076, up on every category, at half the step

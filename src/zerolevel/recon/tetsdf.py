@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from .. import losses as L
 from ..errors import InputError
-from ..geometry.components import largest_component
+from ..geometry.components import large_components, largest_component
 from ..geometry.marching import marching_tetrahedra
 from ..geometry.rays import ray_sphere_interval
 from ..geometry.tetgrid import TetGrid, inside_ends
@@ -89,6 +89,9 @@ class TetSDFConfig:
     init: str = "visual_hull"            # "visual_hull" (of the masks), "sphere", or "field" (the
                                          # constructor's `start`: values on the first grid)
     init_radius: float = 0.6
+    min_piece: float = 1.0               # the surface keeps the pieces of at least this share of the
+                                         # largest's area: 1, the largest alone (a fit's floaters go);
+                                         # a refined prediction keeps its predicted parts (learn/refine.py)
 
 
 class TetSDF(LevelledFit):
@@ -217,10 +220,12 @@ class TetSDF(LevelledFit):
 
     # ------------------------------------------------------------------ results
     def mesh(self) -> trimesh.Trimesh:
-        """The current zero level set in working space (largest component)."""
+        """The current zero level set in working space: its pieces of at least `min_piece` of the largest's
+        area (the largest alone by default)."""
         with torch.no_grad():
             verts, faces = marching_tetrahedra(self.grid.vertices, self.grid.tets, self.values)
-        return largest_component(trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False))
+        mesh = trimesh.Trimesh(verts.cpu().numpy(), faces.cpu().numpy(), process=False)
+        return large_components(mesh, self.config.min_piece)
 
     def extract(self, resolution: int = 256, progress: bool = False) -> trimesh.Trimesh:
         """The zero level set by marching tetrahedra on the grid (the grid fixes the resolution), in
