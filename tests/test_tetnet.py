@@ -91,10 +91,10 @@ def run(split, out, cfg, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ network
-@pytest.mark.parametrize("head", ["shuffle", "conv"])
-def test_the_network_starts_as_a_closed_sphere(head):
+@pytest.mark.parametrize("head,norm", [("shuffle", "none"), ("conv", "none"), ("shuffle", "group")])
+def test_the_network_starts_as_a_closed_sphere(head, norm):
     torch.manual_seed(0)
-    net = TetNet(**SMALL, head=head).eval()
+    net = TetNet(**SMALL, head=head, norm=norm).eval()
     values = net(torch.rand(2, 4, 32, 32))
     grid = net.grid
     expected = grid.vertices.norm(dim=1) - net.config.init_radius
@@ -106,6 +106,25 @@ def test_the_network_starts_as_a_closed_sphere(head):
     assert mesh.is_watertight
     radius = np.linalg.norm(vertices, axis=1)
     assert abs(radius.mean() - 0.3) < 0.01 and radius.std() < 0.01
+
+
+def test_group_norm_normalises_each_decoder_lattice_and_adds_no_state_without_it():
+    """norm="group": every decoder lattice's features are normalised per sample and group (zero mean,
+    unit variance before the ReLU); "none" has no norm parameters, so its checkpoints load as before."""
+    torch.manual_seed(0)
+    net = TetNet(**SMALL, norm="group")
+    seen = []
+    for norm in net.decoder.norms:
+        norm.register_forward_hook(lambda module, inputs, output: seen.append(output.detach()))
+    net(torch.rand(2, 4, 32, 32))
+    assert len(seen) == len(SMALL["channels"])
+    for out in seen:
+        groups = out.reshape(2, min(8, out.shape[1]), -1)
+        torch.testing.assert_close(groups.mean(-1), torch.zeros(groups.shape[:2]), atol=1e-4, rtol=0)
+        torch.testing.assert_close(groups.var(-1, unbiased=False), torch.ones(groups.shape[:2]), atol=1e-2, rtol=0)
+    assert not any("norms" in key for key in TetNet(**SMALL).state_dict())
+    with pytest.raises(ValueError, match="unknown decoder norm"):
+        TetNet(**SMALL, norm="batch")
 
 
 def test_the_shuffle_head_gives_each_fine_vertex_its_coarse_vertex_channel():

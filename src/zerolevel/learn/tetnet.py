@@ -8,6 +8,7 @@ holds the dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
     code (512) -> Linear -> C0 x (g0 + 1)^3 vertex features, g0 = grid / 2^(L + 1)
     L times: trilinear upsampling vertex lattice to vertex lattice ((n + 1)^3 -> (2n + 1)^3, corners
              aligned, which is exactly the nested lattice of the finer grid), 3x3x3 convolution, ReLU
+             (with `norm="group"`, GroupNorm before each ReLU, the code's lattice's included)
     head, on the lattice of the half-resolution grid: two 3x3x3 convolutions, one to a smooth offset
              (one channel, upsampled trilinearly to the grid's lattice) and one to 8 channels, the
              detail of the 8 fine vertices each coarse vertex owns (a 3D pixel shuffle); their sum is
@@ -51,11 +52,15 @@ class TetNetConfig:
     head: str = "shuffle"           # the finest lattice: "shuffle" (sub-vertex values from the
                                     # half-resolution lattice) or "conv" (a convolved level of its own)
     init_radius: float = 0.3        # the starting surface: a sphere of this radius
+    norm: str = "none"              # the decoder's lattices: "none" or "group" (GroupNorm, 8 groups,
+                                    # before each ReLU)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown decoder norm {self.norm!r}; choose one of {', '.join(NORMS)}")
         if self.head not in HEADS:
             raise ValueError(f"unknown decoder head {self.head!r}; choose one of {', '.join(HEADS)}")
         halvings = len(self.channels) - 1 + (self.head == "shuffle")
@@ -72,6 +77,7 @@ class TetNetConfig:
 
 
 HEADS = ("shuffle", "conv")
+NORMS = ("none", "group")
 
 
 class GridDecoder(nn.Module):
@@ -84,6 +90,8 @@ class GridDecoder(nn.Module):
         self.coarse = config.grid >> (len(channels) - 1 + self.shuffle)
         self.fc = nn.Linear(config.latent, channels[0] * (self.coarse + 1) ** 3)
         self.convs = nn.ModuleList(nn.Conv3d(a, b, 3, padding=1) for a, b in zip(channels, channels[1:]))
+        self.norms = nn.ModuleList(nn.GroupNorm(min(8, c), c) if config.norm == "group" else nn.Identity()
+                                   for c in channels)
         self.out = nn.Conv3d(channels[-1], 1, 3, padding=1)
         self.sub = nn.Conv3d(channels[-1], 8, 3, padding=1) if self.shuffle else None
         for conv in (self.out, self.sub):
@@ -100,9 +108,9 @@ class GridDecoder(nn.Module):
 
     def forward(self, code: Tensor) -> Tensor:
         m = self.coarse + 1
-        x = F.relu(self.fc(code)).reshape(len(code), -1, m, m, m)
-        for conv in self.convs:
-            x = F.relu(conv(_refine_lattice(x)))
+        x = F.relu(self.norms[0](self.fc(code).reshape(len(code), -1, m, m, m)))
+        for conv, norm in zip(self.convs, self.norms[1:]):
+            x = F.relu(norm(conv(_refine_lattice(x))))
         offset = self.out(x)
         if self.shuffle:
             offset = _refine_lattice(offset) + _sub_vertices(self.sub(x))

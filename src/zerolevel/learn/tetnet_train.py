@@ -63,6 +63,7 @@ class TetNetTrainConfig(TrainingConfig):
     grid: int = 32                     # tet grid cubes per axis over [-0.55, 0.55]^3
     channels: tuple[int, ...] = (64, 32, 16)  # decoder features, coarsest lattice to the finest (tetnet.py)
     head: str = "shuffle"              # the decoder's finest lattice (tetnet.py)
+    norm: str = "none"                 # the decoder's normalisation (tetnet.py)
     batch_size: int = 16
     lr: float = 3e-4
     iterations: int = 50_000
@@ -266,7 +267,7 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
         train_split = with_predicted_normals(train_split, config.normals_from, device)
     size = train_split.images.shape[2]
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
-                 head=config.head)
+                 head=config.head, norm=config.norm)
     net = net.to(device, config.torch_dtype)
     return TetNetTraining(net, train_split, val_split, config, dist, device)
 
