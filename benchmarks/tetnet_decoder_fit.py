@@ -74,13 +74,14 @@ def fit_variant(job: tuple) -> dict:
 
     from zerolevel.learn.dataset.folder import load_split
     from zerolevel.learn.evaluate import voxel_iou
-    from zerolevel.learn.tetnet import TetNet
+    from zerolevel.learn.tetnet import TetNet, TetNetConfig
+    from zerolevel.settings import apply_overrides
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     settings = dict(settings)
     lr = float(settings.pop("lr", 3e-4))
-    net = TetNet(**{key: type(getattr(TetNet().config, key))(value) for key, value in settings.items()})
+    net = TetNet.from_config(apply_overrides(TetNetConfig(), settings))
     split = load_split(data, "train")
     targets = hull_targets(split, net)
     codes = torch.nn.Embedding(len(split), net.config.latent)

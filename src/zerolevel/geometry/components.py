@@ -31,25 +31,31 @@ def face_components(mesh: trimesh.Trimesh) -> tuple[int, np.ndarray]:
     return int(count), labels[corners[:, 0]]
 
 
-def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
-    """The piece of largest area (module docstring); a mesh in one piece is returned as it is."""
+def _piece_areas(mesh: trimesh.Trimesh) -> tuple[np.ndarray, np.ndarray] | None:
+    """((F,) piece label of each face, area of each piece), or None for a mesh in one piece (or none)."""
     count, labels = face_components(mesh)
     if count <= 1:
+        return None
+    return labels, np.bincount(labels, weights=np.asarray(mesh.area_faces), minlength=count)
+
+
+def largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    """The piece of largest area (module docstring); a mesh in one piece is returned as it is."""
+    pieces = _piece_areas(mesh)
+    if pieces is None:
         return mesh
-    areas = np.bincount(labels, weights=np.asarray(mesh.area_faces), minlength=count)
-    keep = np.flatnonzero(labels == int(np.argmax(areas)))
-    return mesh.submesh([keep], append=True, repair=False)
+    labels, areas = pieces
+    return mesh.submesh([np.flatnonzero(labels == int(np.argmax(areas)))], append=True, repair=False)
 
 
 def large_components(mesh: trimesh.Trimesh, share: float) -> trimesh.Trimesh:
     """The pieces of at least `share` of the largest piece's area (share 1: the largest alone); a mesh
     in one piece is returned as it is."""
-    count, labels = face_components(mesh)
-    if count <= 1:
+    pieces = _piece_areas(mesh)
+    if pieces is None:
         return mesh
-    areas = np.bincount(labels, weights=np.asarray(mesh.area_faces), minlength=count)
-    keep = np.flatnonzero(areas[labels] >= share * areas.max())
-    return mesh.submesh([keep], append=True, repair=False)
+    labels, areas = pieces
+    return mesh.submesh([np.flatnonzero(areas[labels] >= share * areas.max())], append=True, repair=False)
 
 
 def largest_voxel_component(occupied: np.ndarray) -> np.ndarray:
