@@ -286,7 +286,7 @@ class MeshRayCaster:
     # ------------------------------------------------------------------ images
     def render(self, cameras: Cameras, *, smooth: bool = True, supersample: int = 1,
                lights: LightSpec = None, ambient: float | np.ndarray = 0.1, albedo: float = 1.0,
-               max_rays: int = 1 << 19) -> dict[str, np.ndarray]:
+               attributes: np.ndarray | None = None, max_rays: int = 1 << 19) -> dict[str, np.ndarray]:
         """Render masks, normals, depth and Lambertian shading for a batch of cameras.
 
         With `supersample = s > 1` each pixel casts s x s rays on a regular sub-grid (offsets
@@ -310,6 +310,8 @@ class MeshRayCaster:
                 per view, each None (headlight), a light, or a list of lights.
             ambient: ambient term added before clipping: one number, or (B,) one per view.
             albedo: grey-level albedo.
+            attributes: optional (V, C) per-vertex values (colours, labels...), interpolated at each hit
+                by its barycentric coordinates and averaged over a pixel's hit sub-rays.
             max_rays: rays per Embree call; views (or, for huge images, rows of a view) are
                 processed in chunks of at most this many rays to bound memory (~150 bytes per ray).
         Returns:
@@ -318,11 +320,17 @@ class MeshRayCaster:
               normal (B, H, W, 3) world-space unit normals facing the camera, 0 where mask == 0;
               depth (B, H, W) camera-space z of the surface (not ray length), 0 where mask == 0;
               image (B, H, W) albedo * (ambient + sum_i intensity_i * max(0, n . l_i)) clipped to
-                [0, 1], 0 on the background.
+                [0, 1], 0 on the background;
+              attributes (B, H, W, C), only when `attributes` is given: the mean over the hit sub-rays
+                (not premultiplied by coverage), 0 on the background.
         """
         s = int(supersample)
         if s < 1:
             raise ValueError(f"supersample must be >= 1, got {supersample}")
+        if attributes is not None:
+            attributes = np.asarray(attributes, dtype=np.float64)
+            if attributes.ndim != 2 or len(attributes) != len(self.vertices):
+                raise ValueError(f"attributes must be (V, C) with V = {len(self.vertices)}, got {attributes.shape}")
         cams = cameras.to(device="cpu", dtype=torch.float64)
         B, H, W = len(cams), cams.height, cams.width
         light_dirs, light_int = light_arrays(lights, cams)
@@ -351,6 +359,8 @@ class MeshRayCaster:
 
         out = {"mask": np.zeros(B * H * W, np.float32), "normal": np.zeros((B * H * W, 3), np.float32),
                "depth": np.zeros(B * H * W, np.float32), "image": np.zeros(B * H * W, np.float32)}
+        if attributes is not None:
+            out["attributes"] = np.zeros((B * H * W, attributes.shape[1]), np.float32)
         # Chunks of whole views, or of rows of one view when a view alone has more than `max_rays`
         # rays; either way a chunk's pixels are one contiguous range of the flattened (B, H, W) output.
         per_view = H * W * S
@@ -384,15 +394,19 @@ class MeshRayCaster:
                 shade = lambertian(torch.from_numpy(n), torch.from_numpy(light_dirs[view]),
                                    torch.from_numpy(light_int[view]), hit_ambient, albedo).numpy()
                 first = b0 * H * W + r0 * W  # flattened index of the chunk's first pixel
-                _accumulate(out, first, (b1 - b0) * (r1 - r0) * W, ray, S, G, centre, z, n, shade)
+                attr = None if attributes is None else np.einsum("mk,mkc->mc", bary, attributes[self.faces[face]])
+                _accumulate(out, first, (b1 - b0) * (r1 - r0) * W, ray, S, G, centre, z, n, shade, attr)
         out["normal"] = out["normal"].reshape(B, H, W, 3)
+        if attributes is not None:
+            out["attributes"] = out["attributes"].reshape(B, H, W, -1)
         for key in ("mask", "depth", "image"):
             out[key] = out[key].reshape(B, H, W)
         return out
 
 
 def _accumulate(out: dict[str, np.ndarray], first: int, n_pix: int, ray: np.ndarray, S: int, G: int,
-                centre: int, z: np.ndarray, n: np.ndarray, shade: np.ndarray) -> None:
+                centre: int, z: np.ndarray, n: np.ndarray, shade: np.ndarray, attr: np.ndarray | None = None
+                ) -> None:
     """Reduce hit sub-rays to pixels and write them into the flattened outputs.
 
     Args:
@@ -401,6 +415,7 @@ def _accumulate(out: dict[str, np.ndarray], first: int, n_pix: int, ray: np.ndar
         ray: (M,) indices of the hit rays within the chunk, S consecutive rays per pixel, of which
             the first G form the sub-pixel grid and `centre` is the one through the pixel centre.
         z, n, shade: (M,), (M, 3), (M,) camera z, normal and shading of each hit.
+        attr: (M, C) interpolated vertex attributes of each hit, or None (out has no "attributes").
     """
     pixel = ray // S
     view = slice(first, first + n_pix)
@@ -409,6 +424,8 @@ def _accumulate(out: dict[str, np.ndarray], first: int, n_pix: int, ray: np.ndar
         out["depth"][view][pixel] = z
         out["image"][view][pixel] = shade
         out["normal"][view][pixel] = n
+        if attr is not None:
+            out["attributes"][view][pixel] = attr
         return
     sample = ray % S
     on_grid = sample < G
@@ -426,6 +443,9 @@ def _accumulate(out: dict[str, np.ndarray], first: int, n_pix: int, ray: np.ndar
     at_centre = sample == centre
     depth[pixel[at_centre]] = z[at_centre]  # the centre ray's depth wherever it hits
     out["depth"][view] = depth
+    if attr is not None:
+        asum = np.stack([pixel_sum(attr[:, k]) for k in range(attr.shape[1])], axis=-1)
+        out["attributes"][view] = asum / np.maximum(covered, 1)[:, None]
 
 
 def crease_normals(faces: np.ndarray, face_normals: np.ndarray, face_areas: np.ndarray,
