@@ -108,3 +108,22 @@ def test_ray_caster_interpolates_vertex_attributes(model):
     points = torch.stack([cameras[b].unproject(uv[b].reshape(-1, 2), torch.from_numpy(out["depth"][b]).reshape(-1))
                           for b in range(2)]).reshape(2, 48, 48, 3).numpy()
     np.testing.assert_allclose(out["attributes"][hit], points[hit], atol=2e-5)
+
+
+def test_head_is_a_ring_dataset_category(tmp_path):
+    from zerolevel.learn import shapes
+    from zerolevel.learn.dataset.folder import load_split
+    from zerolevel.learn.dataset.settings import DatasetSettings
+    from zerolevel.learn.dataset.sources import generated_sources
+    from zerolevel.learn.dataset.write import write_dataset
+
+    mesh = shapes.generate("head", 4)
+    lo, hi = mesh.bounds
+    assert abs(np.linalg.norm(hi - lo) - 1) < 1e-9 and np.allclose((lo + hi) / 2, 0)
+    assert "head" not in shapes.CATEGORIES  # not in "all": the object categories stay as benchmarked
+    sources = generated_sources(["head"], 3, seed=0)
+    write_dataset(tmp_path / "set", sources, DatasetSettings(views=2, resolution=24), progress=False)
+    train = load_split(tmp_path / "set", "train")
+    volume = shapes.generate("head", sources[[s.id for s in sources].index(train.ids[0])].seed).volume
+    assert train.categories == ["head"] and volume < train.voxels[0].mean() < 2 * volume  # + the surface cells
+    assert (train.images[0, 0, ..., 3] > 0).mean() > 0.1

@@ -27,6 +27,8 @@ EPILOG_DATASET = """examples:
   zerolevel dataset models/chair models/table -o mine        # mesh files; category = their parent folder
   zerolevel dataset models/chair -o lit --lighting varied    # 64x64 with varied lighting
   zerolevel dataset --generate all --count 200 -o shapes     # the same command again resumes or reuses it
+  zerolevel dataset --generate head --count 100 -o heads_ring --for tetnet   # generated heads on the ring
+  zerolevel dataset --generate heads --count 500 -o heads    # photographs of heads, for phorhum (below)
 
 The folder (version 2): dataset.json, {train,val,test}/images.npy (N, V, H, W, 4) uint8 RGBA, normals.npy
 (N, V, H, W, 3) int8 world-space normals round(127 * n) (0 on the background), voxels.npy (N, 32, 32, 32) bool,
@@ -37,6 +39,10 @@ zerolevel.learn.dataset.folder.load_split. Objects are cached in DATASET/.parts 
 axis; varied: a random colour per object, a random light (tilted up to 45 degrees from the camera's axis) and
 ambient per view, the same on every rerun.
 --threads N renders N objects at a time in worker processes; --seed draws the shapes and the splits.
+--generate heads writes the head dataset instead (zerolevel.learn.dataset.heads): per head (a random identity,
+expression and skin of the shipped ICT-FaceKit model) --views (default 4) near-frontal photographs at --res
+(default 128) with random cameras, coloured lights and backgrounds, with albedo, back albedo, normals and depth,
+and the 3D sample sets of the PHORHUM thesis; split by identity.
 """
 
 
@@ -47,10 +53,11 @@ def _add_dataset_parser(sub: argparse._SubParsersAction, formatter: type) -> Non
                    help="mesh files, or folders searched for them (category: the file's parent folder)")
     p.add_argument("--generate", metavar="CATEGORIES",
                    help="procedural shapes instead: comma-separated categories "
-                        "(airplane, car, chair, lamp, table, vase) or all")
+                        "(airplane, car, chair, lamp, table, vase, head) or all (all but head)")
     p.add_argument("--count", type=int, default=100, help="objects per category with --generate (default: 100)")
     p.add_argument("-o", "--output", required=True, help="dataset folder to write (or to resume)")
-    p.add_argument("--views", type=int, default=24, help="cameras on the ring, 360/views degrees apart (default: 24)")
+    p.add_argument("--views", type=int, help="cameras on the ring, 360/views degrees apart (default: 24); "
+                                              "photographs per head with --generate heads (default: 4)")
     table = "; ".join(f"{name}: {d['resolution']}, {d['lighting']}" for name, d in DATASET_DEFAULTS.items())
     p.add_argument("--for", dest="network", choices=list(DATASET_DEFAULTS), default="softras",
                    help=f"the network the dataset is for, which picks the defaults of --res and --lighting: "
@@ -78,20 +85,18 @@ def dataset_defaults(network: str, res: int | None = None, lighting: str | None 
 def cmd_dataset(args: argparse.Namespace) -> None:
     from ..learn.dataset.settings import DatasetSettings
     from ..learn.dataset.sources import generated_sources, mesh_sources
-    from ..learn.dataset.splits import check_fractions
     from ..learn.dataset.write import write_dataset
     from ..learn.shapes import CATEGORIES, GENERATOR_VERSION
 
     if bool(args.meshes) == bool(args.generate):
         raise InputError("give mesh files or folders, or --generate CATEGORIES (one of the two)")
+    if args.generate and args.generate.strip() == "heads":
+        return _head_dataset(args)
+    args.views = 24 if args.views is None else args.views
     defaults = dataset_defaults(args.network, args.res, args.lighting)
     args.res, args.lighting = defaults["resolution"], defaults["lighting"]
     check_positive(args, "views", "res", "voxels", "supersample", "count")
-    try:
-        fractions = check_fractions([float(f) for f in args.splits.split(",")])
-    except (ValueError, InputError):
-        raise InputError(f"--splits must be three fractions TRAIN,VAL,TEST >= 0 summing to 1 with TRAIN > 0, "
-                         f"got {args.splits!r}") from None
+    fractions = _split_fractions(args.splits)
     settings = DatasetSettings(views=args.views, resolution=args.res, voxels=args.voxels,
                                supersample=args.supersample, lighting=args.lighting)
     if args.generate:
@@ -109,6 +114,34 @@ def cmd_dataset(args: argparse.Namespace) -> None:
     print(f"wrote {args.output}: {len(sources)} objects, {len(summary.info['categories'])} categories "
           f"(train {splits['train']}, val {splits['val']}, test {splits['test']}), {args.views} views "
           f"{args.res}x{args.res} ({args.lighting}), voxels {args.voxels}^3; {summary.rendered} rendered, "
+          f"{summary.reused} from the cache, {summary.seconds:.1f} s")
+
+
+def _split_fractions(text: str) -> tuple[float, float, float]:
+    """--splits TRAIN,VAL,TEST as three fractions (InputError naming the option otherwise)."""
+    from ..learn.dataset.splits import check_fractions
+
+    try:
+        return check_fractions([float(f) for f in text.split(",")])
+    except (ValueError, InputError):
+        raise InputError(f"--splits must be three fractions TRAIN,VAL,TEST >= 0 summing to 1 with TRAIN > 0, "
+                         f"got {text!r}") from None
+
+
+def _head_dataset(args: argparse.Namespace) -> None:
+    """`--generate heads`: the head dataset (`learn.dataset.heads`)."""
+    from ..learn.dataset.heads import HeadDatasetSettings, write_head_dataset
+
+    args.views = 4 if args.views is None else args.views
+    args.res = 128 if args.res is None else args.res
+    check_positive(args, "views", "res", "supersample", "count")
+    fractions = _split_fractions(args.splits)
+    settings = HeadDatasetSettings(views=args.views, resolution=args.res, supersample=args.supersample)
+    summary = write_head_dataset(args.output, args.count, settings, fractions, seed=args.seed,
+                                 workers=args.threads, progress=not args.quiet)
+    splits = summary.info["splits"]
+    print(f"wrote {args.output}: {args.count} heads (train {splits['train']}, val {splits['val']}, test "
+          f"{splits['test']}), {args.views} photographs each at {args.res}x{args.res}; {summary.rendered} made, "
           f"{summary.reused} from the cache, {summary.seconds:.1f} s")
 
 

@@ -75,7 +75,7 @@ class HeadModel:
     region_names: tuple[str, ...]
 
     @classmethod
-    def load(cls, path: str | Path = MODEL_PATH) -> HeadModel:
+    def load(cls, path: str | Path) -> HeadModel:
         """Read and check a head model file; InputError (one line naming it) if missing or corrupt."""
         path = Path(path)
         if not path.is_file():
@@ -151,9 +151,13 @@ class HeadModel:
         return float(1.0 / np.linalg.norm(self.neutral.max(0) - self.neutral.min(0)))
 
 
+def load_model(path: str | Path | None = None) -> HeadModel:
+    """`HeadModel.load` of `path` (default `MODEL_PATH`), cached: a dataset writer makes many heads."""
+    return _cached_model(str(MODEL_PATH if path is None else path))
+
+
 @lru_cache(maxsize=2)
-def load_model(path: str | Path = MODEL_PATH) -> HeadModel:
-    """`HeadModel.load`, cached per path (a dataset writer makes many heads from one model)."""
+def _cached_model(path: str) -> HeadModel:
     return HeadModel.load(path)
 
 

@@ -14,6 +14,8 @@ One job per module:
 - `folder`: the folder's layout and version, and reading one split (`load_split`, `DatasetSplit`,
   `decode_normals`).
 - `write`: building the folder, resumably, in worker processes (`write_dataset`).
+- `heads`: the head dataset, another folder format (`write_head_dataset`, `load_head_split`): photographs
+  of generated heads from random near-frontal cameras, with albedo, normals, depth and 3D sample sets.
 
     sources = generated_sources(["chair", "table"], count=100, seed=0)
     write_dataset("chairs_tables", sources)                 # resumable; progress bar

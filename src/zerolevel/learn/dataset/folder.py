@@ -111,10 +111,10 @@ def load_split(root: str | Path, split: str, normals: bool = False) -> DatasetSp
         raise InputError(f"dataset version {info['version']} has no normal maps: write it again with "
                          f"`zerolevel dataset` (version {VERSION})", root / "dataset.json")
     V, R, n = int(info["views"]), int(info["resolution"]), int(info["voxels"])
-    images = _load_array(root / split / "images.npy", np.uint8, (V, R, R, 4))
-    normal_maps = _load_array(root / split / "normals.npy", np.int8, (V, R, R, 3)) if has_normals else None
-    voxels = _load_array(root / split / "voxels.npy", np.bool_, (n, n, n))
-    objects = _load_objects(root / split / "objects.json")
+    images = load_array(root / split / "images.npy", np.uint8, (V, R, R, 4))
+    normal_maps = load_array(root / split / "normals.npy", np.int8, (V, R, R, 3)) if has_normals else None
+    voxels = load_array(root / split / "voxels.npy", np.bool_, (n, n, n))
+    objects = load_objects(root / split / "objects.json")
     counts = {len(images), len(voxels), len(objects)} | ({len(normal_maps)} if has_normals else set())
     if len(counts) != 1 or len(objects) != info["splits"].get(split, -1):
         normal_count = f"{len(normal_maps)} normal maps, " if has_normals else ""
@@ -131,7 +131,7 @@ def decode_normals(normals: np.ndarray) -> np.ndarray:
     return np.asarray(normals, dtype=np.float32) / 127.0
 
 
-def _load_array(path: Path, dtype: type, item_shape: tuple[int, ...]) -> np.ndarray:
+def load_array(path: Path, dtype: type, item_shape: tuple[int, ...]) -> np.ndarray:
     if not path.is_file():
         raise InputError("missing", path)
     try:
@@ -144,7 +144,7 @@ def _load_array(path: Path, dtype: type, item_shape: tuple[int, ...]) -> np.ndar
     return array
 
 
-def _load_objects(path: Path) -> list[dict]:
+def load_objects(path: Path) -> list[dict]:
     try:
         objects = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

@@ -35,6 +35,10 @@ class ObjectSource:
     def key(self) -> dict:
         """What the object's content depends on: the generator's version and seed, or the file's identity."""
         if self.path is None:
+            if self.category == "head":
+                from ..heads import HEAD_GENERATOR_VERSION
+
+                return {"category": self.category, "seed": self.seed, "generator": HEAD_GENERATOR_VERSION}
             return {"category": self.category, "seed": self.seed, "generator": shapes.GENERATOR_VERSION}
         stat = Path(self.path).stat()
         return {"path": str(Path(self.path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}

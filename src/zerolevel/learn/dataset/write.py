@@ -8,7 +8,7 @@ import json
 import multiprocessing
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,7 +58,7 @@ def write_dataset(root: str | Path, sources: Sequence[ObjectSource], settings: D
     try:
         (root / "dataset.json").unlink(missing_ok=True)  # unfinished from here until the end
         todo = [s for s in sources if not _part_done(root, s, settings)]
-        _build_parts(root, todo, settings, workers, progress, len(sources))
+        build_parts(build_part, root, todo, settings, workers, progress, len(sources))
         splits = split_objects(sources, fractions, seed)
         info = _assemble(root, splits, settings, seed, source_info)
     except InputError:
@@ -101,29 +101,35 @@ def _part_key(source: ObjectSource, settings: DatasetSettings) -> str:
 
 def _part_done(root: Path, source: ObjectSource, settings: DatasetSettings) -> bool:
     """True when the object's cached part and mesh exist and were made from the same key."""
-    path = part_path(root, source.id)
-    if not (path.is_file() and mesh_path(root, source.id).is_file()):
+    return mesh_path(root, source.id).is_file() and part_matches(part_path(root, source.id),
+                                                                 _part_key(source, settings))
+
+
+def part_matches(path: Path, key: str) -> bool:
+    """True when the cached part `path` exists, reads, and was made from `key`."""
+    if not path.is_file():
         return False
     try:
         with np.load(path) as part:
-            return str(part["key"]) == _part_key(source, settings)
+            return str(part["key"]) == key
     except Exception:  # a damaged cache file is simply redone
         return False
 
 
-def _build_parts(root: Path, todo: Sequence[ObjectSource], settings: DatasetSettings, workers: int,
-                 progress: bool, total: int) -> None:
-    """Build the missing parts, in this process or (many objects, workers > 1) in a process pool."""
+def build_parts(build: Callable[[Path, ObjectSource, object], float], root: Path, todo: Sequence[ObjectSource],
+                settings: object, workers: int, progress: bool, total: int) -> None:
+    """`build(root, source, settings)` for each missing part, in this process or (many objects,
+    workers > 1) in a process pool; `build` must be a module-level function (it is pickled)."""
     bar = tqdm(total=total, initial=total - len(todo), desc="dataset", unit="obj", disable=not progress)
     try:
         if workers <= 1 or len(todo) < 4 * workers:
             for source in todo:
-                build_part(root, source, settings)
+                build(root, source, settings)
                 bar.update(1)
             return
         context = multiprocessing.get_context("spawn")  # no fork of a process holding torch's threads
         with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_worker_init) as pool:
-            futures = [pool.submit(build_part, root, source, settings) for source in todo]
+            futures = [pool.submit(build, root, source, settings) for source in todo]
             try:
                 for future in as_completed(futures):
                     future.result()
