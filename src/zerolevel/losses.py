@@ -110,6 +110,20 @@ def eikonal_loss(gradient: Tensor) -> Tensor:
     return (gradient.norm(dim=-1) - 1.0).square().mean()
 
 
+def surface_sdf_loss(distance: Tensor, gradient: Tensor, normals: Tensor, w_distance: float = 1.0,
+                     w_normal: float = 1.0) -> Tensor:
+    """PHORHUM's L_g on surface samples: mean of w_distance |f| + w_normal |grad f / |grad f| - n|
+    ((...,) distances, (..., 3) gradients and true unit normals -> scalar)."""
+    direction = torch.nn.functional.normalize(gradient, dim=-1, eps=1e-9)
+    return (w_distance * distance.abs() + w_normal * (direction - normals).norm(dim=-1)).mean()
+
+
+def inside_label_loss(distance: Tensor, inside: Tensor, sharpness: Tensor | float) -> Tensor:
+    """PHORHUM's L_l: mean binary cross-entropy of the inside labels against sigmoid(-k f)
+    ((...,) distances and bool labels, k > 0 the sharpness) -> scalar."""
+    return torch.nn.functional.binary_cross_entropy_with_logits(-sharpness * distance, inside.to(distance.dtype))
+
+
 def eikonal_residual_loss(residual: Tensor) -> Tensor:
     """Mean of residual^2 for residuals |grad f| - 1 that a renderer computed ((M,) -> scalar; 0
     for none)."""

@@ -84,6 +84,14 @@ def _normals() -> TrainParts:
     return TrainParts(train, NormalsTrainConfig, partial(load_model, network=NormalsNet), predict_no_mesh)
 
 
+def _phorhum() -> TrainParts:
+    from .learn.phorhum import PhorhumNet
+    from .learn.phorhum_predict import predict_head
+    from .learn.phorhum_train import PhorhumTrainConfig, train
+    from .learn.predict import load_model
+    return TrainParts(train, PhorhumTrainConfig, partial(load_model, network=PhorhumNet), predict_head)
+
+
 # Default iterations: where the benchmarks of record (benchmarks/results/multiview*.md) reach their
 # goals; the tet-grid fit's steps are ~3x dearer at its finest level, so it takes fewer.
 REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
@@ -99,6 +107,9 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
           "masks (Wu et al.)", 50_000, _tetnet),
     Entry("normals", "train", "pix2pix: RGBA image to normal map, U-Net and PatchGAN, L1 + GAN (the "
           "normal maps Wu et al. train tetnet on; zerolevel predict-normals)", 20_000, _normals),
+    Entry("phorhum", "train", "PHORHUM for heads: a photograph to a pixel-aligned SDF + albedo and a shading "
+          "network, trained on a head dataset's 3D samples and photographs (zerolevel dataset --generate heads)",
+          20_000, _phorhum),
 ]}
 
 DEFAULT_FIT = "supernormal"

@@ -22,7 +22,7 @@ from ..errors import InputError
 from ..images import write_normal_png
 from .dataset.views import normals_to_int8
 from .pix2pix import NormalsNet
-from .predict import _check_image, load_model
+from .predict import check_image, load_model
 from .sampling import split_images
 
 NORMAL_FORMATS = ("png", "npy")  # what predict-normals writes, by the output's extension
@@ -44,7 +44,7 @@ def predict_normal_map(net: NormalsNet, image: np.ndarray, source: str = "image"
     """(S, S, 3) float32 unit normals (0 on the background) of one (S, S, 4) uint8 RGBA image (RGB
     premultiplied by alpha, as the dataset's), in the network's `config.space` (world, or the image's
     camera frame); InputError for a wrong size or an empty alpha."""
-    _check_image(image, net.config.image_size, source)
+    check_image(image, net.config.image_size, source)
     parameter = next(net.parameters())
     batch = torch.from_numpy(np.ascontiguousarray(image)).to(parameter.device).permute(2, 0, 1)[None]
     return predict_normals(net, batch.to(parameter.dtype) / 255)[0].float().cpu().numpy()

@@ -23,11 +23,12 @@ import trimesh
 
 from ..errors import InputError
 from ..optim.loop import load_checkpoint
+from .phorhum import PhorhumNet
 from .pix2pix import NormalsNet
 from .softras_net import SoftRasNet
 from .tetnet import TetNet
 
-NETWORKS: dict[str, type] = {cls.__name__: cls for cls in (SoftRasNet, TetNet, NormalsNet)}
+NETWORKS: dict[str, type] = {cls.__name__: cls for cls in (SoftRasNet, TetNet, NormalsNet, PhorhumNet)}
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -128,7 +129,7 @@ def network_outputs(net: torch.nn.Module, images: list[np.ndarray] | np.ndarray,
     images = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
     sources = sources or [f"image {k}" for k in range(len(images))]
     for image, source in zip(images, sources):
-        _check_image(image, net.config.image_size, source)
+        check_image(image, net.config.image_size, source)
     parameter = next(net.parameters())
     was_training = net.training
     net.eval()
@@ -139,7 +140,7 @@ def network_outputs(net: torch.nn.Module, images: list[np.ndarray] | np.ndarray,
     return outputs
 
 
-def _check_image(image: np.ndarray, size: int, source: str) -> None:
+def check_image(image: np.ndarray, size: int, source: str) -> None:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.shape != (size, size, 4):
         raise InputError(f"the network takes {size}x{size} RGBA uint8 images, got {image.dtype} "

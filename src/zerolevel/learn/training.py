@@ -264,7 +264,7 @@ def adam(parameters: Any, config: TrainingConfig) -> torch.optim.Adam:
 def run_training(make_task: Any, dataset: Any, run_dir: str | Path, config: TrainingConfig, name: str,
                  device: str | torch.device | None = None, *, val: Any = None, resume: bool = False,
                  progress: bool = True, threads: int | None = None, desc: str = "training",
-                 normals: bool = False) -> TrainResult:
+                 normals: bool = False, open_fn: Any = None, check_fn: Any = None) -> TrainResult:
     """Train a network through the shared loop and write the run folder.
 
     Args:
@@ -279,6 +279,9 @@ def run_training(make_task: Any, dataset: Any, run_dir: str | Path, config: Trai
         resume: continue from run_dir/checkpoint.pt when it exists.
         threads: torch CPU threads of this process while training (restored afterwards).
         normals: the splits must hold normal maps (read from a folder with them).
+        open_fn, check_fn: how a dataset of another format is opened, (dataset, train split name, val
+            split name or None, val) -> (train, val), and checked, (split, name) -> None (raising
+            InputError); default: the ring datasets' (`sampling.open_splits`, `sampling.check_split`).
     Returns:
         TrainResult (rank 0's view; every process returns one).
     Raises:
@@ -290,8 +293,11 @@ def run_training(make_task: Any, dataset: Any, run_dir: str | Path, config: Trai
     device = resolve_device(device)
     dist = join(device)
     try:
-        train_split, val_split = open_splits(dataset, config.train_split, config.val_split, val, normals=normals)
-        check_split(train_split, config.train_split)
+        if open_fn is None:
+            train_split, val_split = open_splits(dataset, config.train_split, config.val_split, val, normals=normals)
+        else:
+            train_split, val_split = open_fn(dataset, config.train_split, config.val_split, val)
+        (check_fn or check_split)(train_split, config.train_split)
         if config.batch_size % dist.world:
             raise ValueError(f"batch size {config.batch_size} is not divisible by {dist.world} processes")
         torch.manual_seed(config.seed)
