@@ -163,3 +163,26 @@ def test_command_line_trains_predicts_and_refuses_bad_input(heads, tmp_path, cap
     assert main(["predict", str(run), str(big), "-o", str(tmp_path / "x.ply")]) == 2
     assert_one_line_error(capsys.readouterr().err, "big.png")
     assert not (tmp_path / "x.ply").exists()
+
+
+@pytest.fixture(scope="module")
+def one_head(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phorhum") / "one"
+    write_head_dataset(root, 1, HeadDatasetSettings(views=2, resolution=32, supersample=1, surface_samples=100,
+                                                    near_samples=100, far_samples=10),
+                       fractions=(1.0, 0.0, 0.0), seed=3, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("term", ["silhouette", "render_albedo"])
+def test_rendering_losses_alone_teach_the_network(one_head, tmp_path, term):
+    """With every other weight 0, the sphere-traced terms of whole 32^2 photographs of one head still
+    lower themselves: their gradients reach the network through the traced hits (implicit
+    differentiation) and the soft mask."""
+    weights = {"w_g1_start": 0.0, "w_g1_end": 0.0, "w_g2": 0.0, "w_l": 0.0, "w_e": 0.0, "w_a": 0.0, "w_s": 0.0,
+               "w_c": 0.0, "w_r": 0.0, "w_m": 0.0}
+    weights[{"silhouette": "w_m", "render_albedo": "w_c"}[term]] = 1.0
+    train(one_head, tmp_path / "run", config(iterations=20, lr=2e-3, val_split=None, batch_size=1, render_heads=1,
+                                             **weights), "cpu", progress=False)
+    values = [row[term] for row in read_log(tmp_path / "run" / "log.jsonl") if term in row]
+    assert np.mean(values[-5:]) < 0.8 * np.mean(values[:5])

@@ -193,13 +193,26 @@ class PhorhumNet(nn.Module):
         sees every parameter used): at world points (B, N, 3) of the photographs' heads the distance
         "d" (B, N), "albedo" (B, N, 3) and the distance's "gradient" (B, N, 3, differentiable), the
         "shading" (B, M, 3) of the unit `shading_normals` (B, M, 3) under each photograph's light, and
-        the label loss's "sharpness" k."""
+        the label loss's "sharpness" k, and the photographs' "features" and light "codes" (for
+        rendering, `query` and `shade`)."""
         features, codes = self.encode(images)
         d, albedo, gradient = self.sdf_with_normals(features, cameras, points)
-        out = {"d": d, "albedo": albedo, "gradient": gradient, "sharpness": self.log_sharpness.exp()}
+        out = {"d": d, "albedo": albedo, "gradient": gradient, "sharpness": self.log_sharpness.exp(),
+               "features": features, "codes": codes}
         if shading_normals is not None:
             out["shading"] = self.shade(shading_normals, codes)
         return out
+
+    def field(self, features: Tensor, camera: Cameras):
+        """The head of one photograph as a field for the sphere tracer: points (..., 3) -> d (...);
+        `features` (1, F, h, w) and `camera` (1 camera) of that photograph."""
+        def distance(points: Tensor) -> Tensor:
+            d, _ = self.query(features, camera, points.reshape(1, -1, 3))
+            return d.reshape(points.shape[:-1])
+
+        # what the tracer asks a field to decide whether its outputs need gradients (and their dtype)
+        distance.parameters = lambda: iter([features, *self.parameters()])  # type: ignore[attr-defined]
+        return distance
 
     def sdf_with_normals(self, features: Tensor, cameras: Cameras, points: Tensor,
                          create_graph: bool = True) -> tuple[Tensor, Tensor, Tensor]:

@@ -18,7 +18,18 @@ photograph's camera, at `surface_points` points of the head's set O and `label_p
                     illumination code learn the photograph's light from the true albedo and normals
                     (the thesis's eq. 5.13)
 
-    loss = L_g + w_l L_l + w_e L_e + w_a L_a + w_s L_s
+and, on a `patch` x `patch` window of the photograph (around a random head pixel) of the first
+`render_heads` samples, sphere-traced front and back through the network's field (`render.spheretrace`,
+the exit point by the same march from the far side):
+
+    L_c  (render albedo)   mean over the pixels the head covers and the trace hits of |a(x_f) - a_true
+                           front| + (where the back is hit) |a(x_b) - a_true back| (eq. 5.11)
+    L_r  (render shading)  mean over those pixels of |a(x_f) * S(n(x_f), code) - pixel colour|, with the
+                           traced point's predicted albedo and normal (eq. 5.12)
+    L_m  (silhouette)      BCE of the soft mask sigmoid(-k min_t d(o + t r)) (eq. 5.10, k the label
+                           loss's) against the photograph's coverage
+
+    loss = L_g + w_l L_l + w_e L_e + w_a L_a + w_s L_s + w_c L_c + w_r L_r + w_m L_m
 
 Defaults: the thesis's weights (w_g2 1, w_l 0.2, w_e 0.1, w_a1 0.5, w_a2 0.3, w_s 50 -> 1 here: the
 thesis's 50 is for its RGB scale; see `PhorhumTrainConfig`).
@@ -43,9 +54,11 @@ from .. import losses as L
 from ..cameras import Cameras
 from ..errors import InputError
 from ..optim.distributed import Distributed
+from ..render.spheretrace import sphere_trace
 from .phorhum import PhorhumNet
 from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
 
+TRACE_RADIUS = 0.65  # the tracer's bounding sphere (head units): holds every generated head
 VISIBLE_DEPTH = 0.01  # a surface point is seen when its depth is within this of the depth map's (head units)
 
 
@@ -71,6 +84,12 @@ class PhorhumTrainConfig(TrainingConfig):
     w_a1: float = 0.5
     w_a2: float = 0.3
     w_s: float = 1.0
+    render_heads: int = 2              # samples of the batch rendered per step (0: no rendering losses)
+    patch: int = 32                    # the thesis's 32 x 32 patches
+    trace_steps: int = 48              # sphere-tracing steps per ray
+    w_c: float = 1.0
+    w_r: float = 1.0
+    w_m: float = 1.0
     batch_size: int = 8
     lr: float = 5e-4
     iterations: int = 20_000
@@ -82,8 +101,10 @@ class PhorhumTrainConfig(TrainingConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.channels = tuple(int(c) for c in self.channels)
-        if min(self.surface_points, self.label_points) < 1 or self.w_g1_ramp < 0:
-            raise ValueError("surface_points and label_points must be positive, w_g1_ramp >= 0")
+        if min(self.surface_points, self.label_points, self.patch, self.trace_steps) < 1 or self.w_g1_ramp < 0 \
+                or self.render_heads < 0:
+            raise ValueError("surface_points, label_points, patch and trace_steps must be positive, "
+                             "w_g1_ramp and render_heads >= 0")
 
     def w_g1(self, iteration: int) -> float:
         """lambda_g1 at a 0-based iteration."""
@@ -106,6 +127,8 @@ class HeadBatch:
     labels: Tensor        # (B, n_F) bool inside
     point_albedo: Tensor  # (B, n_F, 3)
     decay: float
+    corners: Tensor       # (R, 2) top-left (column, row) of the rendered samples' patches
+    patches: dict[str, Tensor]  # the rendered samples' patches: "albedo", "back_albedo", "colour" (R, k, k, 3), "mask" (R, k, k)
 
 
 def head_images(split: Any, objects: np.ndarray, views: np.ndarray, device: torch.device,
@@ -130,8 +153,9 @@ def head_cameras(split: Any, objects: np.ndarray, views: np.ndarray, device: tor
 class PhorhumTraining(TrainingTask):
     """The head network's task for the shared loop (the losses of the module docstring)."""
 
-    loss_names = ("loss", "surface", "label", "eikonal", "albedo", "shading")
-    plotted = ("surface", "label", "eikonal", "albedo", "shading")
+    loss_names = ("loss", "surface", "label", "eikonal", "albedo", "shading", "render_albedo", "render_shading",
+                  "silhouette")
+    plotted = loss_names[1:]
     validation = ("val_iou", "inside IoU of the points F")
 
     def __init__(self, *args: Any, **kwargs: Any):
@@ -149,6 +173,8 @@ class PhorhumTraining(TrainingTask):
         pick_f = np.sort(self.sample_rng.integers(0, n_f, (cfg.batch_size, cfg.label_points)), axis=1)[self.shard]
         objects, views = objects[self.shard], views[self.shard]
         rows = objects[:, None]
+        rendered = math.ceil(min(cfg.render_heads, cfg.batch_size) * len(objects) / cfg.batch_size)
+        corners = self.patch_corners(objects, views, cfg.batch_size)[:rendered]
 
         def tensor(array: np.ndarray) -> Tensor:
             return torch.from_numpy(np.ascontiguousarray(array)).to(device)
@@ -159,7 +185,37 @@ class PhorhumTraining(TrainingTask):
             tensor(split.depth[objects, views]).to(dtype),
             tensor(split.surface[rows, pick_o]).to(dtype), tensor(split.points[rows, pick_f]).to(dtype),
             tensor(split.labels[rows, pick_f]), tensor(split.point_albedo[rows, pick_f]).to(dtype) / 255.0,
-            cfg.decay_factor(iteration, self.decay_from))
+            cfg.decay_factor(iteration, self.decay_from), torch.from_numpy(corners),
+            self.patches(objects[:rendered], views[:rendered], corners))
+
+    def patch_corners(self, objects: np.ndarray, views: np.ndarray, global_batch: int) -> np.ndarray:
+        """(B, 2) top-left (column, row) of a patch around a random head pixel of each photograph, the
+        patch inside the image; one draw for the global batch, so every process draws the same."""
+        split, k = self.train_split, self.config.patch
+        S = int(split.images.shape[2])
+        if k > S:
+            raise InputError(f"patch {k} is larger than the {S}x{S} photographs: set patch <= {S}")
+        pick = self.sample_rng.random((global_batch,))[self.shard]
+        corners = np.zeros((len(objects), 2), dtype=np.int64)
+        for n, (o, v) in enumerate(zip(objects, views)):
+            rows, cols = np.nonzero(np.asarray(split.masks[o, v]) > 0)
+            at = int(pick[n] * len(rows)) if len(rows) else 0
+            centre = np.array([cols[at], rows[at]]) if len(rows) else np.array([S // 2, S // 2])
+            corners[n] = np.clip(centre - k // 2, 0, S - k)
+        return corners
+
+    def patches(self, objects: np.ndarray, views: np.ndarray, corners: np.ndarray) -> dict[str, Tensor]:
+        """The rendered samples' k x k windows of albedo, back albedo, colour (in [0, 1]) and coverage."""
+        split, k, device, dtype = self.train_split, self.config.patch, self.device, self.config.torch_dtype
+        out: dict[str, list] = {"albedo": [], "back_albedo": [], "colour": [], "mask": []}
+        for o, v, (c, r) in zip(objects, views, corners):
+            window = (o, v, slice(r, r + k), slice(c, c + k))
+            for name, array in (("albedo", split.albedo), ("back_albedo", split.back_albedo),
+                                ("colour", split.images), ("mask", split.masks)):
+                out[name].append(np.asarray(array[window]))
+        shape = {"albedo": (0, k, k, 3), "back_albedo": (0, k, k, 3), "colour": (0, k, k, 3), "mask": (0, k, k)}
+        return {name: (torch.from_numpy(np.stack(values)) if values else torch.zeros(shape[name]))
+                .to(device, dtype) / 255.0 for name, values in out.items()}
 
     def step(self, iteration: int) -> dict[str, float]:
         self.iteration = iteration
@@ -178,8 +234,40 @@ class PhorhumTraining(TrainingTask):
             cfg.w_a2 * (predicted_albedo[:, n_o:] - batch.point_albedo).abs().mean()
         shading = shading_loss(batch, albedo * out["shading"])
         loss = surface + cfg.w_l * label + cfg.w_e * eikonal + cfg.w_a * albedo_loss + cfg.w_s * shading
-        return {"loss": loss, "surface": surface, "label": label, "eikonal": eikonal, "albedo": albedo_loss,
-                "shading": shading}
+        parts = {"surface": surface, "label": label, "eikonal": eikonal, "albedo": albedo_loss, "shading": shading}
+        if len(batch.corners):
+            rendered = self.render_losses(batch, out["features"], out["codes"], out["sharpness"])
+            loss = loss + cfg.w_c * rendered["render_albedo"] + cfg.w_r * rendered["render_shading"] + \
+                cfg.w_m * rendered["silhouette"]
+            parts.update(rendered)
+        else:
+            parts.update({name: loss.new_zeros(()) for name in ("render_albedo", "render_shading", "silhouette")})
+        return {"loss": loss, **parts}
+
+    def render_losses(self, batch: HeadBatch, features: Tensor, codes: Tensor, sharpness: Tensor
+                      ) -> dict[str, Tensor]:
+        """L_c, L_r and L_m (the module docstring) of the rendered samples' patches, means over them."""
+        cfg, net = self.config, self.net
+        terms: dict[str, list[Tensor]] = {"render_albedo": [], "render_shading": [], "silhouette": []}
+        for i, corner in enumerate(batch.corners):
+            camera = batch.cameras[i]
+            origins, directions = camera.patch_rays(corner[None], cfg.patch)
+            trace = sphere_trace(net.field(features[i:i + 1], camera), origins[0, 0], directions[0, 0],
+                                 radius=TRACE_RADIUS, max_steps=cfg.trace_steps, relax=0.9, back=True,
+                                 soft_k=float(sharpness.detach()))
+            covered = batch.patches["mask"][i] >= 1.0
+            front, back = trace["mask"] & covered, trace["back_mask"] & covered
+            points = torch.cat([trace["position"][front], trace["back_position"][back]])
+            _, albedo = net.query(features[i:i + 1], camera, points[None])
+            a_front, a_back = albedo[0, :int(front.sum())], albedo[0, int(front.sum()):]
+            error = (a_front - batch.patches["albedo"][i][front]).abs().sum(-1)
+            error_back = (a_back - batch.patches["back_albedo"][i][back]).abs().sum(-1)
+            terms["render_albedo"].append((error.sum() + error_back.sum()) / front.sum().clamp_min(1))
+            shaded = a_front * net.shade(trace["normal"][front][None], codes[i:i + 1])[0]
+            terms["render_shading"].append((shaded - batch.patches["colour"][i][front]).abs().sum(-1).mean()
+                                           if front.any() else shaded.sum())
+            terms["silhouette"].append(L.mask_bce(trace["soft_mask"], batch.patches["mask"][i]))
+        return {name: torch.stack(values).mean() for name, values in terms.items()}
 
     def evaluate(self, iteration: int) -> dict[str, float]:
         """The inside IoU of F and the albedo error on O of the first `val_objects` validation heads
