@@ -186,3 +186,25 @@ def test_rendering_losses_alone_teach_the_network(one_head, tmp_path, term):
                                              **weights), "cpu", progress=False)
     values = [row[term] for row in read_log(tmp_path / "run" / "log.jsonl") if term in row]
     assert np.mean(values[-5:]) < 0.8 * np.mean(values[:5])
+
+
+def test_evaluation_scores_the_truth_perfectly_and_the_mean_head_less(heads):
+    from scipy.spatial import cKDTree
+
+    from zerolevel.learn.heads import generate_head
+    from zerolevel.learn.phorhum_eval import (HeadPrediction, evaluate_heads, head_seeds, mean_figures,
+                                              mean_head_predictions)
+
+    test, train_split = load_head_split(heads, "test"), load_head_split(heads, "train")
+    seeds = head_seeds(test)
+    truths = [generate_head(seeds[test.ids[i]]) for i in range(len(test))]
+    exact = [HeadPrediction(h.outer_mesh(), lambda p, h=h: h.albedo[cKDTree(h.vertices).query(p)[1]])
+             for h in truths]
+    indices = list(range(len(test)))
+    perfect = mean_figures(evaluate_heads(exact, test, indices, samples=20_000))
+    mean = mean_figures(evaluate_heads(mean_head_predictions(test, indices, train_split), test, indices,
+                                       samples=20_000))
+    assert perfect["F@1.0% face"] > 0.97 and perfect["F@1.0% head"] > 0.97
+    assert perfect["normal consistency face"] > 0.95 and perfect["albedo PSNR face"] > 25
+    assert perfect["silhouette IoU"] > 0.85  # the 32^2 mask is antialiased; the render is one ray a pixel
+    assert mean["F@0.5% face"] < perfect["F@0.5% face"] - 0.1 and mean["albedo PSNR face"] < perfect["albedo PSNR face"]

@@ -18,7 +18,9 @@ What is kept and how (the generator, `zerolevel.learn.heads`, reads the result):
   gives (the eyeball centres, the mouth loop): `lips`, `brows`, `cheeks`, `scalp` (hair line upwards and
   the back of the head), `mouth` (the mouth cap), `eye_socket` (the eye caps), and on the eyeballs
   `iris`, `pupil` (cones of `IRIS_DEG`, `PUPIL_DEG` about the neutral gaze, +z: the source's iris
-  material covers a hemisphere, not the iris) and `sclera` (the rest).
+  material covers a hemisphere, not the iris) and `sclera` (the rest); `face`, the region the
+  evaluation scores apart: the source's `face` part below the scalp, in front of the ears and above the
+  throat, its mouth and eye caps, the eyeballs.
 
     pip install -e '.[derive]'          # fast-simplification: only this script needs it
     python tools/derive_head_model.py   # reads ../shared/data/ict_facekit, writes src/zerolevel/data/
@@ -40,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT.parent / "shared" / "data" / "ict_facekit"
 TARGET = ROOT / "src" / "zerolevel" / "data"
 SKIPPED_EXPRESSIONS = ("PupilDilate", "eyeLook")  # change no outer shape a single image shows
-REGIONS = ("lips", "brows", "cheeks", "scalp", "mouth", "eye_socket", "iris", "pupil", "sclera")
+REGIONS = ("lips", "brows", "cheeks", "scalp", "mouth", "eye_socket", "iris", "pupil", "sclera", "face")
 IRIS_DEG, PUPIL_DEG = 30.0, 12.0  # half-angles of the iris and pupil about the eyeball's gaze (+z)
 
 
@@ -187,12 +189,18 @@ def skin_regions(V: np.ndarray, loops, kinds, packed, parts: dict) -> np.ndarray
     hairline = eye_y + 5.5 - 9.5 * depth
     out[:, 3] = smoothstep(hairline - 0.3, hairline + 0.8, V[:, 1]) * smoothstep(-4.0, -1.0, -np.abs(V[:, 0]) + 9.0)
     n_skin = len(V) - len(loops)
+    # the face: the source's face part without the scalp, ears (behind the eyes by 4 cm) and throat
+    # (below the mouth by 5 cm)
+    face_part = np.arange(len(V)) <= parts["face"]["vertices"][1]
+    eye_z = float(np.mean([e[2] for e in eye_centres]))
+    out[:, REGIONS.index("face")] = face_part * (out[:, 3] < 0.5) * (V[:, 2] > eye_z - 4.0) * (V[:, 1] > mc[1] - 5.0)
     for k, kind in enumerate(kinds):
         if kind == "mouth":
             out[n_skin + k, 4] = 1.0
             out[loops[k], 4] = 0.5
         elif kind == "eye":
             out[n_skin + k, 5] = 1.0
+        out[n_skin + k, REGIONS.index("face")] = float(kind != "neck")
     return out
 
 
@@ -216,6 +224,7 @@ def eyeball(packed, part: dict, modes: np.ndarray):
     regions[:, REGIONS.index("pupil")] = pupil
     regions[:, REGIONS.index("iris")] = iris
     regions[:, REGIONS.index("sclera")] = 1.0 - iris - pupil
+    regions[:, REGIONS.index("face")] = 1.0
     _, nearest = cKDTree(packed["neutral"][v0:v1]).query(points)
     attrs = modes[:, v0:v1][:, nearest].transpose(1, 0, 2).reshape(len(points), -1).astype(np.float64)
     return mesh, attrs, regions

@@ -195,6 +195,23 @@ class Head:
             out.append(trimesh.Trimesh(self.vertices[used], remap[faces], process=False))
         return out
 
+    def outer_mesh(self) -> trimesh.Trimesh:
+        """The union's surface: every piece's faces but those (by centroid) inside another piece (the
+        eyeballs' backs, the eye caps in front of the eyeballs), with the albedo as vertex colours."""
+        centroids = self.vertices[self.faces].mean(axis=1)
+        owner = self.part[self.faces[:, 0]]
+        hidden = np.zeros(len(self.faces), dtype=bool)
+        for label, piece in enumerate(self.pieces()):
+            others = owner != label
+            lo, hi = piece.bounds
+            near = others & np.all((centroids >= lo) & (centroids <= hi), axis=1)
+            if near.any():
+                hidden[near] = piece.contains(centroids[near])
+        mesh = self.mesh()
+        mesh.update_faces(~hidden)
+        mesh.remove_unreferenced_vertices()
+        return mesh
+
     def contains(self, points: np.ndarray) -> np.ndarray:
         """(M,) bool: inside the union of the skin and the eyeballs."""
         points = np.asarray(points, dtype=np.float64)

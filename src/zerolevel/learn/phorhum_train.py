@@ -76,7 +76,7 @@ class PhorhumTrainConfig(TrainingConfig):
     label_points: int = 1024           # per sample and step, of the head's set F
     w_g1_start: float = 1.0            # the thesis: lambda_g1 linearly from 1 to 15
     w_g1_end: float = 15.0
-    w_g1_ramp: int = 2000              # iterations of the rise (then constant)
+    w_g1_ramp: int = 1000              # iterations of the rise (then constant)
     w_g2: float = 1.0
     w_l: float = 0.2
     w_e: float = 0.1

@@ -241,10 +241,12 @@ def sample_sets(head: Head, rng: np.random.Generator, settings: HeadDatasetSetti
             "labels": head.contains(points), "point_albedo": _to_byte(dense[nearest, 6:9])}
 
 
-def surface_samples(head: Head, mesh: trimesh.Trimesh, rng: np.random.Generator, count: int) -> np.ndarray:
-    """(count, 9) points on the union's surface (parts of a piece inside another left out) with the
-    interpolated unit normal and albedo; area-weighted."""
-    kept = np.zeros((0, 9))
+def surface_samples(head: Head, mesh: trimesh.Trimesh, rng: np.random.Generator, count: int,
+                    attributes: np.ndarray | None = None) -> np.ndarray:
+    """(count, 6 + C) points on the union's surface (parts of a piece inside another left out) with the
+    interpolated unit normal and per-vertex `attributes` (N, C) (default: the albedo); area-weighted."""
+    attributes = head.albedo if attributes is None else attributes
+    kept = np.zeros((0, 6 + attributes.shape[1]))
     normals = mesh.vertex_normals  # per piece: the pieces share no vertices
     while len(kept) < count:
         n = int(1.3 * (count - len(kept))) + 16
@@ -257,7 +259,7 @@ def surface_samples(head: Head, mesh: trimesh.Trimesh, rng: np.random.Generator,
         points = np.einsum("mk,mkc->mc", bary, mesh.vertices[corners])
         normal = np.einsum("mk,mkc->mc", bary, normals[corners])
         normal /= np.linalg.norm(normal, axis=1, keepdims=True)
-        albedo = np.einsum("mk,mkc->mc", bary, head.albedo[corners])
+        albedo = np.einsum("mk,mkc->mc", bary, attributes[corners])
         hidden = _inside_other_piece(head, points, head.part[corners[:, 0]])
         kept = np.concatenate([kept, np.concatenate([points, normal, albedo], axis=1)[~hidden]])
     return kept[:count]

@@ -1,0 +1,147 @@
+"""A 3D head from one photograph (PHORHUM, as the thesis adapts it to heads), on 2 CPU cores: the
+head network after a wall-clock training budget, beside the model's mean head (issue 18).
+
+1. Data: `write_head_dataset(--count heads)` as `zerolevel dataset --generate heads` makes it (4
+   photographs per head at 128^2, 80/10/10 split by identity), cached outside the repository (`--data`,
+   default `<system temp>/zerolevel-bench/phorhum-<count>-seed<seed>`); a rerun reuses it.
+2. Rows (`--rows`):
+   - "mean head": the model's mean head placed by each photograph's camera, the training heads' mean
+     albedo (`phorhum_eval.mean_head_predictions`);
+   - "phorhum": `learn.phorhum_train` with its defaults (`--set KEY=VALUE` overrides any
+     `PhorhumTrainConfig` field of the network rows), trained from scratch (seed 0, no validation) for
+     `--budget` wall-clock seconds of its loop, the decay (x0.3) after 0.75 of the budget;
+   - "phorhum, no rendering losses": the same with render_heads=0 (the ablation of the sphere-traced
+     patch losses).
+3. Scores (`phorhum_eval.evaluate_heads`): the first `--test-heads` test heads, each from its first
+   photograph with the dataset's camera; Chamfer, F@0.5% / F@1% (of the true head's bounding-box
+   diagonal) and normal consistency over the whole head and over the face region, the albedo PSNR on
+   the face, the silhouette IoU; means over the heads.
+
+    python benchmarks/phorhum.py            # the command of record: 400 heads, 3600 s per network row
+    python benchmarks/phorhum.py --count 8 --budget 20 --test-heads 2 --name scratch_phorhum   # quick check
+
+Writes results/<name>.md and .json, and a picture of the first test heads' predictions
+(<name>_gallery.png: photograph, predicted albedo-coloured mesh, the truth, each rendered in the
+photograph's camera).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from _report import limit_threads, write_report  # noqa: E402
+
+ROWS = ("mean", "phorhum", "phorhum-no-render")
+TITLES = {"mean": "mean head", "phorhum": "phorhum", "phorhum-no-render": "phorhum, no rendering losses"}
+FIGURES = ("F@0.5% face", "F@1.0% face", "Chamfer face", "normal consistency face", "F@0.5% head", "F@1.0% head",
+           "Chamfer head", "normal consistency head", "albedo PSNR face", "silhouette IoU")
+DECAY_AT_BUDGET = 0.75
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", nargs="+", default=["mean", "phorhum"], choices=ROWS)
+    parser.add_argument("--count", type=int, default=400, help="heads in the dataset (default 400)")
+    parser.add_argument("--budget", type=float, default=3600.0, help="training seconds per network (default 3600)")
+    parser.add_argument("--test-heads", type=int, default=20, help="test heads scored (default 20)")
+    parser.add_argument("--resolution", type=int, default=128, help="marching-cubes samples per axis (default 128)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PhorhumTrainConfig settings")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", type=Path, help="dataset folder (made if missing)")
+    parser.add_argument("--runs", type=Path, help="where the training runs go (default: a temporary folder)")
+    parser.add_argument("--name", default="phorhum")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parse(argv)
+    limit_threads(args.threads)  # before numpy / torch load
+    import torch
+
+    from zerolevel.learn.dataset.heads import HeadDatasetSettings, load_head_split, write_head_dataset
+    from zerolevel.learn.phorhum_eval import evaluate_heads, mean_figures, mean_head_predictions, network_predictions
+    from zerolevel.learn.phorhum_train import PhorhumTrainConfig, train
+    from zerolevel.settings import apply_overrides, parse_assignments
+
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    data = args.data or Path(tempfile.gettempdir()) / "zerolevel-bench" / f"phorhum-{args.count}-seed{args.seed}"
+    made = write_head_dataset(data, args.count, HeadDatasetSettings(), seed=args.seed, workers=args.threads)
+    print(f"data {data}: {made.info['splits']}, {made.rendered} made, {made.seconds:.0f} s", flush=True)
+    train_split, test = load_head_split(data, "train"), load_head_split(data, "test")
+    heads = list(range(min(args.test_heads, len(test))))
+    runs = args.runs or Path(tempfile.mkdtemp(prefix="phorhum-runs-"))
+    overrides = parse_assignments(args.set)
+    apply_overrides(PhorhumTrainConfig(), overrides)  # a bad setting stops the run before any training
+    rows, extra = [], {}
+    for key in args.rows:
+        if key == "mean":
+            predictions, trained = mean_head_predictions(test, heads, train_split), None
+        else:
+            settings = {"budget_s": args.budget, "decay_at_budget": DECAY_AT_BUDGET, "val_split": None,
+                        "iterations": 10**9, **({"render_heads": 0} if key == "phorhum-no-render" else {})}
+            config = apply_overrides(PhorhumTrainConfig(**settings), overrides)
+            trained = train(data, runs / key, config, "cpu", progress=False, threads=args.threads)
+            print(f"{key}: {trained.summary()}", flush=True)
+            from zerolevel.learn.phorhum import PhorhumNet
+            from zerolevel.learn.predict import load_model
+            net = load_model(runs / key, network=PhorhumNet)
+            t0 = time.perf_counter()
+            predictions = network_predictions(net, test, heads, args.resolution)
+            extra[key] = f"{(time.perf_counter() - t0) / len(heads):.1f} s per prediction"
+        figures = mean_figures(evaluate_heads(predictions, test, heads))
+        print(f"{key}: {figures}", flush=True)
+        rows.append([TITLES[key], *([trained.iterations, round(trained.seconds)] if trained else ["-", "-"]),
+                     *[figures[f] for f in FIGURES]])
+        if key != "mean":
+            gallery(predictions[:4], test, heads[:4], HERE / "results" / f"{args.name}_gallery.png")
+    command = "python benchmarks/phorhum.py " + " ".join(sys.argv[1:]) if argv is None else \
+        "python benchmarks/phorhum.py " + " ".join(argv)
+    notes = (f"Data: {args.count} generated heads (zerolevel dataset --generate heads defaults: 4 photographs "
+             f"per head at 128^2; splits {made.info['splits']}), cache {data}. Network rows: PhorhumTrainConfig "
+             f"defaults{' with ' + ' '.join(args.set) if args.set else ''}, from scratch, seed 0, until {args.budget:g} s "
+             f"of the loop's wall-clock time, the decay (x0.3) after {DECAY_AT_BUDGET} of it, {args.threads} threads, "
+             f"torch {torch.__version__}. Scores: the first {len(heads)} test heads, each from its first photograph "
+             f"with the dataset's camera; meshes by narrow-band marching cubes at {args.resolution}^3 over the head "
+             f"box; {', '.join(f'{k}: {v}' for k, v in extra.items())}. Distances are fractions of the true head's "
+             f"bounding-box diagonal (~47 cm for the neutral head: 1% ~ 4.7 mm); face: the model's face region "
+             f"(learn.phorhum_eval). Benchmark wall time {time.perf_counter() - t_start:.0f} s.")
+    write_report(args.name, "A head from one photograph: the PHORHUM head network beside the mean head",
+                 command, ["row", "iterations", "seconds", *FIGURES], rows, notes=notes)
+    print((HERE / "results" / f"{args.name}.md").read_text())
+
+
+def gallery(predictions: list, split, heads: list[int], path: Path) -> None:
+    """Per head: the photograph, the prediction and the truth rendered in its camera (albedo-lit)."""
+    import numpy as np
+    import trimesh
+    from PIL import Image
+
+    from zerolevel.learn.phorhum_eval import head_seeds, photograph
+    from zerolevel.learn.heads import generate_head
+    from zerolevel.render.raycast import MeshRayCaster
+
+    seeds, tiles = head_seeds(split), []
+    for prediction, index in zip(predictions, heads):
+        image, camera = photograph(split, index)
+        truth = generate_head(seeds[split.ids[index]])
+        row = [image[..., :3].astype(np.float64) / 255]
+        for mesh, colours in ((prediction.mesh, prediction.albedo(np.asarray(prediction.mesh.vertices))),
+                              (trimesh.Trimesh(truth.vertices, truth.faces, process=False), truth.albedo)):
+            out = MeshRayCaster(mesh, crease_deg=None).render(camera, supersample=2, attributes=colours, ambient=0.35)
+            row.append(out["attributes"][0] * out["image"][0][..., None] + (1 - out["mask"][0][..., None]))
+        tiles.append(np.concatenate(row, axis=1))
+    picture = (np.clip(np.concatenate(tiles, axis=0), 0, 1) * 255).astype(np.uint8)
+    Image.fromarray(picture).save(path)
+
+
+if __name__ == "__main__":
+    main()
