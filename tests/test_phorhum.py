@@ -151,6 +151,10 @@ def test_command_line_trains_predicts_and_refuses_bad_input(heads, tmp_path, cap
     assert main(["predict", str(run), str(photo), "-o", str(tmp_path / "head.ply")]) == 0
     mesh = trimesh.load(tmp_path / "head.ply")
     assert len(mesh.faces) > 100 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    from zerolevel.learn.phorhum_predict import predict_head
+    from zerolevel.learn.predict import load_model
+    direct = predict_head(load_model(run, network=PhorhumNet), image)  # the photograph as it is: not premultiplied
+    assert len(direct.faces) == len(mesh.faces)
     ring = tmp_path / "ring"
     assert main(["dataset", "--generate", "vase", "--count", "3", "--views", "2", "--res", "32", "-o", str(ring),
                  "-q", "--threads", "1"]) == 0
@@ -158,6 +162,11 @@ def test_command_line_trains_predicts_and_refuses_bad_input(heads, tmp_path, cap
     assert main(["train", "phorhum", str(ring), "-o", str(tmp_path / "bad"), "--iters", "1", "-q"]) == 2
     assert_one_line_error(capsys.readouterr().err, "ring")
     assert not (tmp_path / "bad").exists()
+    speck = np.zeros((32, 32, 4), np.uint8)
+    speck[15:17, 15:17] = 255  # 0.4% of the image: not a head photograph
+    Image.fromarray(speck).save(tmp_path / "speck.png")
+    assert main(["predict", str(run), str(tmp_path / "speck.png"), "-o", str(tmp_path / "x.ply")]) == 2
+    assert_one_line_error(capsys.readouterr().err, "face-sized")
     big = tmp_path / "big.png"
     Image.fromarray(np.zeros((64, 64, 4), np.uint8)).save(big)
     assert main(["predict", str(run), str(big), "-o", str(tmp_path / "x.ply")]) == 2

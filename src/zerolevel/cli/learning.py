@@ -376,7 +376,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     net = parts.load_model(args.run, args.device)
     size = net.config.image_size
     masks = args.mask or [None] * len(args.images)
-    images = [_network_input(image, mask, size) for image, mask in zip(args.images, masks)]
+    premultiply = getattr(net, "premultiplied_input", True)  # the head network sees photographs as they are
+    images = [_network_input(image, mask, size, premultiply) for image, mask in zip(args.images, masks)]
     if args.fuse == "max" and not isinstance(net, TetNet):
         raise InputError("--fuse max takes the intersection of predicted solids (SDF values): a tetnet run's; "
                          "SoftRas's meshes are averaged (--fuse mean)", args.run)
@@ -448,9 +449,10 @@ def _refine(args: argparse.Namespace, net, images: list, cameras) -> tuple:
     return refined.mesh, done
 
 
-def _network_input(image: str, mask: str | None, size: int) -> np.ndarray:
-    """(size, size, 4) uint8 RGBA, RGB premultiplied by alpha as the dataset's, from an image file (and a
-    mask); InputError for another size or a silhouette that is empty or covers the whole image."""
+def _network_input(image: str, mask: str | None, size: int, premultiply: bool = True) -> np.ndarray:
+    """(size, size, 4) uint8 RGBA, RGB premultiplied by alpha as the ring datasets' (or as it is, over its
+    background, as the head dataset's photographs), from an image file (and a mask); InputError for
+    another size or a silhouette that is empty or covers the whole image."""
     from ..images import read_rgba
 
     rgba = read_rgba(image, mask)
@@ -466,7 +468,8 @@ def _network_input(image: str, mask: str | None, size: int) -> np.ndarray:
     if foreground.all():
         raise InputError("the silhouette covers the whole image: the object must have background around it",
                          silhouette)
-    rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)  # premultiplied
+    if premultiply:
+        rgba[..., :3] = np.round(rgba[..., :3] * (rgba[..., 3:] / 255.0)).astype(np.uint8)
     return rgba
 
 

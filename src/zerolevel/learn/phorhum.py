@@ -134,6 +134,7 @@ class PhorhumNet(nn.Module):
     """
 
     config_class = PhorhumNetConfig
+    premultiplied_input = False  # photographs over their background, not RGB x alpha as the ring datasets
 
     def __init__(self, **settings):
         super().__init__()

@@ -22,6 +22,7 @@ from ..geometry.narrowband import marching_cubes_narrow_band
 from .phorhum import PhorhumNet
 
 HEAD_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))  # head units: the neutral head's diagonal is 1
+MIN_FOREGROUND = 0.05  # a head photograph's mask covers at least this share of it (the dataset's: ~0.3-0.5)
 
 
 def frontal_camera(image_size: int, fov_deg: float = 25.0, fill: float = 0.925) -> Cameras:
@@ -67,6 +68,10 @@ def predict_head(model: PhorhumNet, image: np.ndarray | list[np.ndarray], source
     net = model
     size = net.config.image_size
     check_image(image, size, source)
+    share = float((np.asarray(image)[..., 3] > 127).mean())
+    if share < MIN_FOREGROUND:
+        raise InputError(f"the mask covers {share:.1%} of the image: a head photograph needs a face-sized "
+                         f"foreground (at least {MIN_FOREGROUND:.0%}; crop it around the head)", source)
     parameter = next(net.parameters())
     camera = (camera or frontal_camera(size)).to(device=parameter.device, dtype=parameter.dtype)
     batch = torch.from_numpy(np.ascontiguousarray(image)).to(parameter.device).permute(2, 0, 1)[None]
