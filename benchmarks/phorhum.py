@@ -40,8 +40,6 @@ from _report import limit_threads, write_report  # noqa: E402
 
 ROWS = ("mean", "phorhum", "phorhum-no-render")
 TITLES = {"mean": "mean head", "phorhum": "phorhum", "phorhum-no-render": "phorhum, no rendering losses"}
-FIGURES = ("F@0.5% face", "F@1.0% face", "Chamfer face", "normal consistency face", "F@0.5% head", "F@1.0% head",
-           "Chamfer head", "normal consistency head", "albedo PSNR face", "silhouette IoU")
 DECAY_AT_BUDGET = 0.75
 
 
@@ -67,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from zerolevel.learn.dataset.heads import HeadDatasetSettings, load_head_split, write_head_dataset
-    from zerolevel.learn.phorhum_eval import evaluate_heads, mean_figures, mean_head_predictions, network_predictions
+    from zerolevel.learn.phorhum_eval import (FIGURES, evaluate_heads, mean_figures, mean_head_predictions,
+                                              network_predictions, write_gallery)
     from zerolevel.learn.phorhum_train import PhorhumTrainConfig, train
     from zerolevel.settings import apply_overrides, parse_assignments
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> None:
         rows.append([TITLES[key], *([trained.iterations, round(trained.seconds)] if trained else ["-", "-"]),
                      *[figures[f] for f in FIGURES]])
         if key != "mean":
-            gallery(predictions[:4], test, heads[:4], HERE / "results" / f"{args.name}_gallery.png")
+            write_gallery(predictions[:4], test, heads[:4], HERE / "results" / f"{args.name}_gallery.png")
     command = "python benchmarks/phorhum.py " + " ".join(sys.argv[1:]) if argv is None else \
         "python benchmarks/phorhum.py " + " ".join(argv)
     notes = (f"Data: {args.count} generated heads (zerolevel dataset --generate heads defaults: 4 photographs "
@@ -117,30 +116,6 @@ def main(argv: list[str] | None = None) -> None:
     write_report(args.name, "A head from one photograph: the PHORHUM head network beside the mean head",
                  command, ["row", "iterations", "seconds", *FIGURES], rows, notes=notes)
     print((HERE / "results" / f"{args.name}.md").read_text())
-
-
-def gallery(predictions: list, split, heads: list[int], path: Path) -> None:
-    """Per head: the photograph, the prediction and the truth rendered in its camera (albedo-lit)."""
-    import numpy as np
-    import trimesh
-    from PIL import Image
-
-    from zerolevel.learn.phorhum_eval import head_seeds, photograph
-    from zerolevel.learn.heads import generate_head
-    from zerolevel.render.raycast import MeshRayCaster
-
-    seeds, tiles = head_seeds(split), []
-    for prediction, index in zip(predictions, heads):
-        image, camera = photograph(split, index)
-        truth = generate_head(seeds[split.ids[index]])
-        row = [image[..., :3].astype(np.float64) / 255]
-        for mesh, colours in ((prediction.mesh, prediction.albedo(np.asarray(prediction.mesh.vertices))),
-                              (trimesh.Trimesh(truth.vertices, truth.faces, process=False), truth.albedo)):
-            out = MeshRayCaster(mesh, crease_deg=None).render(camera, supersample=2, attributes=colours, ambient=0.35)
-            row.append(out["attributes"][0] * out["image"][0][..., None] + (1 - out["mask"][0][..., None]))
-        tiles.append(np.concatenate(row, axis=1))
-    picture = (np.clip(np.concatenate(tiles, axis=0), 0, 1) * 255).astype(np.uint8)
-    Image.fromarray(picture).save(path)
 
 
 if __name__ == "__main__":

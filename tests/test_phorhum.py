@@ -155,6 +155,15 @@ def test_command_line_trains_predicts_and_refuses_bad_input(heads, tmp_path, cap
     from zerolevel.learn.predict import load_model
     direct = predict_head(load_model(run, network=PhorhumNet), image)  # the photograph as it is: not premultiplied
     assert len(direct.faces) == len(mesh.faces)
+    capsys.readouterr()
+    assert main(["eval-set", str(run), str(heads), "--views", "1", "--points", "4000", "--json",
+                 str(tmp_path / "scores.json"), "--gallery", str(tmp_path / "gallery.png"), "--gallery-objects", "1"]) == 0
+    table = capsys.readouterr().out
+    assert "F@1.0% face" in table and "mean head" in table
+    import json
+    scores = json.loads((tmp_path / "scores.json").read_text())
+    assert len(scores["heads"]) == 1 and 0 <= scores["network"]["silhouette IoU"] <= 1
+    assert Image.open(tmp_path / "gallery.png").size == (3 * 32, 32)
     ring = tmp_path / "ring"
     assert main(["dataset", "--generate", "vase", "--count", "3", "--views", "2", "--res", "32", "-o", str(ring),
                  "-q", "--threads", "1"]) == 0

@@ -299,7 +299,8 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     p.add_argument("dataset", metavar="DATASET", help="dataset folder (zerolevel dataset)")
     p.add_argument("--split", choices=["train", "val", "test"], default="test", help="split to score (default: test)")
     p.add_argument("--views", default="all", metavar="all|N",
-                   help="views per object: all (the protocol, default) or N evenly spaced from view 0")
+                   help="views per object: all (the protocol, default) or N evenly spaced from view 0; for a "
+                        "head network (phorhum): all heads or the first N, each from its first photograph")
     p.add_argument("--surface-views", type=int, default=1, metavar="N",
                    help="Chamfer / F-score on the first N evaluated views of each object (default: 1; 0: none)")
     p.add_argument("--tau", type=float, nargs="+", default=[0.005, 0.0025],
@@ -514,7 +515,17 @@ def cmd_eval_set(args: argparse.Namespace) -> None:
     for output in (args.json, args.gallery):
         if output:
             check_output_file(output)  # before the evaluation, not after it
-    if load_run(args.run)["state"].get("network") == "NormalsNet":
+    network = load_run(args.run)["state"].get("network")
+    if network == "PhorhumNet":
+        from ..learn.phorhum_eval import evaluate_head_run, format_head_table
+
+        result = evaluate_head_run(args.run, args.dataset, split=args.split, heads=views, samples=args.points,
+                                   device=args.device, gallery=args.gallery, gallery_heads=args.gallery_objects)
+        print(format_head_table(result))
+        if args.json:
+            write_json(args.json, result)
+        return
+    if network == "NormalsNet":
         if args.gallery:
             raise InputError("--gallery does not apply to a normals network")
         result = evaluate_normals_run(args.run, args.dataset, split=args.split, views=views,

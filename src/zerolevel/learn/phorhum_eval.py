@@ -1,7 +1,9 @@
 """How well a head is predicted from one photograph: the evaluation protocol of the head network.
 
-One job: `evaluate_heads` scores predictions on held-out heads of a head dataset, and
-`mean_head_predictions` makes the baseline every figure is read against (the model's mean head).
+One job: `evaluate_heads` scores predictions on held-out heads of a head dataset,
+`mean_head_predictions` makes the baseline every figure is read against (the model's mean head),
+`evaluate_head_run` is `zerolevel eval-set` for a head network's run (both, as a table), and
+`write_gallery` draws photograph, prediction and truth side by side.
 
 Protocol, per test head (its first photograph, with the dataset's known camera: one view cannot fix
 the distance, so the camera places the prediction, and the baseline is placed by the same camera):
@@ -155,3 +157,60 @@ def _surface_figures(region: str, to_true: np.ndarray, to_pred: np.ndarray, cos_
 def mean_figures(results: list[dict[str, float]]) -> dict[str, float]:
     """The mean of each figure over heads (NaNs left out)."""
     return {key: float(np.nanmean([r[key] for r in results])) for key in results[0]} if results else {}
+
+
+FIGURES = ("F@0.5% face", "F@1.0% face", "Chamfer face", "normal consistency face", "F@0.5% head", "F@1.0% head",
+           "Chamfer head", "normal consistency head", "albedo PSNR face", "silhouette IoU")
+
+
+def evaluate_head_run(run: Any, dataset: Any, split: str = "test", heads: int | None = None,
+                      samples: int = 40_000, device: str | torch.device | None = "cpu", resolution: int = 128,
+                      gallery: str | None = None, gallery_heads: int = 4) -> dict[str, Any]:
+    """`zerolevel eval-set` for a head network: its figures and the mean head's on the first `heads`
+    heads of a head dataset split (all by default), per head and as means; `gallery`: a picture."""
+    from .dataset.heads import load_head_split
+    from .phorhum import PhorhumNet
+    from .predict import load_model
+
+    net = load_model(run, device or "cpu", network=PhorhumNet)
+    scored, train = load_head_split(dataset, split), load_head_split(dataset, "train")
+    indices = list(range(len(scored) if heads is None else min(heads, len(scored))))
+    predictions = network_predictions(net, scored, indices, resolution)
+    network = evaluate_heads(predictions, scored, indices, samples)
+    mean = evaluate_heads(mean_head_predictions(scored, indices, train), scored, indices, samples)
+    if gallery:
+        write_gallery(predictions[:gallery_heads], scored, indices[:gallery_heads], gallery)
+    return {"split": split, "heads": [scored.ids[i] for i in indices], "network": mean_figures(network),
+            "mean head": mean_figures(mean), "per head": network, "per head, mean head": mean}
+
+
+def format_head_table(result: dict[str, Any]) -> str:
+    """The network's and the mean head's mean figures as a text table."""
+    lines = [f"{len(result['heads'])} {result['split']} heads, each from its first photograph and camera",
+             f"{'figure':<26}{'network':>10}{'mean head':>11}"]
+    for key in FIGURES:
+        lines.append(f"{key:<26}{result['network'][key]:>10.4g}{result['mean head'][key]:>11.4g}")
+    return "\n".join(lines)
+
+
+def write_gallery(predictions: list[HeadPrediction], split: HeadSplit, indices: list[int], path: Any) -> None:
+    """Per head a row: the photograph, the prediction and the truth rendered in its camera, albedo-lit
+    by a light along the view (written atomically)."""
+    from PIL import Image
+
+    from ..atomic import atomic_path
+
+    seeds, rows = head_seeds(split), []
+    for prediction, index in zip(predictions, indices):
+        image, camera = photograph(split, index)
+        truth = generate_head(seeds[split.ids[index]]).outer_mesh()
+        row = [image[..., :3].astype(np.float64) / 255]
+        truth_albedo = np.asarray(truth.visual.vertex_colors[:, :3], np.float64) / 255
+        for mesh, colours in ((prediction.mesh, prediction.albedo(np.asarray(prediction.mesh.vertices))),
+                              (truth, truth_albedo)):
+            out = MeshRayCaster(mesh, crease_deg=None).render(camera, supersample=2, attributes=colours, ambient=0.35)
+            row.append(out["attributes"][0] * out["image"][0][..., None] + (1 - out["mask"][0][..., None]))
+        rows.append(np.concatenate(row, axis=1))
+    picture = (np.clip(np.concatenate(rows, axis=0), 0, 1) * 255).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(picture).save(tmp, format="PNG")
