@@ -12,8 +12,8 @@ What is kept and how (the generator, `zerolevel.learn.heads`, reads the result):
 - Decimated by quadric error (fast-simplification) to about `--skin-faces` and `--eye-faces`
   triangles; each kept vertex takes the neutral position, modes and region weights of its closest point
   on the full closed surface (barycentric interpolation), so the decimated model deforms as the full one.
-- The first `--identity-modes` identity modes (ordered by variance: beyond 32 each moves a vertex by
-  under 0.3 mm RMS) and the expression blend shapes but the pupil and gaze ones, as float16 centimetres.
+- The first `--identity-modes` identity modes (ordered by variance: the later ones move the surface
+  far less) and the expression blend shapes but the pupil and gaze ones, as float16 centimetres.
 - Per-vertex region weights in [0, 1] for the procedural albedo, placed from landmarks the model itself
   gives (the eyeball centres, the mouth loop): `lips`, `brows`, `cheeks`, `scalp` (hair line upwards and
   the back of the head), `mouth` (the mouth cap), `eye_socket` (the eye caps), and on the eyeballs

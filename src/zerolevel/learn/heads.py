@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -185,7 +185,12 @@ class Head:
         return trimesh.Trimesh(self.vertices, self.faces, vertex_colors=colours, process=False)
 
     def pieces(self) -> list[trimesh.Trimesh]:
-        """Skin, left eyeball, right eyeball: each a closed mesh."""
+        """Skin, left eyeball, right eyeball: each a closed mesh (made once: their ray structures are
+        reused by every `contains`)."""
+        return self._pieces
+
+    @cached_property
+    def _pieces(self) -> list[trimesh.Trimesh]:
         out = []
         for label in (SKIN, EYE_LEFT, EYE_RIGHT):
             faces = self.faces[self.part[self.faces[:, 0]] == label]
@@ -198,15 +203,7 @@ class Head:
     def outer_mesh(self) -> trimesh.Trimesh:
         """The union's surface: every piece's faces but those (by centroid) inside another piece (the
         eyeballs' backs, the eye caps in front of the eyeballs), with the albedo as vertex colours."""
-        centroids = self.vertices[self.faces].mean(axis=1)
-        owner = self.part[self.faces[:, 0]]
-        hidden = np.zeros(len(self.faces), dtype=bool)
-        for label, piece in enumerate(self.pieces()):
-            others = owner != label
-            lo, hi = piece.bounds
-            near = others & np.all((centroids >= lo) & (centroids <= hi), axis=1)
-            if near.any():
-                hidden[near] = piece.contains(centroids[near])
+        hidden = self.inside_other_piece(self.vertices[self.faces].mean(axis=1), self.part[self.faces[:, 0]])
         mesh = self.mesh()
         mesh.update_faces(~hidden)
         mesh.remove_unreferenced_vertices()
@@ -214,11 +211,16 @@ class Head:
 
     def contains(self, points: np.ndarray) -> np.ndarray:
         """(M,) bool: inside the union of the skin and the eyeballs."""
+        return self.inside_other_piece(points, np.full(len(points), -1))
+
+    def inside_other_piece(self, points: np.ndarray, owner: np.ndarray) -> np.ndarray:
+        """(M,) bool: the point lies inside one of the pieces other than its `owner` (M,) (a `part`
+        label; -1: any piece)."""
         points = np.asarray(points, dtype=np.float64)
         inside = np.zeros(len(points), dtype=bool)
-        for piece in self.pieces():
+        for label, piece in enumerate(self.pieces()):
             lo, hi = piece.bounds
-            near = ~inside & np.all((points >= lo) & (points <= hi), axis=1)
+            near = ~inside & (owner != label) & np.all((points >= lo) & (points <= hi), axis=1)
             if near.any():
                 inside[near] = piece.contains(points[near])
         return inside

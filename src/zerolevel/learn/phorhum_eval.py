@@ -57,8 +57,7 @@ def head_seeds(split: HeadSplit) -> dict[str, int]:
 
 def photograph(split: HeadSplit, index: int, view: int = 0) -> tuple[np.ndarray, Cameras]:
     """(S, S, 4) uint8 RGB + mask of a head's photograph, and its camera."""
-    image = np.concatenate([split.images[index, view], split.masks[index, view][..., None]], axis=-1)
-    return np.ascontiguousarray(image), split.cameras(index)[view]
+    return split.rgba(np.array([index]), np.array([view]))[0], split.cameras(index)[view]
 
 
 def network_predictions(net: Any, split: HeadSplit, indices: list[int], resolution: int = 128

@@ -22,7 +22,7 @@ from ..geometry.narrowband import marching_cubes_narrow_band
 from .phorhum import PhorhumNet
 
 HEAD_BOUNDS = ((-0.55, -0.55, -0.55), (0.55, 0.55, 0.55))  # head units: the neutral head's diagonal is 1
-MIN_FOREGROUND = 0.05  # a head photograph's mask covers at least this share of it (the dataset's: ~0.3-0.5)
+MIN_FOREGROUND = 0.05  # a head photograph's mask covers at least this share of it
 
 
 def frontal_camera(image_size: int, fov_deg: float = 25.0, fill: float = 0.925) -> Cameras:

@@ -134,20 +134,13 @@ class HeadBatch:
 def head_images(split: Any, objects: np.ndarray, views: np.ndarray, device: torch.device,
                 dtype: torch.dtype) -> Tensor:
     """(B, 4, S, S) RGB + mask in [0, 1] of the given (head, photograph) pairs."""
-    rgb = np.ascontiguousarray(split.images[objects, views])
-    mask = np.ascontiguousarray(split.masks[objects, views])[..., None]
-    array = np.concatenate([rgb, mask], axis=-1)
-    return torch.from_numpy(array).to(device).permute(0, 3, 1, 2).to(dtype).div_(255.0)
+    return torch.from_numpy(split.rgba(objects, views)).to(device).permute(0, 3, 1, 2).to(dtype).div_(255.0)
 
 
 def head_cameras(split: Any, objects: np.ndarray, views: np.ndarray, device: torch.device,
                  dtype: torch.dtype) -> Cameras:
     """The cameras of the given (head, photograph) pairs."""
-    K = torch.from_numpy(np.ascontiguousarray(split.K[objects, views]))
-    w2c = torch.eye(4).repeat(len(objects), 1, 1)
-    w2c[:, :3] = torch.from_numpy(np.ascontiguousarray(split.world_to_camera[objects, views]))
-    R = int(split.images.shape[2])
-    return Cameras(K, w2c, R, R).to(device=device, dtype=dtype)
+    return split.view_cameras(objects, views).to(device=device, dtype=dtype)
 
 
 class PhorhumTraining(TrainingTask):

@@ -67,26 +67,30 @@ class DatasetSplit:
         return mesh_path(self.root, self.ids[index])
 
 
-def read_info(root: str | Path) -> dict:
-    """dataset.json of a finished dataset folder; InputError (one line) for anything else."""
+def read_info(root: str | Path, fmt: str = FORMAT, versions: tuple[int, ...] = READS,
+              required: tuple[str, ...] = ("views", "resolution", "elevation", "distance", "fov", "voxels", "splits"),
+              kind: str = "dataset") -> dict:
+    """dataset.json of a finished dataset folder of format `fmt` (the ring datasets' by default; the head
+    dataset passes its own) in one of `versions`, holding the `required` keys; InputError (one line,
+    naming the folder as a `kind`) for anything else."""
     root = Path(root)
     path = root / "dataset.json"
     if not root.is_dir():
-        raise InputError("no such dataset folder", root)
+        raise InputError(f"no such {kind} folder", root)
     if not path.is_file():
         if (root / PARTS).is_dir():
-            raise InputError("unfinished dataset (no dataset.json): rerun the command that wrote it", root)
-        raise InputError("not a dataset folder (no dataset.json)", root)
+            raise InputError(f"unfinished {kind} (no dataset.json): rerun the command that wrote it", root)
+        raise InputError(f"not a {kind} folder (no dataset.json)", root)
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"cannot read ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(info, dict) or info.get("format") != FORMAT:
-        raise InputError(f"not a {FORMAT} file", path)
-    if info.get("version") not in READS:
-        raise InputError(f"dataset version {info.get('version')} (this zerolevel reads versions "
-                         f"{' and '.join(map(str, READS))})", path)
-    missing = [k for k in ("views", "resolution", "elevation", "distance", "fov", "voxels", "splits") if k not in info]
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise InputError(f"not a {fmt} file", path)
+    if info.get("version") not in versions:
+        raise InputError(f"{kind} version {info.get('version')} (this zerolevel reads versions "
+                         f"{' and '.join(map(str, versions))})", path)
+    missing = [k for k in required if k not in info]
     if missing:
         raise InputError(f"missing {', '.join(missing)}", path)
     return info

@@ -61,7 +61,7 @@ from .folder import SPLITS, mesh_path, part_path
 from .sources import ObjectSource
 from .splits import DEFAULT_FRACTIONS, check_fractions, split_objects
 from .views import normals_to_int8
-from .write import WriteSummary, build_parts, part_matches
+from .write import WriteSummary, assemble_splits, build_parts, part_matches
 
 HEADS_FORMAT = "zerolevel-heads"
 HEADS_VERSION = 1
@@ -234,7 +234,7 @@ def sample_sets(head: Head, rng: np.random.Generator, settings: HeadDatasetSetti
     far = rng.uniform(-settings.far_box, settings.far_box, (settings.far_samples, 3))
     points = np.concatenate([near, far])
     # the albedo of the closest surface point, approximated by the closest of a dense set of surface
-    # samples (~3 mm apart on a head; trimesh's exact closest point takes ~3 ms a point)
+    # samples (trimesh's exact closest point, an R-tree query per point, was far slower)
     dense = surface_samples(head, mesh, rng, ALBEDO_LOOKUP_SAMPLES)
     _, nearest = cKDTree(dense[:, :3]).query(points)
     return {"surface": surface.astype(np.float32), "points": points.astype(np.float32),
@@ -260,21 +260,9 @@ def surface_samples(head: Head, mesh: trimesh.Trimesh, rng: np.random.Generator,
         normal = np.einsum("mk,mkc->mc", bary, normals[corners])
         normal /= np.linalg.norm(normal, axis=1, keepdims=True)
         albedo = np.einsum("mk,mkc->mc", bary, attributes[corners])
-        hidden = _inside_other_piece(head, points, head.part[corners[:, 0]])
+        hidden = head.inside_other_piece(points, head.part[corners[:, 0]])
         kept = np.concatenate([kept, np.concatenate([points, normal, albedo], axis=1)[~hidden]])
     return kept[:count]
-
-
-def _inside_other_piece(head: Head, points: np.ndarray, piece: np.ndarray) -> np.ndarray:
-    """(M,) bool: the point (on piece `piece[m]`) lies inside another of the head's closed pieces."""
-    inside = np.zeros(len(points), dtype=bool)
-    for label, mesh in enumerate(head.pieces()):
-        others = piece != label
-        lo, hi = mesh.bounds
-        near = others & np.all((points >= lo) & (points <= hi), axis=1)
-        if near.any():
-            inside[near] = mesh.contains(points[near])
-    return inside
 
 
 def _to_byte(values: np.ndarray) -> np.ndarray:
@@ -343,23 +331,9 @@ def build_head_part(root: Path, source: ObjectSource, settings: HeadDatasetSetti
 
 def _assemble(root: Path, splits: dict, settings: HeadDatasetSettings, seed: int) -> dict:
     """Each split's arrays from the parts, stale meshes dropped, then dataset.json (last)."""
-    shapes = array_shapes(settings.views, settings.resolution, settings.lights, settings.surface_samples,
-                          settings.near_samples + settings.far_samples, *_mode_counts())
-    for name, members in splits.items():
-        folder = root / name
-        for array, (dtype, item_shape) in shapes.items():
-            with atomic_path(folder / f"{array}.npy") as tmp:
-                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(len(members), *item_shape))
-                for i, source in enumerate(members):
-                    with np.load(part_path(root, source.id)) as part:
-                        out[i] = part[array]
-                out.flush()
-                del out
-        write_json(folder / "objects.json", [{"id": s.id, "category": s.category} for s in members])
-    keep = {f"{s.id}.ply" for members in splits.values() for s in members}
-    for path in (root / "meshes").glob("*.ply"):
-        if path.name not in keep:
-            path.unlink()
+    assemble_splits(root, splits, array_shapes(settings.views, settings.resolution, settings.lights,
+                                               settings.surface_samples, settings.near_samples + settings.far_samples,
+                                               *_mode_counts()))
     info = {"format": HEADS_FORMAT, "version": HEADS_VERSION, "views": settings.views,
             "resolution": settings.resolution, "lights": settings.lights, "settings": asdict(settings),
             "shading": SHADING, "normals": {"space": "world", "encoding": "int8, round(127 * n)", "facing": "camera"},
@@ -407,11 +381,22 @@ class HeadSplit:
 
     def cameras(self, index: int) -> Cameras:
         """The V cameras of head `index`."""
-        K = torch.from_numpy(np.array(self.arrays["K"][index]))
+        views = np.arange(self.arrays["K"].shape[1])
+        return self.view_cameras(np.full(len(views), index), views)
+
+    def view_cameras(self, objects: np.ndarray, views: np.ndarray) -> Cameras:
+        """The cameras of the given (head, photograph) pairs."""
+        K = torch.from_numpy(np.ascontiguousarray(self.arrays["K"][objects, views]))
         w2c = torch.eye(4).repeat(len(K), 1, 1)
-        w2c[:, :3] = torch.from_numpy(np.array(self.arrays["world_to_camera"][index]))
+        w2c[:, :3] = torch.from_numpy(np.ascontiguousarray(self.arrays["world_to_camera"][objects, views]))
         R = int(self.info["resolution"])
         return Cameras(K, w2c, R, R)
+
+    def rgba(self, objects: np.ndarray, views: np.ndarray) -> np.ndarray:
+        """(B, S, S, 4) uint8 photographs (RGB over their background) with the mask as alpha."""
+        rgb = np.asarray(self.arrays["images"][objects, views])
+        mask = np.asarray(self.arrays["masks"][objects, views])[..., None]
+        return np.ascontiguousarray(np.concatenate([rgb, mask], axis=-1))
 
     def mesh_path(self, index: int) -> Path:
         return mesh_path(self.root, self.ids[index])
@@ -419,22 +404,11 @@ class HeadSplit:
 
 def load_head_split(root: str | Path, split: str) -> HeadSplit:
     """One split of a head dataset folder; InputError (one line) for a missing, unfinished or corrupt one."""
-    from .folder import load_array, load_objects  # the ring folder's readers, same rules
+    from .folder import load_array, load_objects, read_info  # the ring folder's readers, same rules
 
     root = Path(root)
-    path = root / "dataset.json"
-    if not path.is_file():
-        what = "unfinished head dataset (no dataset.json): rerun the command that wrote it" \
-            if (root / ".parts").is_dir() else "not a head dataset folder (no dataset.json)"
-        raise InputError(what, root)
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read ({type(exc).__name__}: {exc})", path) from None
-    if not isinstance(info, dict) or info.get("format") != HEADS_FORMAT:
-        raise InputError(f"not a {HEADS_FORMAT} file", path)
-    if info.get("version") != HEADS_VERSION:
-        raise InputError(f"head dataset version {info.get('version')} (this zerolevel reads {HEADS_VERSION})", path)
+    info = read_info(root, HEADS_FORMAT, (HEADS_VERSION,), ("views", "resolution", "lights", "settings", "splits"),
+                     kind="head dataset")
     if split not in SPLITS:
         raise InputError(f"unknown split {split!r} (splits: {', '.join(SPLITS)})", root)
     s = info["settings"]

@@ -149,11 +149,9 @@ def _worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _assemble(root: Path, splits: dict[str, list[ObjectSource]], settings: DatasetSettings, seed: int,
-              source_info: dict | None) -> dict:
-    """Write each split's arrays and object list from the parts, drop stale meshes, then dataset.json."""
-    V, R, n = settings.views, settings.resolution, settings.voxels
-    arrays = {"images": (np.uint8, (V, R, R, 4)), "normals": (np.int8, (V, R, R, 3)), "voxels": (bool, (n, n, n))}
+def assemble_splits(root: Path, splits: dict[str, list[ObjectSource]], arrays: dict[str, tuple]) -> None:
+    """Each split's arrays (name -> (dtype, shape after N)) and objects.json from the objects' cached
+    parts, then the meshes of objects in no split removed."""
     for name, members in splits.items():
         folder = root / name
         for array, (dtype, item_shape) in arrays.items():  # one output open at a time; np.load reads one member
@@ -169,6 +167,14 @@ def _assemble(root: Path, splits: dict[str, list[ObjectSource]], settings: Datas
     for path in (root / "meshes").glob("*.ply"):
         if path.name not in keep:
             path.unlink()
+
+
+def _assemble(root: Path, splits: dict[str, list[ObjectSource]], settings: DatasetSettings, seed: int,
+              source_info: dict | None) -> dict:
+    """Write each split's arrays and object list from the parts, drop stale meshes, then dataset.json."""
+    V, R, n = settings.views, settings.resolution, settings.voxels
+    assemble_splits(root, splits, {"images": (np.uint8, (V, R, R, 4)), "normals": (np.int8, (V, R, R, 3)),
+                                   "voxels": (bool, (n, n, n))})
     categories = list(dict.fromkeys(s.category for members in splits.values() for s in members))
     info = {"format": FORMAT, "version": VERSION, "views": V, "resolution": R,
             "elevation": settings.elevation, "distance": settings.distance, "fov": settings.fov,
