@@ -34,6 +34,7 @@ class TrainParts:
     config: type                      # its settings dataclass (`train --set KEY=VALUE`)
     load_model: Callable[..., Any]    # (run or checkpoint, device) -> the trained network, eval mode
     predict: Callable[..., Any]       # (network, (S, S, 4) uint8 image or a list of them, source, fusion=) -> trimesh
+    evaluate: Callable[..., Any]      # (run, dataset, learn.evaluate.EvalRequest) -> (JSON-ready result, table)
 
 
 @dataclass(frozen=True)
@@ -63,33 +64,38 @@ def _tetsdf() -> FitParts:
 
 
 def _softras() -> TrainParts:
+    from .learn.evaluate import eval_set
     from .learn.predict import load_model, predict
     from .learn.softras_net import SoftRasNet
     from .learn.train import TrainConfig, train
-    return TrainParts(train, TrainConfig, partial(load_model, network=SoftRasNet), predict)
+    return TrainParts(train, TrainConfig, partial(load_model, network=SoftRasNet), predict, eval_set)
 
 
 def _tetnet() -> TrainParts:
+    from .learn.evaluate import eval_set
     from .learn.predict import load_model, predict
     from .learn.tetnet import TetNet
     from .learn.tetnet_train import TetNetTrainConfig, train
-    return TrainParts(train, TetNetTrainConfig, partial(load_model, network=TetNet), predict)
+    return TrainParts(train, TetNetTrainConfig, partial(load_model, network=TetNet), predict, eval_set)
 
 
 def _normals() -> TrainParts:
+    from .learn.normals_eval import eval_set
     from .learn.normals_predict import predict_no_mesh
     from .learn.pix2pix import NormalsNet
     from .learn.pix2pix_train import NormalsTrainConfig, train
     from .learn.predict import load_model
-    return TrainParts(train, NormalsTrainConfig, partial(load_model, network=NormalsNet), predict_no_mesh)
+    return TrainParts(train, NormalsTrainConfig, partial(load_model, network=NormalsNet), predict_no_mesh,
+                      eval_set)
 
 
 def _phorhum() -> TrainParts:
     from .learn.phorhum import PhorhumNet
+    from .learn.phorhum_eval import eval_set
     from .learn.phorhum_predict import predict_head
     from .learn.phorhum_train import PhorhumTrainConfig, train
     from .learn.predict import load_model
-    return TrainParts(train, PhorhumTrainConfig, partial(load_model, network=PhorhumNet), predict_head)
+    return TrainParts(train, PhorhumTrainConfig, partial(load_model, network=PhorhumNet), predict_head, eval_set)
 
 
 # Default iterations: where the benchmarks of record (benchmarks/results/multiview*.md) reach their

@@ -494,9 +494,7 @@ def cmd_predict_normals(args: argparse.Namespace) -> None:
 
 def cmd_eval_set(args: argparse.Namespace) -> None:
     from ..atomic import check_output_file, write_json
-    from ..learn.evaluate import evaluate_run, format_table
-    from ..learn.gallery import COLUMNS
-    from ..learn.normals_eval import evaluate_normals_run, format_normals_table
+    from ..learn.evaluate import EvalRequest
     from ..learn.predict import load_run
 
     views = None
@@ -515,32 +513,12 @@ def cmd_eval_set(args: argparse.Namespace) -> None:
     for output in (args.json, args.gallery):
         if output:
             check_output_file(output)  # before the evaluation, not after it
-    network = load_run(args.run)["state"].get("network")
-    if network == "PhorhumNet":
-        from ..learn.phorhum_eval import evaluate_head_run, format_head_table
-
-        result = evaluate_head_run(args.run, args.dataset, split=args.split, heads=views, samples=args.points,
-                                   device=args.device, gallery=args.gallery, gallery_heads=args.gallery_objects)
-        print(format_head_table(result))
-        if args.json:
-            write_json(args.json, result)
-        return
-    if network == "NormalsNet":
-        if args.gallery:
-            raise InputError("--gallery does not apply to a normals network")
-        result = evaluate_normals_run(args.run, args.dataset, split=args.split, views=views,
-                                      batch_size=args.batch_size, device=args.device)
-        print(format_normals_table(result))
-        if args.json:
-            write_json(args.json, result)
-        return
-    result = evaluate_run(args.run, args.dataset, split=args.split, views=views, surface_views=args.surface_views,
-                          taus=tuple(args.tau), points=args.points, batch_size=args.batch_size,
-                          device=args.device, seed=args.seed, progress=not args.quiet,
-                          gallery=args.gallery, gallery_objects=args.gallery_objects)
-    print(format_table(result))
-    if args.gallery:
-        print(f"wrote {args.gallery}: per row {', '.join(COLUMNS)}")
+    parts = methods.get(load_run(args.run)["name"], "train").parts()
+    request = EvalRequest(split=args.split, views=views, surface_views=args.surface_views, taus=tuple(args.tau),
+                          points=args.points, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                          progress=not args.quiet, gallery=args.gallery, gallery_objects=args.gallery_objects)
+    result, table = parts.evaluate(args.run, args.dataset, request)
+    print(table)
     if args.json:
         write_json(args.json, result)
 

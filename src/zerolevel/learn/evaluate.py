@@ -1,7 +1,9 @@
 """Evaluation of a trained single-view network on a dataset split, by the published protocol.
 
 One job: `evaluate_run(run, dataset)` scores a run folder (or checkpoint) on a split of a dataset
-folder and returns a JSON-ready dict; `format_table` prints it (`zerolevel eval-set`).
+folder and returns a JSON-ready dict; `format_table` prints it (`zerolevel eval-set`). `EvalRequest` is
+what `eval-set` asks of any network's evaluation; `eval_set` answers it for the mesh networks
+(SoftRas's, the tet network), and each other network's module has its own (the registry's `evaluate`).
 
 The protocol (Soft Rasterizer's examples/recon/test.py, and DESIGN.md):
 - Voxel IoU: every view of every object of the split (SoftRas: all 24 ring views; `views` evenly
@@ -267,6 +269,38 @@ def score_predictions(net: torch.nn.Module, split: Any, view_ids: np.ndarray, su
 
 
 # ---------------------------------------------------------------------------------------- the job
+@dataclass(frozen=True)
+class EvalRequest:
+    """`zerolevel eval-set`'s options, for whichever network the run holds (each network's evaluation
+    uses the fields that apply to it; the registry's `TrainParts.evaluate` answers it)."""
+
+    split: str = "test"
+    views: int | None = None           # views per object, evenly spaced from view 0 (heads: the first N heads)
+    surface_views: int = 1             # Chamfer / F-score on the first this many evaluated views
+    taus: tuple[float, ...] = tuple(DEFAULT_TAUS)
+    points: int = SURFACE_POINTS       # surface samples per mesh
+    batch_size: int = 32
+    device: str = "cpu"
+    seed: int = 0
+    progress: bool = True
+    gallery: str | None = None         # a PNG of predictions beside the truth
+    gallery_objects: int = 2           # objects per category (heads: heads in all)
+
+
+def eval_set(run: str | Path, dataset: str | Path, request: EvalRequest) -> tuple[dict[str, Any], str]:
+    """`evaluate_run` as `eval-set` asks it: (the JSON-ready result, its table for the terminal)."""
+    from .gallery import COLUMNS
+
+    result = evaluate_run(run, dataset, split=request.split, views=request.views, surface_views=request.surface_views,
+                          taus=request.taus, points=request.points, batch_size=request.batch_size,
+                          device=request.device, seed=request.seed, progress=request.progress,
+                          gallery=request.gallery, gallery_objects=request.gallery_objects)
+    table = format_table(result)
+    if request.gallery:
+        table += f"\nwrote {request.gallery}: per row {', '.join(COLUMNS)}"
+    return result, table
+
+
 def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", views: int | None = None,
                  surface_views: int = 1, taus: Sequence[float] = DEFAULT_TAUS, points: int = SURFACE_POINTS,
                  batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,

@@ -4,7 +4,7 @@ One job: the angular error of predicted normal maps against the split's, and of 
 as the surface-normal literature reports it (Eigen & Fergus 2015, Wang et al. 2015): the mean and
 median angle in degrees over the foreground pixels of every evaluated (object, view), and the
 percentage of those pixels within 11.25, 22.5 and 30 degrees. `evaluate_normals_run` scores a run
-folder (`zerolevel eval-set` on a normals run), `format_normals_table` prints it.
+folder, `format_normals_table` prints it, `eval_set` is both for `zerolevel eval-set` on a normals run.
 
 The baseline (`mean_normal_maps`): the per-pixel mean of the TRAIN split's normal maps, normalised,
 one map per ring view: the views are the same ring cameras for every object and the normals are in
@@ -24,7 +24,7 @@ import torch
 
 from ..errors import InputError
 from .dataset.folder import decode_normals
-from .evaluate import view_indices
+from .evaluate import EvalRequest, view_indices
 from .sampling import split_images, split_normals
 
 FORMAT = "zerolevel-eval-normals"
@@ -129,6 +129,16 @@ def evaluate_normals_run(run: str | Path, dataset: str | Path, split: str = "tes
             "objects": len(test), "views": view_ids.tolist(), "thresholds": list(THRESHOLDS),
             "network": error_stats(ours), "baseline": error_stats(theirs),
             "seconds": round(time.perf_counter() - start, 2)}
+
+
+def eval_set(run: str | Path, dataset: str | Path, request: EvalRequest) -> tuple[dict[str, Any], str]:
+    """`zerolevel eval-set` on a normals run: (the JSON-ready result, its table); InputError for a
+    --gallery, which draws meshes."""
+    if request.gallery:
+        raise InputError("--gallery does not apply to a normals network")
+    result = evaluate_normals_run(run, dataset, split=request.split, views=request.views,
+                                  batch_size=request.batch_size, device=request.device)
+    return result, format_normals_table(result)
 
 
 def format_normals_table(result: dict[str, Any]) -> str:

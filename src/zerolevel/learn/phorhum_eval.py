@@ -2,7 +2,8 @@
 
 One job: `evaluate_heads` scores predictions on held-out heads of a head dataset,
 `mean_head_predictions` makes the baseline every figure is read against (the model's mean head),
-`evaluate_head_run` is `zerolevel eval-set` for a head network's run (both, as a table), and
+`evaluate_head_run` scores a head network's run beside it (`eval_set`: as `zerolevel eval-set` asks,
+with its table), and
 `write_gallery` draws photograph, prediction and truth side by side.
 
 Protocol, per test head (its first photograph, with the dataset's known camera: one view cannot fix
@@ -35,6 +36,7 @@ from ..errors import InputError
 from ..metrics import nearest_neighbours, sample_surface
 from ..render.raycast import MeshRayCaster
 from .dataset.heads import HeadSplit, head_sources, surface_samples
+from .evaluate import EvalRequest
 from .heads import Head, generate_head, load_model
 
 TAUS = (0.005, 0.01)
@@ -181,6 +183,14 @@ def evaluate_head_run(run: Any, dataset: Any, split: str = "test", heads: int | 
         write_gallery(predictions[:gallery_heads], scored, indices[:gallery_heads], gallery)
     return {"split": split, "heads": [scored.ids[i] for i in indices], "network": mean_figures(network),
             "mean head": mean_figures(mean), "per head": network, "per head, mean head": mean}
+
+
+def eval_set(run: Any, dataset: Any, request: EvalRequest) -> tuple[dict[str, Any], str]:
+    """`zerolevel eval-set` on a head network's run: (the JSON-ready result, its table); `request.views`
+    is the first N heads, `points` the samples per surface, `gallery_objects` the heads drawn."""
+    result = evaluate_head_run(run, dataset, split=request.split, heads=request.views, samples=request.points,
+                               device=request.device, gallery=request.gallery, gallery_heads=request.gallery_objects)
+    return result, format_head_table(result)
 
 
 def format_head_table(result: dict[str, Any]) -> str:
