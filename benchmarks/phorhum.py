@@ -11,7 +11,11 @@ head network after a wall-clock training budget, beside the model's mean head (i
      `PhorhumTrainConfig` field of the network rows), trained from scratch (seed 0, no validation) for
      `--budget` wall-clock seconds of its loop, the decay (x0.3) after 0.75 of the budget;
    - "phorhum, no rendering losses": the same with render_heads=0 (the ablation of the sphere-traced
-     patch losses).
+     patch losses);
+   - "phorhum, sphere prior": the same with base=sphere (the ablation of the mean head's SDF as the
+     distance's prior: the network's first design, a residual over a sphere's distance).
+   `--jobs J` trains J network rows at once (each on `--threads` threads; for side-by-side ablations:
+   the rows then share the machine alike); the scoring follows, one row after another.
 3. Scores (`phorhum_eval.evaluate_heads`): the first `--test-heads` test heads, each from its first
    photograph with the dataset's camera; Chamfer, F@0.5% / F@1% (of the true head's bounding-box
    diagonal) and normal consistency over the whole head and over the face region, the albedo PSNR on
@@ -19,15 +23,18 @@ head network after a wall-clock training budget, beside the model's mean head (i
 
     python benchmarks/phorhum.py            # the command of record: 400 heads, 3600 s per network row
     python benchmarks/phorhum.py --count 8 --budget 20 --test-heads 2 --name scratch_phorhum   # quick check
+    python benchmarks/phorhum.py --rows mean phorhum phorhum-sphere --budget 720 --jobs 2 --threads 1 \
+        --name phorhum_prior                                         # the prior's ablation, 12 min a row
 
 Writes results/<name>.md and .json, and a picture of the first test heads' predictions
-(<name>_gallery.png: photograph, predicted albedo-coloured mesh, the truth, each rendered in the
-photograph's camera).
+(<name>_gallery.png for the "phorhum" row, <name>_gallery_<row>.png for the others: photograph, predicted
+albedo-coloured mesh, the truth, each rendered in the photograph's camera).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -38,8 +45,10 @@ sys.path.insert(0, str(HERE))
 
 from _report import limit_threads, write_report  # noqa: E402
 
-ROWS = ("mean", "phorhum", "phorhum-no-render")
-TITLES = {"mean": "mean head", "phorhum": "phorhum", "phorhum-no-render": "phorhum, no rendering losses"}
+ROWS = ("mean", "phorhum", "phorhum-no-render", "phorhum-sphere")
+TITLES = {"mean": "mean head", "phorhum": "phorhum", "phorhum-no-render": "phorhum, no rendering losses",
+          "phorhum-sphere": "phorhum, sphere prior"}
+ROW_SETTINGS = {"phorhum": {}, "phorhum-no-render": {"render_heads": 0}, "phorhum-sphere": {"base": "sphere"}}
 DECAY_AT_BUDGET = 0.75
 
 
@@ -51,12 +60,30 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--test-heads", type=int, default=20, help="test heads scored (default 20)")
     parser.add_argument("--resolution", type=int, default=128, help="marching-cubes samples per axis (default 128)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="PhorhumTrainConfig settings")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2, help="threads per network row (default 2)")
+    parser.add_argument("--jobs", type=int, default=1, help="network rows trained at once (default 1)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", type=Path, help="dataset folder (made if missing)")
     parser.add_argument("--runs", type=Path, help="where the training runs go (default: a temporary folder)")
     parser.add_argument("--name", default="phorhum")
     return parser.parse_args(argv)
+
+
+def train_row(job: tuple) -> tuple[str, dict]:
+    """One network row's training (in this process or a worker): (row, {"iterations", "seconds"})."""
+    key, data, run_dir, budget, assignments, threads = job
+    import torch
+
+    from zerolevel.learn.phorhum_train import PhorhumTrainConfig, train
+    from zerolevel.settings import apply_overrides, parse_assignments
+
+    torch.set_num_threads(threads)
+    settings = {"budget_s": budget, "decay_at_budget": DECAY_AT_BUDGET, "val_split": None, "iterations": 10**9,
+                **ROW_SETTINGS[key]}
+    config = apply_overrides(PhorhumTrainConfig(**settings), parse_assignments(assignments))
+    result = train(data, run_dir, config, "cpu", progress=False, threads=threads)
+    print(f"{key}: {result.summary()}", flush=True)
+    return key, {"iterations": result.iterations, "seconds": result.seconds}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     from zerolevel.learn.dataset.heads import HeadDatasetSettings, load_head_split, write_head_dataset
     from zerolevel.learn.phorhum_eval import (FIGURES, evaluate_heads, mean_figures, mean_head_predictions,
                                               network_predictions, write_gallery)
-    from zerolevel.learn.phorhum_train import PhorhumTrainConfig, train
+    from zerolevel.learn.phorhum_train import PhorhumTrainConfig
     from zerolevel.settings import apply_overrides, parse_assignments
 
     torch.set_num_threads(args.threads)
@@ -78,36 +105,38 @@ def main(argv: list[str] | None = None) -> None:
     train_split, test = load_head_split(data, "train"), load_head_split(data, "test")
     heads = list(range(min(args.test_heads, len(test))))
     runs = args.runs or Path(tempfile.mkdtemp(prefix="phorhum-runs-"))
-    overrides = parse_assignments(args.set)
-    apply_overrides(PhorhumTrainConfig(), overrides)  # a bad setting stops the run before any training
+    apply_overrides(PhorhumTrainConfig(), parse_assignments(args.set))  # a bad setting stops the run here
+    jobs = [(key, data, runs / key, args.budget, args.set, args.threads) for key in args.rows if key != "mean"]
+    if args.jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
+            trained = dict(pool.map(train_row, jobs))
+    else:
+        trained = dict(train_row(job) for job in jobs)
     rows, extra = [], {}
     for key in args.rows:
         if key == "mean":
-            predictions, trained = mean_head_predictions(test, heads, train_split), None
+            predictions, done = mean_head_predictions(test, heads, train_split), None
         else:
-            settings = {"budget_s": args.budget, "decay_at_budget": DECAY_AT_BUDGET, "val_split": None,
-                        "iterations": 10**9, **({"render_heads": 0} if key == "phorhum-no-render" else {})}
-            config = apply_overrides(PhorhumTrainConfig(**settings), overrides)
-            trained = train(data, runs / key, config, "cpu", progress=False, threads=args.threads)
-            print(f"{key}: {trained.summary()}", flush=True)
             from zerolevel.learn.phorhum import PhorhumNet
             from zerolevel.learn.predict import load_model
-            net = load_model(runs / key, network=PhorhumNet)
+            net, done = load_model(runs / key, network=PhorhumNet), trained[key]
             t0 = time.perf_counter()
             predictions = network_predictions(net, test, heads, args.resolution)
             extra[key] = f"{(time.perf_counter() - t0) / len(heads):.1f} s per prediction"
         figures = mean_figures(evaluate_heads(predictions, test, heads))
         print(f"{key}: {figures}", flush=True)
-        rows.append([TITLES[key], *([trained.iterations, round(trained.seconds)] if trained else ["-", "-"]),
+        rows.append([TITLES[key], *([done["iterations"], round(done["seconds"])] if done else ["-", "-"]),
                      *[figures[f] for f in FIGURES]])
         if key != "mean":
-            write_gallery(predictions[:4], test, heads[:4], HERE / "results" / f"{args.name}_gallery.png")
+            stem = args.name + "_gallery" + ("" if key == "phorhum" else f"_{key}")
+            write_gallery(predictions[:4], test, heads[:4], HERE / "results" / f"{stem}.png")
     command = "python benchmarks/phorhum.py " + " ".join(sys.argv[1:]) if argv is None else \
         "python benchmarks/phorhum.py " + " ".join(argv)
     notes = (f"Data: {args.count} generated heads (zerolevel dataset --generate heads defaults: 4 photographs "
              f"per head at 128^2; splits {made.info['splits']}), cache {data}. Network rows: PhorhumTrainConfig "
              f"defaults{' with ' + ' '.join(args.set) if args.set else ''}, from scratch, seed 0, until {args.budget:g} s "
-             f"of the loop's wall-clock time, the decay (x0.3) after {DECAY_AT_BUDGET} of it, {args.threads} threads, "
+             f"of the loop's wall-clock time, the decay (x0.3) after {DECAY_AT_BUDGET} of it, {args.jobs} row(s) at "
+             f"once on {args.threads} thread(s) each, "
              f"torch {torch.__version__}. Scores: the first {len(heads)} test heads, each from its first photograph "
              f"with the dataset's camera; meshes by narrow-band marching cubes at {args.resolution}^3 over the head "
              f"box; {', '.join(f'{k}: {v}' for k, v in extra.items())}. Distances are fractions of the true head's "

@@ -23,6 +23,7 @@ white sclera, an iris from `IRIS` and a dark pupil.
     head = generate_head(7)                       # Head: vertices, faces, albedo, identity, expression
     mesh = head.mesh()                            # trimesh with vertex colours
     inside = head.contains(points)                # (M,) bool
+    base = mean_head_sdf()                        # the mean head's signed distances on a lattice (a prior)
 """
 
 from __future__ import annotations
@@ -168,7 +169,8 @@ class Head:
     Attributes:
         vertices: (N, 3) float64; faces: (F, 3) int64 (the model's); part: (N,) the model's piece labels.
         albedo: (N, 3) float32 RGB in [0, 1].
-        identity: (K,) and expression: (E,) the model weights it was made from; seed: its seed.
+        identity: (K,) and expression: (E,) the model weights it was made from; seed: its seed (-1: the
+            mean head, `mean_head`).
     """
 
     vertices: np.ndarray
@@ -238,6 +240,44 @@ def generate_head(seed: int, model: HeadModel | None = None) -> Head:
     cm = model.vertices(identity, expression)
     vertices = (cm - model.centre) * model.scale * np.array([-1.0, 1.0, -1.0])  # turned to face -z
     return Head(vertices, model.faces, model.part, albedo, identity, expression, int(seed))
+
+
+def mean_head(model: HeadModel | None = None) -> Head:
+    """The model's mean head (identity and expression 0), placed as `generate_head` places a head, grey."""
+    model = load_model() if model is None else model
+    identity, expression = np.zeros(len(model.identity_modes)), np.zeros(len(model.expression_modes))
+    cm = model.vertices(identity, expression)
+    vertices = (cm - model.centre) * model.scale * np.array([-1.0, 1.0, -1.0])
+    albedo = np.full((len(vertices), 3), 0.5, dtype=np.float32)
+    return Head(vertices, model.faces, model.part, albedo, identity, expression, -1)
+
+
+@dataclass(frozen=True)
+class SDFLattice:
+    """Signed distances (negative inside) at the vertices of a regular lattice: `values` (n, n, n)
+    float32 indexed [x, y, z], the vertex (i, j, k) at lo + (i, j, k) (hi - lo) / (n - 1)."""
+
+    values: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+
+
+@lru_cache(maxsize=2)
+def mean_head_sdf(resolution: int = 48, padding: float = 0.1, surface_points: int = 200_000) -> SDFLattice:
+    """The mean head's signed distance on a `resolution`^3 lattice over its bounding box grown by
+    `padding` (head units) on every side: the distance to the nearest of `surface_points` samples of
+    its outer surface (their spacing, ~0.003, is a fifth of a cell), signed by `Head.contains`.
+    Deterministic and cached: the head network's prior (`PhorhumNetConfig.base`), made in ~1 s."""
+    from pykdtree.kdtree import KDTree
+
+    head = mean_head()
+    lo, hi = head.vertices.min(0) - padding, head.vertices.max(0) + padding
+    axes = [np.linspace(a, b, resolution) for a, b in zip(lo, hi)]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
+    samples, _ = trimesh.sample.sample_surface(head.outer_mesh(), surface_points, seed=0)
+    distance, _ = KDTree(np.asarray(samples)).query(points)
+    signed = np.where(head.contains(points), -distance, distance)
+    return SDFLattice(signed.reshape((resolution,) * 3).astype(np.float32), lo, hi)
 
 
 def sample_expression(rng: np.random.Generator, names: tuple[str, ...]) -> np.ndarray:

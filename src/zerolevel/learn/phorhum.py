@@ -21,9 +21,13 @@ shading network; the losses and training are `phorhum_train.py`'s.
   the camera's yaw; the camera's distance does not enter (the projection carries it).
 - SDF + albedo MLP (the thesis: 8 x 512 Swish with an additive skip): `depth` layers of `width` SiLU
   with the input added back halfway through, then d (1) and albedo (3, sigmoid). The distance is
-  a residual over a sphere's, d = |x| - `sphere_radius` + mlp, so the untrained network already has a
-  surface in front of every camera (the SDF networks' geometric initialisation, here for a network
-  whose input is an image).
+  a residual over a prior's, d = base(x) + mlp, so the untrained network already has a surface in
+  front of every camera (the SDF networks' geometric initialisation, here for a network whose input
+  is an image). `base`: "mean_head" (default), the head model's mean head
+  (`heads.mean_head_sdf`, trilinear on its lattice; outside the lattice's box, the box's value plus
+  the distance to the box), so that the network learns each head's offsets from the mean rather than
+  a head from a ball; or "sphere", |x| - `sphere_radius` (the first design; checkpoints without the
+  setting are read as it).
 - Illumination code: the bottleneck's mean over the image, a linear map to `light_code` numbers; the
   shading network: (unit normal, code) -> 2 layers of 64 SiLU -> softplus RGB shading.
 """
@@ -33,12 +37,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cameras import Cameras
 from .encoders import check_images, config_from_dict
+from .heads import mean_head_sdf
 
 
 @dataclass
@@ -53,7 +59,8 @@ class PhorhumNetConfig:
     width: int = 128                            # MLP width ...
     depth: int = 6                              # ... and layers
     light_code: int = 16                        # illumination code size
-    sphere_radius: float = 0.3                  # the distance's initial sphere (head units)
+    base: str = "mean_head"                     # the distance's prior: "mean_head" or "sphere"
+    sphere_radius: float = 0.3                  # the "sphere" prior's radius (head units)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -63,10 +70,15 @@ class PhorhumNetConfig:
                              f"2^{levels}, got {self.channels}, {self.image_size}")
         if min(self.features, self.width, self.depth, self.light_code) < 1 or self.frequencies < 0:
             raise ValueError("features, width, depth and light_code must be positive, frequencies >= 0")
+        if self.base not in BASES:
+            raise ValueError(f"unknown base {self.base!r}; choose one of {', '.join(BASES)}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "PhorhumNetConfig":
-        return config_from_dict(cls, data)
+        return config_from_dict(cls, {"base": "sphere", **data})  # checkpoints before the setting: the sphere
+
+
+BASES = ("mean_head", "sphere")
 
 
 class BlurPool(nn.Module):
@@ -118,6 +130,15 @@ class UNet(nn.Module):
         return self.out(x), bottleneck  # x is at S/2: the first pooled level's size
 
 
+def trilinear(volume: Tensor, points: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """(n, n, n) lattice values indexed [x, y, z] over the box [lo, hi] at points (..., 3) inside it,
+    trilinearly (`grid_sample`, whose 3D kernel is differentiable twice in the points, as the eikonal
+    term needs)."""
+    normalised = ((points - lo) * (2.0 / (hi - lo)) - 1.0).flip(-1)  # grid_sample's (z, y, x) order
+    grid = normalised.reshape(1, -1, 1, 1, 3)
+    return F.grid_sample(volume[None, None], grid, mode="bilinear", align_corners=True).reshape(points.shape[:-1])
+
+
 def positional_encoding(q: Tensor, frequencies: int) -> Tensor:
     """(..., 3) -> (..., 3 + 6 * frequencies): q, then sin and cos of 2^k pi q for k < frequencies."""
     if frequencies == 0:
@@ -146,12 +167,17 @@ class PhorhumNet(nn.Module):
         self.hidden = nn.ModuleList(nn.Linear(c.width, c.width) for _ in range(c.depth - 1))
         self.skip = nn.Linear(n_in, c.width)  # the input added back halfway (the thesis's additive skip)
         self.head = nn.Linear(c.width, 4)
-        nn.init.zeros_(self.head.weight)  # start at the sphere, grey albedo
+        nn.init.zeros_(self.head.weight)  # start at the prior, grey albedo
         nn.init.zeros_(self.head.bias)
         # k of the label loss's sigmoid(-k d), learnt (the thesis's); about 1 / the near samples' spread
         self.log_sharpness = nn.Parameter(torch.tensor(math.log(100.0)))
         self.shading = nn.Sequential(nn.Linear(3 + c.light_code, 64), nn.SiLU(), nn.Linear(64, 64), nn.SiLU(),
                                      nn.Linear(64, 3))
+        if c.base == "mean_head":  # not in the state dict: remade (deterministically) wherever the net is built
+            lattice = mean_head_sdf()
+            self.register_buffer("base_values", torch.from_numpy(lattice.values).clone(), persistent=False)
+            self.register_buffer("base_box", torch.from_numpy(np.stack([lattice.lo, lattice.hi])).float(),
+                                 persistent=False)
 
     @classmethod
     def from_config(cls, config: PhorhumNetConfig) -> "PhorhumNet":
@@ -180,8 +206,18 @@ class PhorhumNet(nn.Module):
                 h = h + self.skip(x)
             h = F.silu(layer(h))
         out = self.head(h)
-        d = points.norm(dim=-1) - self.config.sphere_radius + out[..., 0]
-        return d, torch.sigmoid(out[..., 1:])
+        return self.base(points) + out[..., 0], torch.sigmoid(out[..., 1:])
+
+    def base(self, points: Tensor) -> Tensor:
+        """The prior's signed distance at points (..., 3) (`PhorhumNetConfig.base`)."""
+        if self.config.base == "sphere":
+            return points.norm(dim=-1) - self.config.sphere_radius
+        lo, hi = self.base_box.to(points.dtype)
+        inner = torch.minimum(torch.maximum(points, lo), hi)
+        outside = (points - inner).square().sum(dim=-1)
+        # the distance to the box, with a zero gradient (not a NaN) inside it
+        beyond = torch.where(outside > 0, outside.clamp_min(1e-20).sqrt(), torch.zeros_like(outside))
+        return trilinear(self.base_values.to(points.dtype), inner, lo, hi) + beyond
 
     def shade(self, normals: Tensor, codes: Tensor) -> Tensor:
         """(B, N, 3) RGB shading of unit normals (B, N, 3) under the images' light codes (B, Z)."""

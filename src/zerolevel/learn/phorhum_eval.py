@@ -37,7 +37,7 @@ from ..metrics import nearest_neighbours, sample_surface
 from ..render.raycast import MeshRayCaster
 from .dataset.heads import HeadSplit, head_sources, surface_samples
 from .evaluate import EvalRequest
-from .heads import Head, generate_head, load_model
+from .heads import Head, generate_head, load_model, mean_head
 
 TAUS = (0.005, 0.01)
 
@@ -88,9 +88,7 @@ def network_predictions(net: Any, split: HeadSplit, indices: list[int], resoluti
 def mean_head_predictions(split: HeadSplit, indices: list[int], train: HeadSplit) -> list[HeadPrediction]:
     """The baseline: the model's mean head (identity and expression 0) where the camera puts every head,
     with the training heads' mean surface albedo everywhere."""
-    model = load_model()
-    neutral = (model.neutral.astype(np.float64) - model.centre) * model.scale * np.array([-1.0, 1.0, -1.0])
-    mesh = trimesh.Trimesh(neutral, model.faces, process=False)  # as `generate_head` places a head
+    mesh = mean_head().mesh()
     colour = np.asarray(train.surface[:, :, 6:9]).reshape(-1, 3).mean(0)
     return [HeadPrediction(mesh, lambda p, c=colour: np.broadcast_to(c, (len(p), 3))) for _ in indices]
 

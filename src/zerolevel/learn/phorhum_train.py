@@ -55,7 +55,7 @@ from ..cameras import Cameras
 from ..errors import InputError
 from ..optim.distributed import Distributed
 from ..render.spheretrace import sphere_trace
-from .phorhum import PhorhumNet
+from .phorhum import BASES, PhorhumNet
 from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
 
 TRACE_RADIUS = 0.65  # the tracer's bounding sphere (head units): holds every generated head
@@ -72,6 +72,7 @@ class PhorhumTrainConfig(TrainingConfig):
     width: int = 128
     depth: int = 6
     light_code: int = 16
+    base: str = "mean_head"            # the distance's prior: "mean_head" or "sphere" (`PhorhumNetConfig`)
     surface_points: int = 512          # per sample and step, of the head's set O
     label_points: int = 1024           # per sample and step, of the head's set F
     w_g1_start: float = 1.0            # the thesis: lambda_g1 linearly from 1 to 15
@@ -105,6 +106,8 @@ class PhorhumTrainConfig(TrainingConfig):
                 or self.render_heads < 0:
             raise ValueError("surface_points, label_points, patch and trace_steps must be positive, "
                              "w_g1_ramp and render_heads >= 0")
+        if self.base not in BASES:
+            raise ValueError(f"unknown base {self.base!r}; choose one of {', '.join(BASES)}")
 
     def w_g1(self, iteration: int) -> float:
         """lambda_g1 at a 0-based iteration."""
@@ -359,7 +362,7 @@ def _make_task(train_split: Any, val_split: Any, config: PhorhumTrainConfig, dis
     try:
         net = PhorhumNet(image_size=size, channels=config.channels, features=config.features,
                          frequencies=config.frequencies, width=config.width, depth=config.depth,
-                         light_code=config.light_code)
+                         light_code=config.light_code, base=config.base)
     except ValueError as error:
         raise InputError(f"{error}: set channels to fewer levels for {size}x{size} photographs") from None
     return PhorhumTraining(net.to(device, config.torch_dtype), train_split, val_split, config, dist, device)
