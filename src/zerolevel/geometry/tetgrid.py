@@ -297,13 +297,15 @@ def lattice_evaluate(values: Tensor, points: Tensor, resolution: int, bounds: tu
     return torch.where(inside, result, torch.full_like(result, math.inf))
 
 
-def lattice_trilinear(values: Tensor, points: Tensor, resolution: int, bounds: tuple[float, float]) -> Tensor:
+def lattice_trilinear(values: Tensor, points: Tensor, resolution: int,
+                      bounds: tuple[float | Tensor, float | Tensor]) -> Tensor:
     """Trilinear interpolation of a batch of regular vertex lattices at points, +inf outside the box.
 
-    Arguments and result as `lattice_evaluate`, whose piecewise-linear (Kuhn) function this is not:
+    Arguments and result as `lattice_evaluate` (here `bounds` may also be (3,) tensors: a box of
+    other sides, still `resolution` cells along each), whose piecewise-linear (Kuhn) function this is not:
     within a cube the two agree at the corners and differ by at most the corner values' spread. It
     is one fused kernel (`grid_sample`), several times faster: for searches (e.g. a ray's lowest value) whose
-    result is then evaluated exactly.
+    result is then evaluated exactly. Differentiable twice in the points (`grid_sample`'s 3D kernel).
     """
     n = resolution + 1
     lo, hi = bounds

@@ -277,7 +277,7 @@ class EvalRequest:
     split: str = "test"
     views: int | None = None           # views per object, evenly spaced from view 0 (heads: the first N heads)
     surface_views: int = 1             # Chamfer / F-score on the first this many evaluated views
-    taus: tuple[float, ...] = tuple(DEFAULT_TAUS)
+    taus: tuple[float, ...] = DEFAULT_TAUS
     points: int = SURFACE_POINTS       # surface samples per mesh
     batch_size: int = 32
     device: str = "cpu"

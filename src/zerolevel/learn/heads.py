@@ -137,6 +137,10 @@ class HeadModel:
         out = out + np.tensordot(identity, self.identity_modes, axes=1)
         return out + np.tensordot(expression, self.expression_modes, axes=1)
 
+    def head_frame(self, cm: np.ndarray) -> np.ndarray:
+        """(N, 3) model centimetres -> head units: centred, scaled, turned to face -z."""
+        return (cm - self.centre) * self.scale * np.array([-1.0, 1.0, -1.0])
+
     def region(self, name: str) -> np.ndarray:
         """(N,) weights of one region."""
         return self.regions[:, self.region_names.index(name)]
@@ -237,8 +241,7 @@ def generate_head(seed: int, model: HeadModel | None = None) -> Head:
     identity = rng.standard_normal(len(model.identity_modes))
     expression = sample_expression(rng, model.expression_names)
     albedo = sample_albedo(rng, model)
-    cm = model.vertices(identity, expression)
-    vertices = (cm - model.centre) * model.scale * np.array([-1.0, 1.0, -1.0])  # turned to face -z
+    vertices = model.head_frame(model.vertices(identity, expression))
     return Head(vertices, model.faces, model.part, albedo, identity, expression, int(seed))
 
 
@@ -246,8 +249,7 @@ def mean_head(model: HeadModel | None = None) -> Head:
     """The model's mean head (identity and expression 0), placed as `generate_head` places a head, grey."""
     model = load_model() if model is None else model
     identity, expression = np.zeros(len(model.identity_modes)), np.zeros(len(model.expression_modes))
-    cm = model.vertices(identity, expression)
-    vertices = (cm - model.centre) * model.scale * np.array([-1.0, 1.0, -1.0])
+    vertices = model.head_frame(model.vertices(identity, expression))
     albedo = np.full((len(vertices), 3), 0.5, dtype=np.float32)
     return Head(vertices, model.faces, model.part, albedo, identity, expression, -1)
 

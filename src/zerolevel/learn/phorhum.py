@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cameras import Cameras
+from ..geometry.tetgrid import lattice_trilinear
 from .encoders import check_images, config_from_dict
 from .heads import mean_head_sdf
 
@@ -130,15 +131,6 @@ class UNet(nn.Module):
         return self.out(x), bottleneck  # x is at S/2: the first pooled level's size
 
 
-def trilinear(volume: Tensor, points: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
-    """(n, n, n) lattice values indexed [x, y, z] over the box [lo, hi] at points (..., 3) inside it,
-    trilinearly (`grid_sample`, whose 3D kernel is differentiable twice in the points, as the eikonal
-    term needs)."""
-    normalised = ((points - lo) * (2.0 / (hi - lo)) - 1.0).flip(-1)  # grid_sample's (z, y, x) order
-    grid = normalised.reshape(1, -1, 1, 1, 3)
-    return F.grid_sample(volume[None, None], grid, mode="bilinear", align_corners=True).reshape(points.shape[:-1])
-
-
 def positional_encoding(q: Tensor, frequencies: int) -> Tensor:
     """(..., 3) -> (..., 3 + 6 * frequencies): q, then sin and cos of 2^k pi q for k < frequencies."""
     if frequencies == 0:
@@ -213,11 +205,14 @@ class PhorhumNet(nn.Module):
         if self.config.base == "sphere":
             return points.norm(dim=-1) - self.config.sphere_radius
         lo, hi = self.base_box.to(points.dtype)
-        inner = torch.minimum(torch.maximum(points, lo), hi)
+        margin = 1e-5 * (hi - lo)  # clamped points stay inside the box when rounded (outside: +inf)
+        inner = torch.minimum(torch.maximum(points, lo + margin), hi - margin)
         outside = (points - inner).square().sum(dim=-1)
         # the distance to the box, with a zero gradient (not a NaN) inside it
         beyond = torch.where(outside > 0, outside.clamp_min(1e-20).sqrt(), torch.zeros_like(outside))
-        return trilinear(self.base_values.to(points.dtype), inner, lo, hi) + beyond
+        values = self.base_values.to(points.dtype).reshape(1, -1)
+        within = lattice_trilinear(values, inner.reshape(1, -1, 3), len(self.base_values) - 1, (lo, hi))
+        return within.reshape(points.shape[:-1]) + beyond
 
     def shade(self, normals: Tensor, codes: Tensor) -> Tensor:
         """(B, N, 3) RGB shading of unit normals (B, N, 3) under the images' light codes (B, Z)."""
