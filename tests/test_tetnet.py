@@ -269,6 +269,38 @@ def test_the_batch_is_scored_as_each_sample_alone():
                                    rtol=1e-4, atol=1e-7)
 
 
+def test_the_carve_term_pushes_out_what_any_mask_of_the_object_sees_as_background():
+    """hull_outside: per object, the lattice vertices whose projection falls on the background of any
+    of its views (as the visual hull field computes, one object at a time); the ellipsoid itself never
+    among them. carve: the mean hinge over those vertices, its descent raising exactly the ones below
+    +margin (the starting sphere is wider than the flat ellipsoids: some are)."""
+    from zerolevel.geometry.visual_hull import VisualHullField
+    from zerolevel.learn.tetnet_train import _make_task, hull_outside
+    from zerolevel.optim.distributed import Distributed
+
+    radii = [(0.35, 0.1, 0.25), (0.15, 0.3, 0.15)]
+    split = ellipsoids(radii, views=6)
+    task = _make_task(split, None, config(batch_size=2, w_carve=1.0), Distributed(), torch.device("cpu"))
+    points = task.net.grid_vertices
+    outside = hull_outside(split, points, chunk=1)
+    assert torch.equal(outside, task.outside_hull) and outside.shape == (2, len(points))
+    for i, r in enumerate(radii):
+        masks = torch.from_numpy(split.images[i, ..., 3]).float() / 255
+        expected = VisualHullField(split.cameras, masks).coverage(points).amin(dim=0) < 0.5
+        assert torch.equal(outside[i], expected)
+        inside = ((points / torch.tensor(r)) ** 2).sum(dim=1) < 0.9
+        assert not outside[i][inside].any() and outside[i].float().mean() > 0.8
+    with torch.no_grad():
+        values = task.net(torch.rand(2, 4, 32, 32))
+    values.requires_grad_(True)
+    carve = task.carve(values, np.array([1, 0]))  # sample 0 is object 1
+    grad = torch.autograd.grad(carve, values)[0]
+    margin = task.config.margin * task.net.grid.cell
+    pushed = outside[[1, 0]] & (values < margin)
+    assert carve > 0 and pushed.any()
+    assert torch.equal(grad < 0, pushed) and not grad[~pushed].any()
+
+
 def test_the_lowest_value_along_a_ray_of_the_starting_sphere(tmp_path):
     """The expand term's search on the untrained network (the sphere of radius 0.3): a ray at distance d
     from the centre has its lowest value d - 0.3 (within half a cell: the search samples every half

@@ -21,6 +21,9 @@ random) and compared with the dataset's normal maps and masks:
                   stay a distance)
     w_curvature * the mesh's area (surface-area form of mean-curvature flow: its gradient with
                   respect to the vertices is the mean curvature normal)
+    w_carve     * carve: every lattice vertex outside the object's visual hull (carved from the
+                  masks of all its training views, once, before the loop) is pushed past +margin:
+                  dense 3D evidence of empty space, from masks alone
 
 each averaged over the samples. Supervision is the split's images (the input, and the masks in
 their alpha) and normal maps — never a mesh or voxels (`tests/test_tetnet.py` checks it).
@@ -42,7 +45,6 @@ from ..cameras import Cameras
 from ..errors import InputError
 from ..geometry.rays import ray_sphere_interval
 from ..geometry.tetgrid import inside_ends, lattice_evaluate, lattice_trilinear
-from ..geometry.visual_hull import VisualHullField
 from ..optim.distributed import Distributed
 from ..render.raster import ViewMeshes, render_normals
 from .encoders import ENCODERS
@@ -75,7 +77,7 @@ class TetNetTrainConfig(TrainingConfig):
     w_expand: float = 2.0              # x20 vs x1 at 15 min; x5 between them in issue 17's notes)
     w_eikonal: float = 0.1
     w_curvature: float = 0.01
-    w_carve: float = 0.0                # volumetric shrink (`carve`); off until measured to help
+    w_carve: float = 0.0               # volumetric shrink outside the object's visual hull (`carve`)
     margin: float = 0.1                # shrink / expand push values this many cells past zero
     expand_rays: int = 256             # at most this many uncovered pixels per sample
     views: int = 2                     # views rendered per sample: the input, the pair's second view
@@ -107,6 +109,9 @@ class TetNetTraining(TrainingTask):
         if self.config.views > available:
             raise InputError(f"views={self.config.views} per sample, but the dataset has {available} per object",
                              getattr(self.train_split, "root", None))
+        # (objects, N) lattice vertices outside each training object's visual hull (the carve term)
+        self.outside_hull = (hull_outside(self.train_split, self.net.grid_vertices) if self.config.w_carve
+                             else None)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generator": self.generator.get_state()}
@@ -128,7 +133,7 @@ class TetNetTraining(TrainingTask):
                              for views in (batch.view_a, batch.view_b, *extra)])
         parts, missing = self.surface_terms(values, cameras, masks, normals)
         parts["expand"] = self.expand(values, cameras, missing)
-        parts["carve"] = self.carve(values, cameras, masks) if cfg.w_carve else values.new_zeros(())
+        parts["carve"] = self.carve(values, batch.objects) if cfg.w_carve else values.new_zeros(())
         parts["eikonal"] = lattice_eikonal(values, net.config.grid, net.grid.cell)
         weights = {"normal": cfg.w_normal, "mask": cfg.w_mask, "shrink": cfg.w_shrink, "expand": cfg.w_expand,
                    "carve": cfg.w_carve, "eikonal": cfg.w_eikonal, "curvature": cfg.w_curvature}
@@ -238,16 +243,33 @@ class TetNetTraining(TrainingTask):
         result = lattice_evaluate(values, lowest, net.config.grid, (lo, hi))
         return torch.where(torch.isfinite(sampled.min(dim=2).values), result, torch.full_like(result, math.inf))
 
-    def carve(self, values: Tensor, cameras: Cameras, masks: Tensor) -> Tensor:
-        """Shrink over the volume: every lattice vertex that projects onto the background of one of
-        its sample's views (or off the image) lies outside the object, so its value is pushed past
-        +margin; the mean hinge over those vertices. values (B, N); cameras and masks (V B, ...), sample
-        i's views at i + k B."""
-        B = len(values)
-        coverage = VisualHullField(cameras, masks).coverage(self.net.grid_vertices)  # (V B, N)
-        outside = coverage.reshape(-1, B, coverage.shape[-1]).amin(dim=0) < 0.5
-        margin = self.config.margin * self.net.grid.cell
-        return L.shrink_loss(values[outside], margin)
+    def carve(self, values: Tensor, objects: np.ndarray) -> Tensor:
+        """Shrink over the volume: the (B, N) values of the lattice vertices outside each sample's
+        visual hull (`hull_outside`) pushed past +margin; the mean hinge over those vertices."""
+        outside = self.outside_hull[torch.as_tensor(objects, dtype=torch.long)].to(values.device)
+        return L.shrink_loss(values[outside], self.config.margin * self.net.grid.cell)
+
+
+@torch.no_grad()
+def hull_outside(split: Any, points: Tensor, chunk: int = 64) -> Tensor:
+    """(objects, N) bool: the (N, 3) world points that lie outside each object's visual hull, i.e.
+    project onto the background (mask < 0.5, or off the image) of at least one of the split's views
+    of that object. Masks only: the split's alpha channels and cameras."""
+    cameras = split.cameras.to(device=points.device, dtype=torch.float32)
+    uv, depth = cameras.project(points.float())  # (V, N, 2), (V, N)
+    size = torch.tensor([cameras.width, cameras.height], dtype=uv.dtype, device=uv.device)
+    grid = (2 * uv / size - 1)[:, :, None, :]  # (V, N, 1, 2), grid_sample's align_corners=False
+    behind = depth <= 0
+    outside = []
+    for first in range(0, len(split.images), chunk):
+        masks = torch.from_numpy(np.ascontiguousarray(split.images[first:first + chunk, ..., 3]))
+        masks = masks.to(points.device, torch.float32).div_(255.0)  # (C, V, S, S)
+        count, views = masks.shape[:2]
+        coverage = torch.nn.functional.grid_sample(  # one view at a time over the chunk's objects
+            masks.transpose(0, 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        coverage = coverage[:, :, :, 0].masked_fill(behind[:, None], 0.0)  # (V, C, N)
+        outside.append((coverage < 0.5).any(dim=0))
+    return torch.cat(outside)
 
 
 def lattice_eikonal(values: Tensor, grid: int, cell: float) -> Tensor:
