@@ -91,10 +91,11 @@ def run(split, out, cfg, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ network
-@pytest.mark.parametrize("head,norm", [("shuffle", "none"), ("conv", "none"), ("shuffle", "group")])
-def test_the_network_starts_as_a_closed_sphere(head, norm):
+@pytest.mark.parametrize("head,norm,basis", [("shuffle", "none", 0), ("conv", "none", 0), ("shuffle", "group", 0),
+                                             ("shuffle", "none", 8)])
+def test_the_network_starts_as_a_closed_sphere(head, norm, basis):
     torch.manual_seed(0)
-    net = TetNet(**SMALL, head=head, norm=norm).eval()
+    net = TetNet(**SMALL, head=head, norm=norm, basis=basis).eval()
     values = net(torch.rand(2, 4, 32, 32))
     grid = net.grid
     expected = grid.vertices.norm(dim=1) - net.config.init_radius
@@ -147,6 +148,24 @@ def test_a_trained_shuffle_head_moves_fine_vertices_independently():
     assert values.shape == (2, n ** 3)
     values.reshape(2, n, n, n)[0, 3, 5, 7].backward()
     assert net.decoder.sub.weight.grad.abs().sum() > 0
+
+
+def test_the_basis_term_is_a_learnt_field_per_code_coefficient():
+    """basis=K: the decoder's offset gains (code -> K coefficients) times K fields on the full lattice,
+    one learnt value per vertex each; a gradient on one vertex reaches exactly that vertex's row of
+    fields. No basis: no such parameters (older checkpoints load as before)."""
+    net = TetNet(**SMALL, basis=4)
+    values = net(torch.rand(2, 4, 32, 32))
+    n = net.config.grid + 1
+    fields = net.decoder.basis[1].weight
+    assert fields.shape == (n ** 3, 4) and not fields.any()
+    vertex = (3 * n + 5) * n + 7
+    values[0, vertex].backward()
+    touched = fields.grad.abs().sum(dim=1).nonzero()[:, 0]
+    assert touched.tolist() == [vertex]
+    assert not any("basis" in key for key in TetNet(**SMALL).state_dict())
+    with pytest.raises(ValueError, match="basis must be >= 0"):
+        TetNet(**SMALL, basis=-1)
 
 
 def test_the_gallery_draws_a_tetnet_prediction():

@@ -18,7 +18,10 @@ so its output starts (head convolutions zero) as the signed distance to a sphere
 as SoftRas's network starts as its template sphere. The head does at half resolution what a
 convolved level of the full lattice (`head="conv"`, with one more entry in `channels`) does at 8x
 the voxels, for a step two thirds as long and a network that learnt more in the same time
-(`benchmarks/results/tetnet_decoder.md`). The grid's boundary vertices are kept outside
+(`benchmarks/results/tetnet_decoder.md`). With `basis` = K > 0 a linear term is added to the
+offset: the code's K coefficients times K learnt fields on the full lattice (zero at the start),
+detail at the grid's own resolution that the convolutions must otherwise build from the coarse
+lattice. The grid's boundary vertices are kept outside
 (>= half a cell), so every predicted surface is closed. Marching tetrahedra (`geometry.marching`)
 turns each sample's values into a mesh, differentiably in the values (the training's losses reach
 the network through it). The vertex lattice is indexed [x, y, z] in the grid's vertex order.
@@ -54,6 +57,8 @@ class TetNetConfig:
     init_radius: float = 0.3        # the starting surface: a sphere of this radius
     norm: str = "none"              # the decoder's lattices: "none" or "group" (GroupNorm, 8 groups,
                                     # before each ReLU)
+    basis: int = 0                  # > 0: plus a linear term at the grid's own lattice, code ->
+                                    # `basis` coefficients -> a learnt field per coefficient (0: none)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list
@@ -69,6 +74,8 @@ class TetNetConfig:
                              f"level) and image_size >= 16, got {self.grid}, {self.image_size}")
         if not 0 < self.init_radius < self.bounds:
             raise ValueError("need 0 < init_radius < bounds")
+        if self.basis < 0:
+            raise ValueError(f"basis must be >= 0, got {self.basis}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TetNetConfig":
@@ -94,12 +101,16 @@ class GridDecoder(nn.Module):
                                    for c in channels)
         self.out = nn.Conv3d(channels[-1], 1, 3, padding=1)
         self.sub = nn.Conv3d(channels[-1], 8, 3, padding=1) if self.shuffle else None
-        for conv in (self.out, self.sub):
+        n = config.grid + 1
+        self.basis = None
+        if config.basis:  # coefficients, then one learnt field each (zero: the term starts at 0)
+            self.basis = nn.Sequential(nn.Linear(config.latent, config.basis), nn.Linear(config.basis, n ** 3, bias=False))
+        for conv in (self.out, self.sub, None if self.basis is None else self.basis[1]):
             if conv is not None:
                 nn.init.zeros_(conv.weight)
-                nn.init.zeros_(conv.bias)
+                if conv.bias is not None:
+                    nn.init.zeros_(conv.bias)
         self.cell = grid.cell
-        n = config.grid + 1
         start = grid.vertices.norm(dim=1) - config.init_radius
         coords = grid.coords
         boundary = ((coords == 0) | (coords == config.grid)).any(dim=1)
@@ -114,6 +125,8 @@ class GridDecoder(nn.Module):
         offset = self.out(x)
         if self.shuffle:
             offset = _refine_lattice(offset) + _sub_vertices(self.sub(x))
+        if self.basis is not None:
+            offset = offset + self.basis(code).reshape(offset.shape)
         values = self.start + self.cell * offset[:, 0]
         # boundary vertices stay outside: every surface is closed inside the grid
         values = torch.where(self.boundary, values.clamp_min(0.5 * self.cell), values)

@@ -66,6 +66,7 @@ class TetNetTrainConfig(TrainingConfig):
     channels: tuple[int, ...] = (64, 32, 16)  # decoder features, coarsest lattice to the finest (tetnet.py)
     head: str = "shuffle"              # the decoder's finest lattice (tetnet.py)
     norm: str = "none"                 # the decoder's normalisation (tetnet.py)
+    basis: int = 0                     # the decoder's linear full-lattice term (tetnet.py; 0: none)
     batch_size: int = 16
     lr: float = 3e-4
     iterations: int = 50_000
@@ -289,7 +290,7 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
         train_split = with_predicted_normals(train_split, config.normals_from, device)
     size = train_split.images.shape[2]
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
-                 head=config.head, norm=config.norm)
+                 head=config.head, norm=config.norm, basis=config.basis)
     net = net.to(device, config.torch_dtype)
     return TetNetTraining(net, train_split, val_split, config, dist, device)
 
