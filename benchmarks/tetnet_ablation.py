@@ -40,8 +40,9 @@ VARIANTS = {
     "silhouette-x5": {"w_mask": 5.0, "w_shrink": 0.5, "w_expand": 0.5},
     "silhouette-x1": {"w_mask": 1.0, "w_shrink": 0.1, "w_expand": 0.1},  # the tet fit's weights
     "carve": {"w_carve": 20.0},               # vertices outside the object's visual hull pushed out
+    "no-carve": {"w_carve": 0.0},              # the default before tetnet_carve_long.md
     "carve-wide": {"w_carve": 20.0, "channels": "128,64,32", "norm": "group", "lr": 1e-3},
-    "carve-basis": {"w_carve": 20.0, "basis": 128},  # + a linear full-lattice term (tetnet.py)
+    "basis-128": {"basis": 128},              # + a linear full-lattice term (tetnet.py)
     "lr-1e-3": {"lr": 1e-3},
     "conv-head": {"head": "conv", "channels": "64,32,16,8"},  # the finest lattice convolved (tetnet.py)
     "views-4": {"views": 4},                 # each sample rendered in 4 of its views
