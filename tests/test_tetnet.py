@@ -291,8 +291,9 @@ def test_the_batch_is_scored_as_each_sample_alone():
 def test_the_carve_term_pushes_out_what_any_mask_of_the_object_sees_as_background():
     """hull_outside: per object, the lattice vertices whose projection falls on the background of any
     of its views (as the visual hull field computes, one object at a time); the ellipsoid itself never
-    among them. carve: the mean hinge over those vertices, its descent raising exactly the ones below
-    +margin (the starting sphere is wider than the flat ellipsoids: some are)."""
+    among them. carve: per sample the mean hinge over its object's such vertices, averaged over the
+    samples; its descent raises exactly the ones below +margin (the starting sphere is wider than the
+    flat ellipsoids: some are)."""
     from zerolevel.geometry.visual_hull import VisualHullField
     from zerolevel.learn.tetnet_train import _make_task, hull_outside
     from zerolevel.optim.distributed import Distributed
@@ -313,6 +314,9 @@ def test_the_carve_term_pushes_out_what_any_mask_of_the_object_sees_as_backgroun
         values = task.net(torch.rand(2, 4, 32, 32))
     values.requires_grad_(True)
     carve = task.carve(values, np.array([1, 0]))  # sample 0 is object 1
+    hinge = (task.config.margin * task.net.grid.cell - values).clamp_min(0.0)
+    expected = sum(hinge[i][outside[o]].mean() for i, o in enumerate([1, 0])) / 2
+    torch.testing.assert_close(carve, expected)
     grad = torch.autograd.grad(carve, values)[0]
     margin = task.config.margin * task.net.grid.cell
     pushed = outside[[1, 0]] & (values < margin)

@@ -248,9 +248,11 @@ class TetNetTraining(TrainingTask):
 
     def carve(self, values: Tensor, objects: np.ndarray) -> Tensor:
         """Shrink over the volume: the (B, N) values of the lattice vertices outside each sample's
-        visual hull (`hull_outside`) pushed past +margin; the mean hinge over those vertices."""
+        visual hull (`hull_outside`) pushed past +margin; per sample the mean hinge over those
+        vertices, averaged over the samples (as every term: so data-parallel shards average alike)."""
         outside = self.outside_hull[torch.as_tensor(objects, dtype=torch.long)].to(values.device)
-        return L.shrink_loss(values[outside], self.config.margin * self.net.grid.cell)
+        hinge = torch.where(outside, (self.config.margin * self.net.grid.cell - values).clamp_min(0.0), 0.0)
+        return (hinge.sum(dim=1) / outside.sum(dim=1).clamp_min(1)).mean()
 
 
 @torch.no_grad()
