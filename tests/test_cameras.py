@@ -107,3 +107,17 @@ def test_check_sees_names_blind_cameras():
         [[0.0, 0.0, 0.0], [0.0, 0.0, -6.0]]))
     with pytest.raises(InputError, match=r"camera\(s\) \[1\]"):
         check_sees(cams, torch.zeros(1, 3), "scene.json")
+
+
+def test_downscaled_cameras_project_to_the_smaller_pixels(cams):
+    """Pixel (i, j) of the factor-2 image covers pixels 2 (i, j) ... 2 (i, j) + 1: uv halves, depth and
+    pose stay; a factor that does not divide the image size is refused."""
+    points = torch.rand(50, 3, dtype=cams.dtype) - 0.5
+    uv, depth = cams.project(points)
+    small = cams.downscaled(2)
+    uv_small, depth_small = small.project(points)
+    assert (small.width, small.height) == (cams.width // 2, cams.height // 2)
+    torch.testing.assert_close(uv_small, uv / 2)
+    torch.testing.assert_close(depth_small, depth)
+    with pytest.raises(ValueError, match="cannot downscale"):
+        cams.downscaled(7)

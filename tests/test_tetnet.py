@@ -223,6 +223,29 @@ def test_training_reads_only_images_and_normal_maps(tmp_path):
     assert all(np.isfinite(row["loss"]) for row in log if "loss" in row)
 
 
+def test_the_losses_can_render_smaller_than_the_images():
+    """render_size=16 on 32-pixel images: the ellipsoid's half-size render (downscaled cameras) matches
+    its full-size mask averaged down, the averaged normal maps stay unit length on the foreground, the
+    step's losses are finite; a size that does not divide the images' is one clear error."""
+    from zerolevel.learn.tetnet_train import _make_task, downscale_targets
+    from zerolevel.optim.distributed import Distributed
+
+    split = ellipsoids([(0.3, 0.2, 0.25)], views=4)
+    truth = split.truth[0]
+    small = MeshRayCaster(truth).render(split.cameras.downscaled(2), supersample=4)["mask"]
+    full = torch.from_numpy(split.images[0, ..., 3]).float() / 255
+    normals = torch.from_numpy(split.normals[0]).float() / 127
+    masks, normals = downscale_targets(full, normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-6), 2)
+    assert masks.shape == (4, 16, 16) and (masks - torch.from_numpy(small).float()).abs().mean() < 0.02
+    length = normals.norm(dim=-1)
+    assert ((length - 1).abs()[masks > 0] < 1e-5).all() and (length[masks == 0] == 0).all()
+    task = _make_task(split, None, config(batch_size=2, render_size=16), Distributed(), torch.device("cpu"))
+    parts = task.batch_losses(task.next_batch(0))
+    assert all(torch.isfinite(parts[name]) for name in parts) and parts["mask"] > 0
+    with pytest.raises(InputError, match="render_size=12 does not divide the dataset's 32-pixel images"):
+        _make_task(split, None, config(render_size=12), Distributed(), torch.device("cpu"))
+
+
 def test_extra_views_are_the_objects_other_views(tmp_path):
     """views=4: each sample is also rendered in two more of its object's views, distinct and neither its
     input view a nor its pair's view b; more views than the dataset has is one clear error."""

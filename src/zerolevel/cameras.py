@@ -79,6 +79,14 @@ class Cameras:
         return Cameras(self.K.to(device=device, dtype=dtype),
                        self.world_to_camera.to(device=device, dtype=dtype), self.width, self.height)
 
+    def downscaled(self, factor: int) -> "Cameras":
+        """The same views on images `factor` times smaller per side: pixel (i, j) of the result covers
+        pixels factor * (i, j) ... factor * (i, j) + factor - 1 of the original (uv / factor)."""
+        if factor < 1 or self.width % factor or self.height % factor:
+            raise ValueError(f"cannot downscale {self.width}x{self.height} images by {factor}")
+        scale = torch.tensor([1.0 / factor, 1.0 / factor, 1.0], dtype=self.dtype, device=self.device)
+        return Cameras(self.K * scale[:, None], self.world_to_camera, self.width // factor, self.height // factor)
+
     @staticmethod
     def cat(cameras: Sequence["Cameras"]) -> "Cameras":
         """Concatenate batches that share one image size."""

@@ -83,6 +83,8 @@ class TetNetTrainConfig(TrainingConfig):
                                        # (benchmarks/results/tetnet_carve_long.md)
     margin: float = 0.1                # shrink / expand push values this many cells past zero
     expand_rays: int = 256             # at most this many uncovered pixels per sample
+    render_size: int | None = None     # pixels per side of the loss renders (masks and normal maps
+                                       # averaged down to it); None: the dataset's; a divisor of it
     views: int = 2                     # views rendered per sample: the input, the pair's second view
                                        # and views - 2 more of the object's, drawn at random
     normals_from: str | None = None    # a normals run (pix2pix): train on its predicted normal maps
@@ -95,6 +97,8 @@ class TetNetTrainConfig(TrainingConfig):
             raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODERS)}")
         if self.expand_rays < 0 or self.margin < 0:
             raise ValueError("expand_rays and margin must be >= 0")
+        if self.render_size is not None and self.render_size < 8:
+            raise ValueError(f"render_size must be >= 8 pixels, got {self.render_size}")
         if self.views < 2:
             raise ValueError(f"views must be >= 2 (the input and the pair's second view), got {self.views}")
 
@@ -134,6 +138,9 @@ class TetNetTraining(TrainingTask):
                            *(split_images(split, batch.objects, views, device, dtype)[:, 3] for views in extra)])
         normals = torch.cat([split_normals(split, batch.objects, views, device, dtype)
                              for views in (batch.view_a, batch.view_b, *extra)])
+        factor = masks.shape[-1] // cfg.render_size if cfg.render_size else 1
+        if factor > 1:  # the loss renders at render_size: the targets averaged down to it
+            cameras, masks, normals = cameras.downscaled(factor), *downscale_targets(masks, normals, factor)
         parts, missing = self.surface_terms(values, cameras, masks, normals)
         parts["expand"] = self.expand(values, cameras, missing)
         parts["carve"] = self.carve(values, batch.objects) if cfg.w_carve else values.new_zeros(())
@@ -277,6 +284,16 @@ def hull_outside(split: Any, points: Tensor, chunk: int = 64) -> Tensor:
     return torch.cat(outside)
 
 
+def downscale_targets(masks: Tensor, normals: Tensor, factor: int) -> tuple[Tensor, Tensor]:
+    """(V, S, S) masks and (V, S, S, 3) unit normal maps (0 on the background) -> the same `factor`
+    times smaller per side: masks by their block mean (coverage), normals by the mean over the
+    block's foreground, renormalised (0 where the block has none)."""
+    small = torch.nn.functional.avg_pool2d(masks[:, None], factor)[:, 0]
+    mean = torch.nn.functional.avg_pool2d(normals.permute(0, 3, 1, 2), factor).permute(0, 2, 3, 1)
+    length = mean.norm(dim=-1, keepdim=True)
+    return small, torch.where(length > 1e-6, mean / length.clamp_min(1e-6), torch.zeros_like(mean))
+
+
 def lattice_eikonal(values: Tensor, grid: int, cell: float) -> Tensor:
     """Mean over the batch's lattice cubes of (|grad f| - 1)^2, grad f by forward differences from
     each cube's first corner; values (B, (grid + 1)^3) in the grid's [x, y, z] vertex order."""
@@ -293,6 +310,9 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
     if config.normals_from is not None:
         train_split = with_predicted_normals(train_split, config.normals_from, device)
     size = train_split.images.shape[2]
+    if config.render_size is not None and (size % config.render_size or config.render_size > size):
+        raise InputError(f"render_size={config.render_size} does not divide the dataset's {size}-pixel images",
+                         getattr(train_split, "root", None))
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
                  head=config.head, norm=config.norm, basis=config.basis)
     net = net.to(device, config.torch_dtype)
