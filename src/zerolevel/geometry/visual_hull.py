@@ -57,12 +57,19 @@ class VisualHullField(torch.nn.Module):
 
     def coverage(self, points: Tensor) -> Tensor:
         """(N, 3) world points -> (B, N): each view's bilinear mask value at their projections."""
-        uv, depth = self.cameras.project(points.to(self.masks.dtype))
-        size = torch.tensor([self.cameras.width, self.cameras.height], dtype=uv.dtype, device=uv.device)
-        grid = (2 * uv / size - 1)[:, :, None, :]  # grid_sample's [-1, 1] with align_corners=False
-        coverage = torch.nn.functional.grid_sample(self.masks, grid, mode="bilinear",
-                                                   padding_mode="zeros", align_corners=False)
-        return coverage[:, 0, :, 0].masked_fill(depth <= 0, 0.0)
+        return mask_coverage(self.cameras, self.masks, points)[:, 0]
+
+
+def mask_coverage(cameras: Cameras, masks: Tensor, points: Tensor) -> Tensor:
+    """(B, C, H, W) C masks per view (e.g. of C objects seen by the same B cameras) and (N, 3) world
+    points -> (B, C, N): each mask's bilinear value at the points' projections in its view; 0 behind
+    the camera or outside the image."""
+    uv, depth = cameras.project(points.to(masks.dtype))
+    size = torch.tensor([cameras.width, cameras.height], dtype=uv.dtype, device=uv.device)
+    grid = (2 * uv / size - 1)[:, :, None, :]  # grid_sample's [-1, 1] with align_corners=False
+    coverage = torch.nn.functional.grid_sample(masks, grid, mode="bilinear", padding_mode="zeros",
+                                               align_corners=False)
+    return coverage[..., 0].masked_fill((depth <= 0)[:, None], 0.0)
 
 
 @torch.no_grad()

@@ -45,6 +45,7 @@ from ..cameras import Cameras
 from ..errors import InputError
 from ..geometry.rays import ray_sphere_interval
 from ..geometry.tetgrid import inside_ends, lattice_evaluate, lattice_trilinear
+from ..geometry.visual_hull import mask_coverage
 from ..optim.distributed import Distributed
 from ..render.raster import ViewMeshes, render_normals
 from .encoders import ENCODERS
@@ -268,19 +269,11 @@ def hull_outside(split: Any, points: Tensor, chunk: int = 64) -> Tensor:
     project onto the background (mask < 0.5, or off the image) of at least one of the split's views
     of that object. Masks only: the split's alpha channels and cameras."""
     cameras = split.cameras.to(device=points.device, dtype=torch.float32)
-    uv, depth = cameras.project(points.float())  # (V, N, 2), (V, N)
-    size = torch.tensor([cameras.width, cameras.height], dtype=uv.dtype, device=uv.device)
-    grid = (2 * uv / size - 1)[:, :, None, :]  # (V, N, 1, 2), grid_sample's align_corners=False
-    behind = depth <= 0
     outside = []
-    for first in range(0, len(split.images), chunk):
+    for first in range(0, len(split.images), chunk):  # a chunk's objects as channels of each view
         masks = torch.from_numpy(np.ascontiguousarray(split.images[first:first + chunk, ..., 3]))
-        masks = masks.to(points.device, torch.float32).div_(255.0)  # (C, V, S, S)
-        count, views = masks.shape[:2]
-        coverage = torch.nn.functional.grid_sample(  # one view at a time over the chunk's objects
-            masks.transpose(0, 1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        coverage = coverage[:, :, :, 0].masked_fill(behind[:, None], 0.0)  # (V, C, N)
-        outside.append((coverage < 0.5).any(dim=0))
+        masks = masks.to(points.device, torch.float32).div_(255.0).transpose(0, 1)  # (V, C, S, S)
+        outside.append((mask_coverage(cameras, masks, points) < 0.5).any(dim=0))
     return torch.cat(outside)
 
 
