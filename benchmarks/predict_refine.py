@@ -124,11 +124,11 @@ def main(argv: list[str] | None = None) -> None:
                 for n in args.view_sets:
                     views = [(k + j * count // n) % count for j in range(n)]
                     images = [np.asarray(split.images[i, v]) for v in views]
-                    outputs = network_outputs(net, images)
+                    cameras = ring_cameras(args.data, views, size)
+                    outputs = network_outputs(net, images, cameras=cameras)
                     for how in (["mean", "max"] if n > 1 else ["mean"]):
                         score((n, "predict", how if n > 1 else "-"), output_mesh(net, fuse(outputs, how)), voxels, gt,
                               category)
-                    cameras = ring_cameras(args.data, views, size)
                     for modality in args.modalities:
                         normals = (None if modality == "masks" else
                                    [np.asarray(decode_normals(split.normals[i, v])) for v in views]

@@ -231,7 +231,7 @@ def refine_rows(run_dir: Path, data: Path, normals_run: Path, args: argparse.Nam
     predicted, refined, fits = [], [], []
     for i, normals in zip(objects, refine_normal_maps(split, objects, args.refine_normals, normals_run)):
         image = np.asarray(split.images[i, 0])
-        output = network_outputs(net, [image])[0]
+        output = network_outputs(net, [image], cameras=cameras)[0]
         scene = input_scene([image], cameras, None if normals is None else [normals], float(net.config.bounds))
         fit = refine(net, output, scene, args.refine_seconds, progress=False, seed=args.seed)
         predicted.append(output_mesh(net, output))

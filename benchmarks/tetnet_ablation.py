@@ -43,6 +43,7 @@ VARIANTS = {
     "no-carve": {"w_carve": 0.0},              # the default before tetnet_carve_long.md
     "carve-wide": {"w_carve": 20.0, "channels": "128,64,32", "norm": "group", "lr": 1e-3},
     "basis-128": {"basis": 128},              # + a linear full-lattice term (tetnet.py)
+    "pixel-16": {"pixel": 16},                # + pixel-aligned features (tetnet.py)
     "lr-1e-3": {"lr": 1e-3},
     "conv-head": {"head": "conv", "channels": "64,32,16,8"},  # the finest lattice convolved (tetnet.py)
     "views-4": {"views": 4},                 # each sample rendered in 4 of its views

@@ -89,7 +89,7 @@ class BoxNet(nn.Module):
         half = (torch.round(images[:, 3, 0, 0] * 255) + 0.5) / N
         return half[:, None, None] * self.unit
 
-    def predict_meshes(self, images: torch.Tensor) -> list:
+    def predict_meshes(self, images: torch.Tensor, cameras=None) -> list:
         faces = self.faces.numpy()
         return [(vertices, faces) for vertices in self(images).double().numpy()]
 

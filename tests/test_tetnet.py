@@ -164,8 +164,70 @@ def test_the_basis_term_is_a_learnt_field_per_code_coefficient():
     touched = fields.grad.abs().sum(dim=1).nonzero()[:, 0]
     assert touched.tolist() == [vertex]
     assert not any("basis" in key for key in TetNet(**SMALL).state_dict())
-    with pytest.raises(ValueError, match="basis must be >= 0"):
+    with pytest.raises(ValueError, match="basis and pixel must be >= 0"):
         TetNet(**SMALL, basis=-1)
+
+
+def test_pixel_aligned_features_read_the_image_at_each_vertex_projection():
+    """pixel=K: each vertex of the decoder's finest lattice (every other vertex of the grid's, with the
+    shuffle head) reads the input image at its projection in the input camera, and its depth. With the
+    mixing layer reduced to one input, the features are the alpha channel's bilinear value at the grid
+    vertices' projections (`mask_coverage`, an independent path), and the depth past the camera's
+    distance to the origin. The network refuses to run without the cameras."""
+    from zerolevel.geometry.visual_hull import mask_coverage
+
+    torch.manual_seed(0)
+    net = TetNet(**SMALL, pixel=4).eval()
+    cameras = Cameras.ring(8, elevation_deg=30, distance=2.732, fov_deg=30, width=32, height=32)[torch.tensor([1, 6])]
+    images = torch.rand(2, 4, 32, 32)
+    n, m = net.config.grid + 1, net.decoder.finest
+    assert m == net.config.grid // 2 + 1
+    lattice = net.grid.vertices.reshape(n, n, n, 3)[::2, ::2, ::2].reshape(-1, 3)  # the grid's [x, y, z] order
+    mix = net.pixel.mix
+    maps = _pixel_maps(net, images)
+    with torch.no_grad():
+        mix.weight.zero_(), mix.bias.zero_()
+        mix.weight[0, 3] = 1.0   # alpha, the image's 4th channel
+        mix.weight[1, -1] = 1.0  # the depth, the last input
+        features = net.pixel(images, maps, cameras)
+    assert features.shape == (2, net.config.channels[-1], m, m, m)
+    alpha = mask_coverage(cameras, images[:, 3:], lattice)[:, 0]
+    torch.testing.assert_close(features[:, 0].reshape(2, -1), alpha)
+    depth = ((lattice[None] - cameras.centers[:, None]) * cameras.forward[:, None]).sum(-1)
+    relative = (depth - cameras.centers.norm(dim=-1)[:, None]) / net.config.bounds
+    torch.testing.assert_close(features[:, 1].reshape(2, -1), relative.clamp_min(0), atol=1e-5, rtol=0)
+    assert (relative < 0).any() and (relative > 0).any()  # the lattice lies before and behind the origin
+    assert net.needs_cameras and not TetNet(**SMALL).needs_cameras
+    with pytest.raises(ValueError, match="needs the 2 input cameras"):
+        net(images)
+    with pytest.raises(ValueError, match="needs the 2 input cameras"):
+        net(images, cameras[torch.tensor([0])])
+
+
+def _pixel_maps(net: TetNet, images: torch.Tensor) -> list:
+    from zerolevel.learn.tetnet import PixelAligned, _encoder_maps
+
+    return PixelAligned.pick(_encoder_maps(net.stem, net.encoder, images)[0])
+
+
+def test_a_pixel_aligned_network_trains_and_predicts_from_its_images_cameras(tmp_path):
+    """Once the decoder's head is not zero (after a first step), the values reach back through the
+    pixel-aligned path to the encoder's maps; a trained run predicts only from each image with its
+    camera (one clear error without), and the camera changes what it predicts."""
+    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2)], views=4)
+    run(split, tmp_path / "run", config(iterations=3, pixel=4, lr=1e-2))
+    net = load_model(tmp_path / "run", network=TetNet)
+    assert net.needs_cameras and net.config.pixel == 4
+    image = split.images[0, 1]
+    with pytest.raises(InputError, match="needs each image's camera"):
+        predict(net, image)
+    one = predict(net, image, cameras=split.cameras[torch.tensor([1])])
+    other = predict(net, image, cameras=split.cameras[torch.tensor([2])])
+    assert len(one.faces) > 0 and len(other.faces) > 0
+    assert len(one.vertices) != len(other.vertices) or not np.allclose(one.vertices, other.vertices)
+    net.train()
+    net(torch.rand(2, 4, 32, 32), split.cameras[torch.tensor([0, 3])]).square().sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.pixel.parameters())
 
 
 def test_the_gallery_draws_a_tetnet_prediction():

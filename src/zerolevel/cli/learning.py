@@ -272,7 +272,8 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
                    help="silhouette image per IMAGE, 8-bit, foreground > 127 (replaces any alpha)")
     p.add_argument("--dataset", metavar="DATA", help="the network's dataset folder: its ring cameras (with --views)")
     p.add_argument("--views", type=int, nargs="+", metavar="K",
-                   help="each IMAGE's camera: its view index on the dataset's ring (0 = the front); needed by --refine")
+                   help="each IMAGE's camera: its view index on the dataset's ring (0 = the front); needed by --refine "
+                        "and by a tet network with pixel-aligned features (train tetnet --set pixel=16)")
     p.add_argument("--normals", nargs="+", metavar="NORMALS",
                    help="world-space normal map per IMAGE for --refine (scene format: 16-bit PNG rgb = (n + 1) / 2, "
                         "as `zerolevel predict-normals` writes; or .npy / .exr)")
@@ -384,9 +385,14 @@ def cmd_predict(args: argparse.Namespace) -> None:
                          "SoftRas's meshes are averaged (--fuse mean)", args.run)
     args.fuse = args.fuse or default_fusion(net)
     cameras = None if args.views is None else ring_cameras(args.dataset, args.views, size)  # checks the indices
+    needs_cameras = getattr(net, "needs_cameras", False)  # pixel-aligned features
+    if needs_cameras and cameras is None:
+        raise InputError("this network reads each image at its grid vertices' projections: give each image's "
+                         "camera, --dataset DATA --views K (its view index on the dataset's ring)", args.run)
     if args.refine is None:
+        seen_from = {"cameras": cameras} if needs_cameras else {}
         mesh = parts.predict(net, images if len(images) > 1 else images[0],
-                             source=args.images if len(images) > 1 else args.images[0], fusion=args.fuse)
+                             source=args.images if len(images) > 1 else args.images[0], fusion=args.fuse, **seen_from)
         done = f"predicted from {_count(len(images), 'image')}" + (f", fused ({args.fuse})" if len(images) > 1 else "")
     else:
         mesh, done = _refine(args, net, images, cameras)
@@ -436,7 +442,7 @@ def _refine(args: argparse.Namespace, net, images: list, cameras) -> tuple:
                 raise InputError(f"the normal map is {normal.shape[1]}x{normal.shape[0]}, its image "
                                  f"{image.shape[1]}x{image.shape[0]}", path)
             normals.append(validate_normals(normal, image[..., 3] > 127, path))
-    output = fuse(network_outputs(net, images, args.images), args.fuse)
+    output = fuse(network_outputs(net, images, args.images, cameras), args.fuse)
     if len(output_mesh(net, output).faces) == 0:
         raise InputError("the network sees no object in these images (its surface is empty)", args.images[0])
     radius = float(net.config.bounds) if isinstance(net, TetNet) else DEFAULT_RADIUS

@@ -44,7 +44,7 @@ from ..geometry.occupancy import solid_voxels
 from ..metrics import DEFAULT_TAUS, evaluate, tau_key
 from .dataset.settings import VOXEL_BOUNDS
 from .predict import load_run, network_from_run
-from .sampling import split_images
+from .sampling import input_cameras, split_images
 from .softras_net import SoftRasNet
 
 FORMAT = "zerolevel-eval-set"
@@ -191,7 +191,7 @@ def evaluate_iou(net: torch.nn.Module, split: Any, views: int = 24, objects: int
     ious = np.empty(len(obj))
     for start in range(0, len(obj), batch_size):
         o, v = obj[start:start + batch_size], vid[start:start + batch_size]
-        meshes = net.predict_meshes(split_images(split, o, v, device, dtype))
+        meshes = net.predict_meshes(split_images(split, o, v, device, dtype), input_cameras(net, split, v, device, dtype))
         for k, (i, (verts, faces)) in enumerate(zip(o, meshes)):
             ious[start + k] = voxel_iou(verts, faces, np.asarray(split.voxels[i], dtype=bool))
     net.train(was_training)
@@ -249,7 +249,8 @@ def score_predictions(net: torch.nn.Module, split: Any, view_ids: np.ndarray, su
     try:
         for start in range(0, len(objects), batch_size):
             o, v = objects[start:start + batch_size], views[start:start + batch_size]
-            meshes = net.predict_meshes(split_images(split, o, v, parameter.device, parameter.dtype))
+            meshes = net.predict_meshes(split_images(split, o, v, parameter.device, parameter.dtype),
+                                        input_cameras(net, split, v, parameter.device, parameter.dtype))
             for k, (i, (verts, faces)) in enumerate(zip(o, meshes)):
                 pair = start + k
                 out["iou"][pair] = voxel_iou(verts, faces, np.asarray(split.voxels[i], dtype=bool))

@@ -22,7 +22,7 @@ import trimesh
 from ..render.raycast import MeshRayCaster
 from ..report import contact_sheet, write_png
 from .dataset.views import render_rgba
-from .sampling import split_images
+from .sampling import input_cameras, split_images
 
 COLUMNS = ("input", "prediction (input view)", "prediction +90°", "truth +90°", "prediction +180°", "truth +180°")
 GAP = 2  # white pixels around tiles
@@ -61,7 +61,8 @@ def prediction_sheet(net: torch.nn.Module, split: Any, per_category: int = 2, vi
     try:
         inputs = split_images(split, np.asarray(objects), np.full(len(objects), views[0]), parameter.device,
                               parameter.dtype)
-        meshes = net.predict_meshes(inputs)
+        meshes = net.predict_meshes(inputs, input_cameras(net, split, np.full(len(objects), views[0]), parameter.device,
+                                                          parameter.dtype))
     finally:
         net.train(was_training)
     tiles = []

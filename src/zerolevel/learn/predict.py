@@ -3,7 +3,9 @@ from several images of one object.
 
 Every network (`SoftRasNet`, `TetNet`, `NormalsNet`) has a `config_class` with `from_dict`,
 `from_config` and an `image_size` in its config; the mesh networks have `forward(images)` to their raw
-outputs and `predict_meshes(images)` (the normals network's predictions: `normals_predict.py`). A
+outputs and `predict_meshes(images, cameras=None)` (the normals network's predictions:
+`normals_predict.py`); a network that reads its input images' cameras (TetNet with pixel-aligned
+features) says so by `needs_cameras` and takes them as `forward(images, cameras)`. A
 checkpoint names its network's class (checkpoints written before that are SoftRas's).
 
 Several images: both networks predict in the dataset's world frame whatever the view, so the raw
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 import trimesh
 
+from ..cameras import Cameras
 from ..errors import InputError
 from ..optim.loop import load_checkpoint
 from .phorhum import PhorhumNet
@@ -122,20 +125,25 @@ def output_mesh(net: torch.nn.Module, output: torch.Tensor) -> trimesh.Trimesh:
 
 
 def network_outputs(net: torch.nn.Module, images: list[np.ndarray] | np.ndarray,
-                    sources: list[str] | None = None) -> torch.Tensor:
+                    sources: list[str] | None = None, cameras: Cameras | None = None) -> torch.Tensor:
     """The raw outputs (eval mode; the mode is restored) of K (S, S, 4) uint8 RGBA images: (K, N)
-    SDF values (TetNet) or (K, V, 3) vertices (SoftRas). InputError naming the image for a wrong
-    size, type or channels, or an empty alpha channel."""
+    SDF values (TetNet) or (K, V, 3) vertices (SoftRas). `cameras`: the K images' (S x S pixels),
+    which a network with pixel-aligned features (`needs_cameras`) reads. InputError naming the image
+    for a wrong size, type or channels, or an empty alpha channel; or for missing cameras."""
     images = [images] if isinstance(images, np.ndarray) and images.ndim == 3 else list(images)
     sources = sources or [f"image {k}" for k in range(len(images))]
     for image, source in zip(images, sources):
         check_image(image, net.config.image_size, source)
+    needs = getattr(net, "needs_cameras", False)
+    if needs and (cameras is None or len(cameras) != len(images)):
+        raise InputError("this network reads each image at its grid vertices' projections: it needs each "
+                         "image's camera (zerolevel predict: --dataset DATA --views K)", sources[0])
     parameter = next(net.parameters())
     was_training = net.training
     net.eval()
     batch = torch.from_numpy(np.ascontiguousarray(np.stack(images))).to(parameter.device).permute(0, 3, 1, 2)
     with torch.no_grad():
-        outputs = net(batch.to(parameter.dtype) / 255)
+        outputs = net(batch.to(parameter.dtype) / 255, *([cameras] if needs else []))
     net.train(was_training)
     return outputs
 
@@ -150,7 +158,8 @@ def check_image(image: np.ndarray, size: int, source: str) -> None:
 
 
 def predict(model: str | Path | torch.nn.Module, image: np.ndarray | list[np.ndarray],
-            source: str | list[str] = "image", fusion: str | None = None) -> trimesh.Trimesh:
+            source: str | list[str] = "image", fusion: str | None = None,
+            cameras: Cameras | None = None) -> trimesh.Trimesh:
     """The mesh a trained network predicts from one (S, S, 4) uint8 RGBA image, or from a list of
     images of one object (their outputs fused, `fuse`).
 
@@ -161,18 +170,20 @@ def predict(model: str | Path | torch.nn.Module, image: np.ndarray | list[np.nda
         source: how errors name the image (a list: one name per image).
         fusion: how several images' outputs are fused ("mean" or "max", `fuse`; None: the
             network's `default_fusion`).
+        cameras: the images' cameras (S x S pixels, the dataset's world frame), needed by a network
+            with pixel-aligned features (`needs_cameras`), else unused.
     Returns:
         trimesh.Trimesh in the ring cameras' world (the dataset's normalised frame): SoftRas's, of the
         template's topology (642 vertices, 1280 faces); the tet network's, its zero level set.
     Raises:
-        InputError: wrong size, type or channels, or an empty alpha channel.
+        InputError: wrong size, type or channels, an empty alpha channel, or cameras missing.
     """
     net = model if isinstance(model, torch.nn.Module) else load_model(model)
     images = [image] if isinstance(image, np.ndarray) and image.ndim == 3 else list(image)
     sources = [source] if isinstance(source, str) else list(source)
     if len(sources) == 1 and len(images) > 1:
         sources = [f"{sources[0]} {k}" for k in range(len(images))]
-    mesh = output_mesh(net, fuse(network_outputs(net, images, sources), fusion or default_fusion(net)))
+    mesh = output_mesh(net, fuse(network_outputs(net, images, sources, cameras), fusion or default_fusion(net)))
     if len(mesh.faces) == 0:
         what = "this image" if len(images) == 1 else "these images"
         raise InputError(f"the network sees no object in {what} (its surface is empty)", ", ".join(sources))

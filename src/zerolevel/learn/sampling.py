@@ -88,6 +88,13 @@ def split_cameras(split: Any, views: np.ndarray, device: torch.device | str,
     return split.cameras[torch.as_tensor(views, dtype=torch.long)].to(device=device, dtype=dtype)
 
 
+def input_cameras(net: Any, split: Any, views: np.ndarray, device: torch.device | str,
+                  dtype: torch.dtype = torch.float32) -> Cameras | None:
+    """The cameras of the input views when the network reads them (pixel-aligned features,
+    `needs_cameras`), else None (a network that predicts in the world frame whatever the view)."""
+    return split_cameras(split, views, device, dtype) if getattr(net, "needs_cameras", False) else None
+
+
 def split_normals(split: Any, objects: np.ndarray, views: np.ndarray, device: torch.device | str,
                   dtype: torch.dtype = torch.float32) -> Tensor:
     """(B, S, S, 3) world-space normal maps of the given (object, view) pairs: the split's int8

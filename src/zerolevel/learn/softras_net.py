@@ -21,6 +21,7 @@ template's, shared by the whole batch, so every predicted mesh is closed (the te
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -119,7 +120,8 @@ class SoftRasNet(nn.Module):
         return self.decoder(self.encoder(images))
 
     @torch.no_grad()
-    def predict_meshes(self, images: Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(vertices float64 (V, 3), faces int64 (F, 3)) of each image's predicted mesh."""
+    def predict_meshes(self, images: Tensor, cameras: Any = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(vertices float64 (V, 3), faces int64 (F, 3)) of each image's predicted mesh (in the world
+        frame whatever the view: the images' cameras, which other networks read, are not needed)."""
         faces = self.faces.cpu().numpy()
         return [(vertices, faces) for vertices in self(images).double().cpu().numpy()]

@@ -21,7 +21,12 @@ the voxels, for a step two thirds as long and a network that learnt more in the 
 (`benchmarks/results/tetnet_decoder.md`). With `basis` = K > 0 a linear term is added to the
 offset: the code's K coefficients times K learnt fields on the full lattice (zero at the start),
 detail at the grid's own resolution that the convolutions must otherwise build from the coarse
-lattice. The grid's boundary vertices are kept outside
+lattice. With `pixel` = P > 0 each vertex of the finest lattice also reads the image where it projects
+in the input camera (`PixelAligned`, as PIFu's pixel-aligned features): the encoder's maps of >= 16^2
+pixels, summed at P channels, and the image itself, beside the vertex's depth; the result is added to
+the vertex's decoded features before the head. The code then says what the object is and the image
+where it is, vertex by vertex (the silhouette's cone without learning it); the price is that the
+network needs each input image's camera (`forward(images, cameras)`). The grid's boundary vertices are kept outside
 (>= half a cell), so every predicted surface is closed. Marching tetrahedra (`geometry.marching`)
 turns each sample's values into a mesh, differentiably in the values (the training's losses reach
 the network through it). The vertex lattice is indexed [x, y, z] in the grid's vertex order.
@@ -36,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..cameras import Cameras
 from ..geometry.marching import PackedMeshes, marching_tetrahedra, marching_tetrahedra_batch
 from ..geometry.tetgrid import TetGrid
 from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_from_dict, make_encoder
@@ -59,6 +65,9 @@ class TetNetConfig:
                                     # before each ReLU)
     basis: int = 0                  # > 0: plus a linear term at the grid's own lattice, code ->
                                     # `basis` coefficients -> a learnt field per coefficient (0: none)
+    pixel: int = 0                  # > 0: pixel-aligned features (`PixelAligned`, this many channels
+                                    # in its image map) added to the decoder's finest lattice's, read
+                                    # at each vertex's projection in the input camera (then needed)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list
@@ -74,8 +83,8 @@ class TetNetConfig:
                              f"level) and image_size >= 16, got {self.grid}, {self.image_size}")
         if not 0 < self.init_radius < self.bounds:
             raise ValueError("need 0 < init_radius < bounds")
-        if self.basis < 0:
-            raise ValueError(f"basis must be >= 0, got {self.basis}")
+        if self.basis < 0 or self.pixel < 0:
+            raise ValueError(f"basis and pixel must be >= 0, got {self.basis}, {self.pixel}")
 
     @classmethod
     def from_dict(cls, data: dict) -> "TetNetConfig":
@@ -117,11 +126,20 @@ class GridDecoder(nn.Module):
         self.register_buffer("start", start.reshape(1, n, n, n).clone(), persistent=False)
         self.register_buffer("boundary", boundary.reshape(1, n, n, n).clone(), persistent=False)
 
-    def forward(self, code: Tensor) -> Tensor:
+    @property
+    def finest(self) -> int:
+        """Vertices per axis of the lattice the head reads (the grid's, or its half's with "shuffle")."""
+        return (self.coarse << (len(self.convs))) + 1
+
+    def forward(self, code: Tensor, pixel: Tensor | None = None) -> Tensor:
+        """code (B, latent), and with `pixel` > 0 the (B, channels[-1], m, m, m) pixel-aligned features
+        of the finest lattice (m = `finest`), added to its own -> (B, (grid + 1)^3) values."""
         m = self.coarse + 1
         x = F.relu(self.norms[0](self.fc(code).reshape(len(code), -1, m, m, m)))
         for conv, norm in zip(self.convs, self.norms[1:]):
             x = F.relu(norm(conv(_refine_lattice(x))))
+        if pixel is not None:
+            x = x + pixel
         offset = self.out(x)
         if self.shuffle:
             offset = _refine_lattice(offset) + _sub_vertices(self.sub(x))
@@ -148,6 +166,51 @@ def _sub_vertices(x: Tensor) -> Tensor:
     return fine[..., :-1, :-1, :-1]
 
 
+class PixelAligned(nn.Module):
+    """Pixel-aligned features of a lattice's vertices (as PIFu's), (B, out, m, m, m).
+
+    The encoder's feature maps of >= 16^2 pixels (the last map of each size) are each mapped by a 1x1
+    convolution to `channels`, brought to the largest map's size and summed (a feature pyramid's
+    top-down sum, in one step), then ReLU. Each vertex reads that map and the input image bilinearly at
+    its projection in the input camera (zeros off the image, as the background reads), beside its
+    depth relative to the camera's distance to the origin (in `bounds`); a 1x1 convolution and ReLU
+    map them to `out`. Sampling a narrow map, not the encoder's wide ones, keeps it cheap.
+    """
+
+    def __init__(self, image_channels: int, map_channels: list[int], channels: int, out: int, side: int,
+                 bounds: float):
+        super().__init__()
+        self.bounds, self.side = bounds, side
+        axis = torch.linspace(-bounds, bounds, side)
+        points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        self.register_buffer("points", points, persistent=False)
+        self.laterals = nn.ModuleList(nn.Conv2d(c, channels, 1) for c in map_channels)
+        self.mix = nn.Conv1d(image_channels + channels + 1, out, 1)
+
+    @staticmethod
+    def pick(maps: list[Tensor]) -> list[Tensor]:
+        """The last map of each size >= 16 (an encoder's later maps are too coarse to align)."""
+        last: dict[int, Tensor] = {}
+        for x in maps:
+            if x.shape[-1] >= 16:
+                last.pop(x.shape[-1], None)
+                last[x.shape[-1]] = x
+        return list(last.values())
+
+    def forward(self, images: Tensor, maps: list[Tensor], cameras: Cameras) -> Tensor:
+        size = max(x.shape[-1] for x in maps)
+        fused = sum(F.interpolate(lateral(x), size=(size, size), mode="bilinear", align_corners=False)
+                    for lateral, x in zip(self.laterals, maps))
+        cameras = cameras.to(device=self.points.device, dtype=self.points.dtype)
+        uv, depth = cameras.project(self.points)  # (B, M, 2), (B, M)
+        grid = (2 * uv / uv.new_tensor([cameras.width, cameras.height]) - 1)[:, :, None, :]
+        sampled = [F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[..., 0]
+                   for x in (images, F.relu(fused))]
+        relative = (depth - cameras.centers.norm(dim=-1)[:, None]) / self.bounds
+        features = F.relu(self.mix(torch.cat([*sampled, relative[:, None]], dim=1)))
+        return features.reshape(len(images), -1, self.side, self.side, self.side)
+
+
 class TetNet(nn.Module):
     """Single-view SDF reconstruction: (B, 4, S, S) RGBA in [0, 1] -> (B, N) SDF values on `grid`.
 
@@ -166,6 +229,12 @@ class TetNet(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(c.in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
         self.encoder = make_encoder(c.encoder, (c.image_size + 1) // 2, 32, c.latent)
         self.decoder = GridDecoder(c, self.grid)
+        self.pixel = None
+        if c.pixel:
+            with torch.no_grad():  # the maps' channels, from a dry run of the stem and encoder
+                maps = _encoder_maps(self.stem, self.encoder, torch.zeros(2, c.in_channels, c.image_size, c.image_size))[0]
+            self.pixel = PixelAligned(c.in_channels, [x.shape[1] for x in PixelAligned.pick(maps)], c.pixel,
+                                      c.channels[-1], self.decoder.finest, c.bounds)
         self.register_buffer("grid_vertices", self.grid.vertices.clone(), persistent=False)
         self.register_buffer("grid_tets", self.grid.tets.clone(), persistent=False)
 
@@ -174,11 +243,23 @@ class TetNet(nn.Module):
         settings = asdict(config)
         return cls(settings.pop("encoder"), **settings)
 
-    def forward(self, images: Tensor) -> Tensor:
-        """(B, C, S, S) images with the configured C and S -> (B, N) SDF values at the grid's vertices."""
+    @property
+    def needs_cameras(self) -> bool:
+        """Whether `forward` needs the input images' cameras (pixel-aligned features)."""
+        return self.pixel is not None
+
+    def forward(self, images: Tensor, cameras: Cameras | None = None) -> Tensor:
+        """(B, C, S, S) images with the configured C and S (and, with pixel-aligned features, their B
+        cameras, S x S pixels, in the dataset's world frame) -> (B, N) SDF values at the grid's vertices."""
         c, s = self.config.in_channels, self.config.image_size
         check_images(images, c, s)
-        return self.decoder(self.encoder(self.stem(images)))
+        if self.pixel is None:
+            return self.decoder(self.encoder(self.stem(images)))
+        if cameras is None or len(cameras) != len(images) or (cameras.width, cameras.height) != (s, s):
+            raise ValueError(f"this network reads the image at each grid vertex's projection: it needs the "
+                             f"{len(images)} input cameras of {s}x{s} pixels")
+        maps, code = _encoder_maps(self.stem, self.encoder, images)
+        return self.decoder(code, self.pixel(images, PixelAligned.pick(maps), cameras))
 
     def mesh(self, values: Tensor, return_edges: bool = False) -> tuple[Tensor, ...]:
         """Marching tetrahedra on one sample's (N,) values: vertices, faces (and the grid edge of each
@@ -191,10 +272,21 @@ class TetNet(nn.Module):
         return marching_tetrahedra_batch(self.grid_vertices, self.grid_tets, values)
 
     @torch.no_grad()
-    def predict_meshes(self, images: Tensor) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(vertices float64 (M, 3), faces int64 (K, 3)) of each image's predicted surface."""
+    def predict_meshes(self, images: Tensor, cameras: Cameras | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(vertices float64 (M, 3), faces int64 (K, 3)) of each image's predicted surface (the
+        images' cameras: needed with pixel-aligned features, else unused)."""
         meshes = []
-        for values in self(images):
+        for values in self(images, cameras):
             verts, faces = self.mesh(values)
             meshes.append((verts.double().cpu().numpy(), faces.cpu().numpy()))
         return meshes
+
+
+def _encoder_maps(stem: nn.Module, encoder: nn.Module, images: Tensor) -> tuple[list[Tensor], Tensor]:
+    """The stem's map and every map of the encoder's convolutional trunk, and the (B, latent) code."""
+    x = stem(images)
+    maps = [x]
+    for module in encoder.features:
+        x = module(x)
+        maps.append(x)
+    return maps, encoder.head(x)

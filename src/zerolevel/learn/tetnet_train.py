@@ -68,6 +68,7 @@ class TetNetTrainConfig(TrainingConfig):
     head: str = "shuffle"              # the decoder's finest lattice (tetnet.py)
     norm: str = "none"                 # the decoder's normalisation (tetnet.py)
     basis: int = 0                     # the decoder's linear full-lattice term (tetnet.py; 0: none)
+    pixel: int = 0                     # pixel-aligned features' channels (tetnet.py; 0: none)
     batch_size: int = 16
     lr: float = 3e-4
     iterations: int = 50_000
@@ -131,7 +132,7 @@ class TetNetTraining(TrainingTask):
     def batch_losses(self, batch: Batch) -> dict[str, Tensor]:
         cfg, net, split = self.config, self.net, self.train_split
         B, device, dtype = len(batch.objects), self.device, cfg.torch_dtype
-        values = self.model(batch.images_a)  # (B, N)
+        values = self.model(batch.images_a, batch.cameras_a)  # (B, N)
         extra = self.extra_views(batch)  # (V - 2, B)
         cameras = Cameras.cat([batch.cameras_a, batch.cameras_b,
                                *(split_cameras(split, views, device, dtype) for views in extra)])
@@ -307,7 +308,7 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
         raise InputError(f"render_size={config.render_size} does not divide the dataset's {size}-pixel images",
                          getattr(train_split, "root", None))
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
-                 head=config.head, norm=config.norm, basis=config.basis)
+                 head=config.head, norm=config.norm, basis=config.basis, pixel=config.pixel)
     net = net.to(device, config.torch_dtype)
     return TetNetTraining(net, train_split, val_split, config, dist, device)
 
