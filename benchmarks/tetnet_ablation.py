@@ -46,6 +46,7 @@ VARIANTS = {
     "pixel-16": {"pixel": 16},                # + pixel-aligned features (tetnet.py)
     "lr-1e-3": {"lr": 1e-3},
     "conv-head": {"head": "conv", "channels": "64,32,16,8"},  # the finest lattice convolved (tetnet.py)
+    "views-1": {"views": 1},                 # each sample rendered in its input view only
     "views-4": {"views": 4},                 # each sample rendered in 4 of its views
     "batch-8-views-4": {"batch_size": 8, "views": 4},
 }

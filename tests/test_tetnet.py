@@ -328,6 +328,34 @@ def test_extra_views_are_the_objects_other_views(tmp_path):
         _make_task(split, None, config(views=7), Distributed(), torch.device("cpu"))
 
 
+def test_one_view_per_sample_renders_the_input_view_alone(monkeypatch):
+    """views=1: each sample's surface is scored in its input view only, against that view's mask and
+    normal map; views=0 is an error."""
+    from zerolevel.learn.sampling import split_normals
+    from zerolevel.learn.tetnet_train import TetNetTraining, _make_task
+    from zerolevel.optim.distributed import Distributed
+
+    split = ellipsoids([(0.3, 0.2, 0.25), (0.2, 0.3, 0.2)], views=4)
+    task = _make_task(split, None, config(batch_size=2, views=1), Distributed(), torch.device("cpu"))
+    seen = {}
+    original = TetNetTraining.surface_terms
+
+    def spy(self, values, cameras, masks, normals):
+        seen.update(cameras=cameras, masks=masks, normals=normals)
+        return original(self, values, cameras, masks, normals)
+
+    monkeypatch.setattr(TetNetTraining, "surface_terms", spy)
+    batch = task.next_batch(0)
+    parts = task.batch_losses(batch)
+    assert torch.isfinite(parts["loss"]) and parts["normal"] > 0
+    assert len(seen["cameras"]) == 2
+    assert torch.equal(seen["cameras"].world_to_camera, batch.cameras_a.world_to_camera)
+    assert torch.equal(seen["masks"], batch.images_a[:, 3])
+    assert torch.equal(seen["normals"], split_normals(split, batch.objects, batch.view_a, "cpu"))
+    with pytest.raises(ValueError, match="views must be >= 1"):
+        config(views=0)
+
+
 def test_the_batch_is_scored_as_each_sample_alone():
     """The surface terms of a batch (every sample's mesh made, rendered and scored at once) are the mean
     over its samples of each sample's terms computed on its own mesh and views, a vanished surface

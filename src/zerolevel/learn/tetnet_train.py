@@ -87,8 +87,8 @@ class TetNetTrainConfig(TrainingConfig):
     expand_rays: int = 256             # at most this many uncovered pixels per sample
     render_size: int | None = None     # pixels per side of the loss renders (masks and normal maps
                                        # averaged down to it); None: the dataset's; a divisor of it
-    views: int = 2                     # views rendered per sample: the input, the pair's second view
-                                       # and views - 2 more of the object's, drawn at random
+    views: int = 2                     # views rendered per sample: the input (1), the pair's second
+                                       # view (2) and views - 2 more of the object's, drawn at random
     normals_from: str | None = None    # a normals run (pix2pix): train on its predicted normal maps
                                        # of the training split instead of the dataset's (Wu et al.)
 
@@ -101,8 +101,8 @@ class TetNetTrainConfig(TrainingConfig):
             raise ValueError("expand_rays and margin must be >= 0")
         if self.render_size is not None and self.render_size < 8:
             raise ValueError(f"render_size must be >= 8 pixels, got {self.render_size}")
-        if self.views < 2:
-            raise ValueError(f"views must be >= 2 (the input and the pair's second view), got {self.views}")
+        if self.views < 1:
+            raise ValueError(f"views must be >= 1 (the input view, then the pair's second view), got {self.views}")
 
 
 class TetNetTraining(TrainingTask):
@@ -134,12 +134,13 @@ class TetNetTraining(TrainingTask):
         B, device, dtype = len(batch.objects), self.device, cfg.torch_dtype
         values = self.model(batch.images_a, batch.cameras_a)  # (B, N)
         extra = self.extra_views(batch)  # (V - 2, B)
-        cameras = Cameras.cat([batch.cameras_a, batch.cameras_b,
-                               *(split_cameras(split, views, device, dtype) for views in extra)])
-        masks = torch.cat([batch.images_a[:, 3], batch.images_b[:, 3],  # (V B, S, S), sample i: i + k B
-                           *(split_images(split, batch.objects, views, device, dtype)[:, 3] for views in extra)])
+        pair = [(batch.view_a, batch.cameras_a, batch.images_a), (batch.view_b, batch.cameras_b, batch.images_b)]
+        pair = pair[:cfg.views]  # views = 1: the input view alone
+        cameras = Cameras.cat([c for _, c, _ in pair] + [split_cameras(split, views, device, dtype) for views in extra])
+        masks = torch.cat([i[:, 3] for _, _, i in pair]  # (V B, S, S), sample i: i + k B
+                          + [split_images(split, batch.objects, views, device, dtype)[:, 3] for views in extra])
         normals = torch.cat([split_normals(split, batch.objects, views, device, dtype)
-                             for views in (batch.view_a, batch.view_b, *extra)])
+                             for views in (*(v for v, _, _ in pair), *extra)])
         factor = masks.shape[-1] // cfg.render_size if cfg.render_size else 1
         if factor > 1:  # the loss renders at render_size: the targets averaged down to it
             cameras, masks, normals = cameras.downscaled(factor), *downscale_targets(masks, normals, factor)
@@ -156,7 +157,7 @@ class TetNetTraining(TrainingTask):
         """(views - 2, B) further views of each sample's object, distinct and neither a nor b: drawn for
         the global batch and cut to this process's shard, so that torchrun's processes draw as one."""
         cfg = self.config
-        if cfg.views == 2:
+        if cfg.views <= 2:
             return np.zeros((0, len(batch.objects)), np.int64)
         scores = torch.rand(cfg.batch_size, self.train_split.images.shape[1], generator=self.generator)[self.shard]
         rows = torch.arange(len(scores))
