@@ -2,6 +2,7 @@
 hand-computed cases, training that beats the baseline, exact resume, predict-normals' files read back by
 the scene reader, one-line CLI errors, eval-set's table, and TetNet trained on its predictions."""
 
+import copy
 import dataclasses
 import json
 from types import SimpleNamespace
@@ -278,3 +279,35 @@ def test_camera_space_networks_are_scored_and_used_in_world_space(splits, tmp_pa
     predicted = predict_split_normals(net, split)  # int8: the batch's float rounding may flip a step
     difference = predicted[0, [1, 5]].astype(int) - normals_to_int8(world.double().numpy())
     assert np.abs(difference).max() <= 1
+
+
+def test_the_pix2pix_encoder_starts_as_the_normals_networks_first_levels(splits, normals_run, tmp_path, monkeypatch):
+    """encoder_from copies the generator's first four levels into TetNet's "pix2pix" encoder: the two
+    compute the same features from an image; a generator of other widths is one InputError naming its run."""
+    wide = tmp_path / "normals-wide"  # the encoder's widths (16, 32, 64, 128) and one more level
+    run(splits[0], wide, config(iterations=1, channels=(16, 32, 64, 128, 128), d_channels=(8, 16, 32)))
+    built = []
+
+    class Recorded(tetnet_train.TetNetTraining):
+        def __init__(self, net, *args, **kwargs):
+            built.append(copy.deepcopy(net))  # as it starts
+            super().__init__(net, *args, **kwargs)
+
+    monkeypatch.setattr(tetnet_train, "TetNetTraining", Recorded)
+    cfg = tetnet_train.TetNetTrainConfig(batch_size=2, iterations=1, val_split=None, log_every=1, grid=16,
+                                         channels=(16, 8, 8), encoder="pix2pix", encoder_from=str(wide))
+    tetnet_train.train(splits[0], tmp_path / "tet", cfg, "cpu", progress=False, threads=1)
+    generator = load_model(wide, network=NormalsNet)
+    images = torch.rand(3, 4, 32, 32)
+    expected = images
+    for level in generator.downs[:4]:
+        expected = level(expected)
+    with torch.no_grad():
+        assert torch.allclose(built[0].encoder.features(images), expected, atol=1e-6)
+        assert built[0].stem(images) is images  # no stem of TetNet's before pix2pix's first level
+    narrow = dataclasses.replace(cfg, encoder_from=str(normals_run))  # widths (8, 16, 32, 32)
+    with pytest.raises(InputError, match="another shape") as error:
+        tetnet_train.train(splits[0], tmp_path / "tet2", narrow, "cpu", progress=False, threads=1)
+    assert str(normals_run) in str(error.value)
+    with pytest.raises(ValueError, match="pix2pix encoder"):
+        tetnet_train.TetNetTrainConfig(encoder_from=str(wide))  # the baseline encoder takes no generator

@@ -1,7 +1,7 @@
 """Image encoders of the single-view network: an RGBA image to a 512-dimensional code.
 
-One job: the three encoders the seed compares, all (B, 4, S, S) in [0, 1] -> (B, 512), chosen by
-`make_encoder(name)`:
+One job: the three encoders the seed compares, and one the project pretrains, all (B, 4, S, S) in
+[0, 1] -> (B, 512), chosen by `make_encoder(name)`:
   - "baseline": Soft Rasterizer's encoder (examples/recon/models.py `Encoder`): three 5x5
     stride-2 convolutions with 64, 128, 256 channels, each with BatchNorm and ReLU, then fully
     connected 256 * ceil(S / 8)^2 -> 1024 -> 1024 -> 512, each followed by ReLU (the code's last ReLU
@@ -13,6 +13,12 @@ One job: the three encoders the seed compares, all (B, 4, S, S) in [0, 1] -> (B,
     followed by squeeze-and-excitation channel attention, then one self-attention block over the
     ceil(S / 8)^2 positions of the last feature map (its residual gate starts at 0, so the block
     starts as the identity), and the same head.
+  - "pix2pix": the first four levels of the pix2pix normals generator's encoder (`pix2pix.NormalsNet`:
+    4x4 stride-2 convolutions with 16, 32, 64, 128 channels, LeakyReLU(0.2) before each but the first,
+    InstanceNorm after each but the first), then LeakyReLU and the same head. Its trunk has exactly
+    the generator's module layout, so a trained normals run can initialise it (`load_pix2pix_trunk`):
+    the normals network, trained anyway for Wu et al.'s pipeline, has learnt from the same images
+    which pixels face where. S must be a multiple of 16; the head reads (S / 16)^2 positions.
 
 BatchNorm. Every encoder normalises with `GlobalBatchNorm2d`, a `torch.nn.BatchNorm2d` (same
 parameters, buffers and state_dict) whose training-mode statistics are taken over the GLOBAL batch
@@ -35,10 +41,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ENCODERS = ("baseline", "resnet", "attention")
+ENCODERS = ("baseline", "resnet", "attention", "pix2pix")
 CONV_CHANNELS = (64, 128, 256)  # SoftRas Encoder dim_hidden[:3] = [dim1, dim1 * 2, dim1 * 4], dim1 = 64
 FC_HIDDEN = (1024, 1024)        # SoftRas Encoder dim_hidden[3:] = [dim2, dim2], dim2 = 1024
 LATENT = 512                    # SoftRas Encoder dim_out = Decoder dim_in = 512
+PIX2PIX_CHANNELS = (16, 32, 64, 128)  # NormalsNetConfig.channels[:4] (pix2pix unet_256 / 4)
 
 
 # ---------------------------------------------------------------------------------------- BatchNorm
@@ -221,9 +228,45 @@ class AttentionEncoder(nn.Module):
         return self.head(self.features(images))
 
 
+class Pix2PixEncoder(nn.Module):
+    """pix2pix's encoder levels, then the baseline's head: (B, in_channels, S, S) -> (B, latent), see the
+    module docstring. `features[i]` has the layout of `NormalsNet.downs[i]`."""
+
+    def __init__(self, image_size: int = 64, in_channels: int = 4, latent: int = LATENT,
+                 channels: tuple[int, ...] = PIX2PIX_CHANNELS):
+        super().__init__()
+        levels = len(channels)
+        if image_size % (1 << levels):
+            raise ValueError(f"the pix2pix encoder halves the image {levels} times: S must be a multiple of "
+                             f"{1 << levels}, got {image_size}")
+        downs: list[nn.Module] = [nn.Conv2d(in_channels, channels[0], 4, 2, 1)]
+        for a, b in zip(channels, channels[1:]):
+            downs.append(nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(a, b, 4, 2, 1), nn.InstanceNorm2d(b, affine=True)))
+        self.features = nn.Sequential(*downs)
+        side = image_size >> levels
+        self.head = nn.Sequential(nn.LeakyReLU(0.2), _head(channels[-1] * side * side, latent=latent))
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.head(self.features(images))
+
+
+def load_pix2pix_trunk(encoder: Pix2PixEncoder, downs: nn.ModuleList) -> None:
+    """Copy the first levels of a pix2pix generator's encoder (`NormalsNet.downs`) into `encoder`'s
+    trunk; ValueError when their shapes differ (another width, input channels or depth)."""
+    if not isinstance(encoder, Pix2PixEncoder) or len(downs) < len(encoder.features):
+        raise ValueError("only the pix2pix encoder takes a normals network's levels, and it needs at least "
+                         f"{len(encoder.features)} of them")
+    for level, (mine, theirs) in enumerate(zip(encoder.features, downs)):
+        state, source = mine.state_dict(), theirs.state_dict()
+        if {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in source.items()}:
+            raise ValueError(f"the normals network's encoder level {level} has another shape than this encoder's")
+        mine.load_state_dict(source)
+
+
 def make_encoder(name: str, image_size: int = 64, in_channels: int = 4, latent: int = LATENT) -> nn.Module:
-    """The encoder called `name` ("baseline", "resnet" or "attention") for S = `image_size` inputs."""
-    classes = {"baseline": BaselineEncoder, "resnet": ResNetEncoder, "attention": AttentionEncoder}
+    """The encoder called `name` (one of `ENCODERS`) for S = `image_size` inputs."""
+    classes = {"baseline": BaselineEncoder, "resnet": ResNetEncoder, "attention": AttentionEncoder,
+               "pix2pix": Pix2PixEncoder}
     if name not in classes:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     return classes[name](image_size=image_size, in_channels=in_channels, latent=latent)

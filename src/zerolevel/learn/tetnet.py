@@ -1,7 +1,7 @@
 """Wu et al.'s single-view network: an RGBA image to signed distances on a fixed tetrahedral grid.
 
 One job: `TetNet`, an image encoder (`encoders.py`, after a stride-2 stem that brings S = 128 inputs
-to the encoders' 64) and a 3D convolutional decoder to the SDF values at the vertices of a regular
+to the encoders' 64; "pix2pix", whose first level halves the image itself, has none) and a 3D convolutional decoder to the SDF values at the vertices of a regular
 tet grid (`geometry.tetgrid.TetGrid.regular`, `grid` cubes per axis over [-bounds, bounds]^3, which
 holds the dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
 
@@ -51,7 +51,7 @@ from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_
 class TetNetConfig:
     """The network's shape."""
 
-    encoder: str = "baseline"       # encoders.py: "baseline", "resnet", "attention"
+    encoder: str = "baseline"       # encoders.py: "baseline", "resnet", "attention", "pix2pix"
     image_size: int = 128           # S; the stem halves it for the encoder
     in_channels: int = 4            # RGBA
     latent: int = LATENT
@@ -226,8 +226,12 @@ class TetNet(nn.Module):
         self.config = TetNetConfig(encoder=encoder, **settings)
         c = self.config
         self.grid = TetGrid.regular(c.grid, bounds=(-c.bounds, c.bounds))
-        self.stem = nn.Sequential(nn.Conv2d(c.in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
-        self.encoder = make_encoder(c.encoder, (c.image_size + 1) // 2, 32, c.latent)
+        if c.encoder == "pix2pix":  # its first level is pix2pix's stride-2 convolution: no stem of ours
+            self.stem: nn.Module = nn.Identity()
+            self.encoder = make_encoder(c.encoder, c.image_size, c.in_channels, c.latent)
+        else:
+            self.stem = nn.Sequential(nn.Conv2d(c.in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
+            self.encoder = make_encoder(c.encoder, (c.image_size + 1) // 2, 32, c.latent)
         self.decoder = GridDecoder(c, self.grid)
         self.pixel = None
         if c.pixel:

@@ -48,8 +48,10 @@ from ..geometry.tetgrid import inside_ends, lattice_evaluate, lattice_trilinear
 from ..geometry.visual_hull import mask_coverage
 from ..optim.distributed import Distributed
 from ..render.raster import ViewMeshes, render_normals
-from .encoders import ENCODERS
+from .encoders import ENCODERS, load_pix2pix_trunk
 from .normals_predict import with_predicted_normals
+from .pix2pix import NormalsNet
+from .predict import load_model
 from .sampling import split_cameras, split_images, split_normals
 from .tetnet import TetNet
 from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
@@ -91,6 +93,8 @@ class TetNetTrainConfig(TrainingConfig):
                                        # view (2) and views - 2 more of the object's, drawn at random
     normals_from: str | None = None    # a normals run (pix2pix): train on its predicted normal maps
                                        # of the training split instead of the dataset's (Wu et al.)
+    encoder_from: str | None = None    # a normals run (pix2pix) whose generator's first levels start
+                                       # the "pix2pix" encoder (a fresh run only; resume reads its own)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -101,6 +105,8 @@ class TetNetTrainConfig(TrainingConfig):
             raise ValueError("expand_rays and margin must be >= 0")
         if self.render_size is not None and self.render_size < 8:
             raise ValueError(f"render_size must be >= 8 pixels, got {self.render_size}")
+        if self.encoder_from is not None and self.encoder != "pix2pix":
+            raise ValueError(f"encoder_from initialises the pix2pix encoder, not {self.encoder!r}")
         if self.views < 1:
             raise ValueError(f"views must be >= 1 (the input view, then the pair's second view), got {self.views}")
 
@@ -310,6 +316,11 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
                          getattr(train_split, "root", None))
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
                  head=config.head, norm=config.norm, basis=config.basis, pixel=config.pixel)
+    if config.encoder_from is not None:
+        try:
+            load_pix2pix_trunk(net.encoder, load_model(config.encoder_from, network=NormalsNet).downs)
+        except ValueError as error:
+            raise InputError(str(error), config.encoder_from) from None
     net = net.to(device, config.torch_dtype)
     return TetNetTraining(net, train_split, val_split, config, dist, device)
 
