@@ -49,6 +49,7 @@ VARIANTS = {
     "views-1": {"views": 1},                 # each sample rendered in its input view only
     "views-4": {"views": 4},                 # each sample rendered in 4 of its views
     "batch-8-views-4": {"batch_size": 8, "views": 4},
+    "he-init": {"init": "he"},                 # He et al.'s start (tetnet.py `he_init`)
     "pix2pix-encoder": {"encoder": "pix2pix"},  # pix2pix's encoder levels, from scratch (encoders.py)
     # pretrained: pix2pix-pretrained=encoder=pix2pix,encoder_from=RUNS/normals (a normals run, its path)
 }

@@ -91,11 +91,12 @@ def run(split, out, cfg, **kwargs):
 
 
 # ------------------------------------------------------------------------------------------------ network
-@pytest.mark.parametrize("head,norm,basis", [("shuffle", "none", 0), ("conv", "none", 0), ("shuffle", "group", 0),
-                                             ("shuffle", "none", 8)])
-def test_the_network_starts_as_a_closed_sphere(head, norm, basis):
+@pytest.mark.parametrize("head,norm,basis,init", [("shuffle", "none", 0, "torch"), ("conv", "none", 0, "torch"),
+                                                  ("shuffle", "group", 0, "torch"), ("shuffle", "none", 8, "torch"),
+                                                  ("shuffle", "none", 0, "he"), ("shuffle", "none", 8, "he")])
+def test_the_network_starts_as_a_closed_sphere(head, norm, basis, init):
     torch.manual_seed(0)
-    net = TetNet(**SMALL, head=head, norm=norm, basis=basis).eval()
+    net = TetNet(**SMALL, head=head, norm=norm, basis=basis, init=init).eval()
     values = net(torch.rand(2, 4, 32, 32))
     grid = net.grid
     expected = grid.vertices.norm(dim=1) - net.config.init_radius
@@ -107,6 +108,35 @@ def test_the_network_starts_as_a_closed_sphere(head, norm, basis):
     assert mesh.is_watertight
     radius = np.linalg.norm(vertices, axis=1)
     assert abs(radius.mean() - 0.3) < 0.01 and radius.std() < 0.01
+
+
+def _finest_features(net: TetNet, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's code and the decoder's finest lattice's features (what its head reads)."""
+    decoder, code = net.decoder, net.encoder(net.stem(images))
+    m = decoder.coarse + 1
+    x = torch.relu(decoder.fc(code).reshape(len(code), -1, m, m, m))
+    for conv in decoder.convs:
+        x = torch.relu(conv(torch.nn.functional.interpolate(x, size=(2 * x.shape[-1] - 1,) * 3, mode="trilinear",
+                                                             align_corners=True)))
+    return code, x
+
+
+@pytest.mark.parametrize("encoder", ["baseline", "pix2pix"])
+def test_he_init_keeps_the_scale_of_every_layer_and_the_image_in_the_features(encoder):
+    """init="he": the code and the finest lattice's features keep their scale (PyTorch's default start
+    shrinks them ~6x per ReLU layer) and differ from image to image by a sizeable fraction, where the
+    default start leaves the decoder's features nearly the same for any image."""
+    images = torch.rand(2, 4, 32, 32)
+    scores = {}
+    for init in ("torch", "he"):
+        torch.manual_seed(0)
+        with torch.no_grad():
+            code, x = _finest_features(TetNet(encoder, **SMALL, init=init).eval(), images)
+        scores[init] = (code.pow(2).mean().sqrt(), x.pow(2).mean().sqrt(), (x[0] - x[1]).abs().mean() / x.abs().mean())
+    code_rms, lattice_rms, image_share = scores["he"]
+    assert 0.1 < code_rms < 3 and 0.05 < lattice_rms < 3 and image_share > 0.1
+    assert scores["torch"][0] < 0.2 * code_rms and scores["torch"][1] < 0.5 * lattice_rms
+    assert scores["torch"][2] < 0.2 * image_share
 
 
 def test_group_norm_normalises_each_decoder_lattice_and_adds_no_state_without_it():

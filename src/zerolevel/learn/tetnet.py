@@ -68,6 +68,7 @@ class TetNetConfig:
     pixel: int = 0                  # > 0: pixel-aligned features (`PixelAligned`, this many channels
                                     # in its image map) added to the decoder's finest lattice's, read
                                     # at each vertex's projection in the input camera (then needed)
+    init: str = "torch"             # the weights' start: "torch" (PyTorch's defaults) or "he" (`he_init`)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list
@@ -83,6 +84,8 @@ class TetNetConfig:
                              f"level) and image_size >= 16, got {self.grid}, {self.image_size}")
         if not 0 < self.init_radius < self.bounds:
             raise ValueError("need 0 < init_radius < bounds")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
         if self.basis < 0 or self.pixel < 0:
             raise ValueError(f"basis and pixel must be >= 0, got {self.basis}, {self.pixel}")
 
@@ -94,6 +97,24 @@ class TetNetConfig:
 
 HEADS = ("shuffle", "conv")
 NORMS = ("none", "group")
+INITS = ("torch", "he")
+
+
+def he_init(network: nn.Module) -> None:
+    """He et al.'s start for ReLU networks: every convolution's and linear layer's weights drawn from
+    N(0, 2 / fan_in), biases zero, but for layers that start at zero on purpose (the decoder's head).
+
+    PyTorch's default (uniform, variance 1 / (3 fan_in)) shrinks the mean square of the activations
+    ~6x per ReLU layer: the encoder's code starts ~100x smaller than its input features and the
+    decoder's finest lattice ~1% of unit scale, so the zero-initialised head must grow its weights
+    ~100x (Adam: a few thousand steps) before the image changes the surface. He's variance keeps
+    every layer at the scale of its input.
+    """
+    for module in network.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.weight.any():
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
 
 class GridDecoder(nn.Module):
@@ -239,6 +260,8 @@ class TetNet(nn.Module):
                 maps = _encoder_maps(self.stem, self.encoder, torch.zeros(2, c.in_channels, c.image_size, c.image_size))[0]
             self.pixel = PixelAligned(c.in_channels, [x.shape[1] for x in PixelAligned.pick(maps)], c.pixel,
                                       c.channels[-1], self.decoder.finest, c.bounds)
+        if c.init == "he":
+            he_init(self)
         self.register_buffer("grid_vertices", self.grid.vertices.clone(), persistent=False)
         self.register_buffer("grid_tets", self.grid.tets.clone(), persistent=False)
 

@@ -71,6 +71,7 @@ class TetNetTrainConfig(TrainingConfig):
     norm: str = "none"                 # the decoder's normalisation (tetnet.py)
     basis: int = 0                     # the decoder's linear full-lattice term (tetnet.py; 0: none)
     pixel: int = 0                     # pixel-aligned features' channels (tetnet.py; 0: none)
+    init: str = "torch"                # the network's starting weights (tetnet.py: "torch" or "he")
     batch_size: int = 16
     lr: float = 3e-4
     iterations: int = 50_000
@@ -315,7 +316,7 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
         raise InputError(f"render_size={config.render_size} does not divide the dataset's {size}-pixel images",
                          getattr(train_split, "root", None))
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
-                 head=config.head, norm=config.norm, basis=config.basis, pixel=config.pixel)
+                 head=config.head, norm=config.norm, basis=config.basis, pixel=config.pixel, init=config.init)
     if config.encoder_from is not None:
         try:
             load_pix2pix_trunk(net.encoder, load_model(config.encoder_from, network=NormalsNet).downs)
