@@ -234,6 +234,20 @@ def test_cli_normals_from_applies_to_tetnet_only(capsys, dataset, tmp_path):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "none" in err
 
 
+def test_cli_encoder_from_needs_tetnet_a_pix2pix_encoder_and_a_normals_run_of_its_widths(capsys, dataset, normals_run,
+                                                                                         tmp_path):
+    cases = [(["softras", "--encoder-from", "x"], "--encoder-from does not apply to softras"),
+             (["tetnet", "--encoder-from", str(normals_run)], "initialises the pix2pix encoder, not 'baseline'"),
+             (["tetnet", "--encoder", "pix2pix", "--encoder-from", str(normals_run)], "another shape"),
+             (["tetnet", "--encoder", "pix2pix", "--encoder-from", str(tmp_path / "none")], "none")]
+    for i, (options, message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        code = main(["train", options[0], str(dataset), "-o", str(out), *options[1:], "--iters", "1", *FAST])
+        err = capsys.readouterr().err
+        assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (options, err)
+        assert not out.exists()
+
+
 # ------------------------------------------------------------------------------------------------ tetnet
 def test_tetnet_trains_on_the_predicted_normals(splits, normals_run, tmp_path, monkeypatch):
     seen = []

@@ -237,9 +237,10 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
     p.add_argument("dataset", metavar="DATASET", help="dataset folder (zerolevel dataset)")
     p.add_argument("-o", "--output", required=True, metavar="RUN",
                    help="run folder for checkpoint.pt, log.jsonl, training.svg, summary.json")
-    p.add_argument("--encoder", choices=["baseline", "resnet", "attention"],
-                   help="image encoder: SoftRas's three convolutions (baseline, default), residual blocks "
-                        "(resnet), or convolutions with squeeze-and-excitation and self-attention (attention)")
+    p.add_argument("--encoder", choices=["baseline", "resnet", "attention", "pix2pix"],
+                   help="image encoder: SoftRas's three convolutions (baseline), residual blocks (resnet), "
+                        "convolutions with squeeze-and-excitation and self-attention (attention), or pix2pix's "
+                        "first four encoder levels (pix2pix); default: the network's own")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--iters", type=int, help="iterations in all (default: the network's: "
                         + ", ".join(f"{n} {methods.REGISTRY[n].default_iters}" for n in methods.names("train")) + ")")
@@ -253,6 +254,8 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
                         "or encode one view and render it from the other")
     p.add_argument("--normals-from", metavar="RUN", help="tetnet: train on the normal maps a normals run "
                    "(zerolevel train normals) predicts from the train split's images, not the dataset's")
+    p.add_argument("--encoder-from", metavar="RUN", help="tetnet: start the pix2pix encoder from a normals run's "
+                   "generator (its first four levels)")
     p.add_argument("--resume", action="store_true", help="continue from RUN/checkpoint.pt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a training setting (repeatable), e.g. --set eval_every=500 --set sigma=3e-5")
@@ -342,11 +345,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         saved = {**saved, "epochs": None}  # --iters replaces a resumed run's epochs
     given = {"encoder": args.encoder, "iterations": args.iters, "epochs": args.epochs, "budget_s": args.budget,
              "batch_size": args.batch_size, "lr": args.lr, "cross_render": args.cross_render, "seed": args.seed,
-             "normals_from": args.normals_from}
+             "normals_from": args.normals_from, "encoder_from": args.encoder_from}
     known = {f.name for f in dataclasses.fields(parts.config)}
     foreign = [name for name, value in given.items() if value is not None and name not in known]
     if foreign:
-        options = {"cross_render": "--cross-render", "encoder": "--encoder", "normals_from": "--normals-from"}
+        options = {"cross_render": "--cross-render", "encoder": "--encoder", "normals_from": "--normals-from",
+                   "encoder_from": "--encoder-from"}
         raise InputError(f"{', '.join(options.get(n, n) for n in foreign)} does not apply to {args.method}")
     config = run_settings(parts.config, saved, given, overrides, str(run / CHECKPOINT))
     rank, world, local_world = _torchrun_env()
