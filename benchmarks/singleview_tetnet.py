@@ -6,7 +6,7 @@ training speed and test quality of each network after the same wall-clock budget
    ring, 32^3 voxels, 80/10/10 split per category), cached outside the repository (`--data`, default
    `<system temp>/zerolevel-bench/singleview_tetnet-<count>-seed<seed>`); a rerun reuses it.
 2. Rows (`--rows`), each network trained from scratch (seed 0, no validation) until `--budget` wall-clock
-   seconds of its loop:
+   seconds of its loop (with `--reuse`, a network an earlier call trained in `--runs` is scored as it is):
    - "mean shape", "mean shape per category": the baselines of `singleview.py`;
    - "softras": SoftRas's network (`learn.train`) on the same 128^2 images (SoftRasNet takes any size;
      its silhouettes are rendered at 128^2 too), the settings of the SoftRas benchmark of record
@@ -17,7 +17,8 @@ training speed and test quality of each network after the same wall-clock budget
      `--normals-budget` s, scored on the test split beside the mean-normal-map baseline
      (`normals_eval.evaluate_normals_run`: angular error, in the notes); then TetNet trained on its predicted
      normal maps of the train split (`normals_from`) for `--budget` s;
-   - "tetnet + refine S": the GT-normals TetNet's prediction from view 0 of each of the first
+   - "tetnet + refine S": the GT-normals TetNet's prediction (this call's, or with `--runs` of an earlier call
+     and no tetnet-gt row, that call's network) from view 0 of each of the first
      `--refine-objects` test objects of each category, continued for `--refine-seconds` by the tet-grid fit
      (`learn.refine.refine`, `zerolevel predict --refine`) to that view's mask and a normal map
      (`--refine-normals`: pix2pix's prediction from the same image, default; the dataset's, an oracle;
@@ -43,6 +44,7 @@ Writes results/<name>.md and .json, <name>_step.md and .json, and a gallery pict
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -60,6 +62,7 @@ from singleview import add_run_options, make_dataset, per_category_mean_shape  #
 from singleview import train_config as softras_config  # noqa: E402
 
 ROWS = ("mean", "mean-category", "softras", "tetnet-gt", "tetnet-pix2pix", "refine")
+TRAINED_ROWS = {"softras", "tetnet-gt", "tetnet-pix2pix"}
 TITLES = {"softras": "softras", "tetnet-gt": "tetnet (GT normals)", "tetnet-pix2pix": "tetnet (pix2pix normals)"}
 SOFTRAS_RECIPE = {"batch_size": 64, "cross_render": False, "lr": 3e-4, "decay_at_budget": 0.75}  # singleview.md
 DECAY_AT_BUDGET = 0.75
@@ -77,13 +80,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the normal map the refine fits besides the mask (default: pix2pix's prediction)")
     parser.add_argument("--tetnet-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="TetNetTrainConfig settings of both tetnet rows")
+    parser.add_argument("--reuse", action="store_true",
+                        help="score the networks already trained in --runs (an earlier call's, same settings) "
+                             "instead of training them again; train the others")
     parser.add_argument("--step-batch", type=int, default=16, help="batch of the step breakdown (default 16)")
     parser.add_argument("--step-repeats", type=int, default=3, help="timed steps of the breakdown (default 3)")
     add_run_options(parser, "singleview_tetnet")
     args = parser.parse_args(argv)
-    if "refine" in args.rows and "tetnet-gt" not in args.rows:
-        parser.error("--rows refine refines the tetnet-gt row's network: select tetnet-gt too")
-    if "refine" in args.rows and args.refine_normals == "pix2pix" and "tetnet-pix2pix" not in args.rows:
+    def kept(key: str) -> bool:  # trained by an earlier call into the same --runs
+        return args.runs is not None and (args.runs / key / "checkpoint.pt").is_file()
+
+    if "refine" in args.rows and "tetnet-gt" not in args.rows and not kept("tetnet-gt"):
+        parser.error("--rows refine refines the tetnet-gt row's network: select tetnet-gt too, or name with --runs "
+                     "the runs of an earlier call that trained it (and the normals run, for pix2pix normal maps)")
+    if ("refine" in args.rows and args.refine_normals == "pix2pix" and "tetnet-pix2pix" not in args.rows
+            and not kept("normals")):
         parser.error("--refine-normals pix2pix needs the normals run of the tetnet-pix2pix row: select it, "
                      "or --refine-normals gt / none")
     return args
@@ -128,10 +139,16 @@ def median_step(run_dir: Path) -> float | None:
     return statistics.median(steps[1:] or steps) if steps else None
 
 
-def train_row(key: str, module, config, data: Path, runs: Path, threads: int) -> dict:
-    """Train one network for its budget in runs/<key>; what the table reports of the run."""
-    result = module.train(data, runs / key, config, "cpu", progress=False, threads=threads)
-    print(f"{key}: {result.summary()}", flush=True)
+def train_row(key: str, module, config, data: Path, runs: Path, args: argparse.Namespace) -> dict:
+    """Train one network for its budget in runs/<key> (with --reuse, keep a run trained there before);
+    what the table reports of the run."""
+    summary = runs / key / "summary.json"
+    if args.reuse and summary.is_file():
+        result = argparse.Namespace(**json.loads(summary.read_text()))
+        print(f"{key}: reused {runs / key}: {result.summary}", flush=True)
+    else:
+        result = module.train(data, runs / key, config, "cpu", progress=False, threads=args.threads)
+        print(f"{key}: {result.summary()}", flush=True)
     return {"iterations": result.iterations, "seconds": round(result.seconds, 1),
             "samples_s": round(result.samples_per_s, 2), "step_s": median_step(runs / key)}
 
@@ -336,14 +353,19 @@ def normals_note(run_dir: Path, data: Path, args: argparse.Namespace, trained: d
             f"map per view: mean {base['mean']:.2f}, median {base['median']:.2f} deg, {base['within']['22.5']:.1f}%.")
 
 
-def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: list[str], seconds: float) -> str:
+def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: list[str], seconds: float,
+          runs: Path) -> str:
     import torch
 
+    data_note = (f"Data: generated shape families {', '.join(info['categories'])}, {args.count} objects each (splits "
+                 f"{info['splits']}), {info['views']} ring views at {info['resolution']}^2, lighting "
+                 f"{info['light']['type']}, normal maps, {info['voxels']}^3 voxels; cache {data}.")
+    if not TRAINED_ROWS & set(args.rows):  # scores of the networks an earlier call trained
+        return " ".join([data_note, kept_runs_note(runs), f"torch {torch.__version__}, {args.threads} thread(s).",
+                         *extra, f"Benchmark wall time {seconds:.0f} s."])
     tet = cfgs["tetnet-gt"][1]
     return " ".join([
-        f"Data: generated shape families {', '.join(info['categories'])}, {args.count} objects each (splits "
-        f"{info['splits']}), {info['views']} ring views at {info['resolution']}^2, lighting {info['light']['type']}, "
-        f"normal maps, {info['voxels']}^3 voxels; cache {data}. Every network from scratch, seed {args.seed}, "
+        f"{data_note} Every network from scratch, seed {args.seed}, "
         f"until {args.budget:g} s of its loop's wall-clock time, no validation; torch {torch.__version__}, "
         f"{args.threads} thread(s).",
         f"softras: SoftRas's settings but one render per sample, Adam lr 3e-4 and the decay (x0.3) after 0.75 "
@@ -359,6 +381,18 @@ def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: l
         *extra,
         f"Pictures: {args.name}_gallery_<row>.png; the step breakdown: {args.name}_step.md. Benchmark wall time "
         f"{seconds:.0f} s."])
+
+
+def kept_runs_note(runs: Path) -> str:
+    """What the networks of an earlier call in `runs` were: each run's settings and length (summary.json)."""
+    import json
+
+    parts = []
+    for key in [k for k in ("tetnet-gt", "normals") if (runs / k / "summary.json").is_file()]:
+        summary = json.loads((runs / key / "summary.json").read_text())
+        parts.append(f"{key}: {summary['iterations']} iterations in {summary['seconds']:.0f} s")
+    return (f"Networks: those an earlier call of this benchmark trained in {runs} ({'; '.join(parts)}; their "
+            "settings in each run's checkpoint), not retrained.")
 
 
 def refine_note(args: argparse.Namespace, rows: list[dict]) -> str:
@@ -390,9 +424,9 @@ def run_rows(args: argparse.Namespace, data: Path, runs: Path, cfgs: dict) -> tu
         if key not in args.rows:
             continue
         if key == "tetnet-pix2pix":
-            trained = train_row("normals", *cfgs["normals"], data, runs, args.threads)
+            trained = train_row("normals", *cfgs["normals"], data, runs, args)
             extra.append(normals_note(runs / "normals", data, args, trained))
-        trained = train_row(key, *cfgs[key], data, runs, args.threads)
+        trained = train_row(key, *cfgs[key], data, runs, args)
         rows.append({"name": TITLES[key], **trained, **score_run(key, runs / key, data, args)})
     if "refine" in args.rows:
         refined = refine_rows(runs / "tetnet-gt", data, runs / "normals", args)
@@ -431,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
                "F@0.5%", "F@0.25%", "Chamfer", "normal consistency"]
     write_report(args.name, "Single-view reconstruction: the tet-grid SDF network (Wu et al.) beside SoftRas's, "
                  "after a fixed training budget", command, columns, [table_row(r, categories) for r in rows],
-                 notes=notes(args, data, info, cfgs, extra, time.perf_counter() - t_start))
+                 notes=notes(args, data, info, cfgs, extra, time.perf_counter() - t_start, runs))
     print((HERE / "results" / f"{args.name}.md").read_text())
     if (HERE / "results" / f"{args.name}_step.md").is_file():
         print((HERE / "results" / f"{args.name}_step.md").read_text())
