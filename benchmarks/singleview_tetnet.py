@@ -63,6 +63,7 @@ from singleview import train_config as softras_config  # noqa: E402
 
 ROWS = ("mean", "mean-category", "softras", "tetnet-gt", "tetnet-pix2pix", "refine")
 TRAINED_ROWS = {"softras", "tetnet-gt", "tetnet-pix2pix"}
+NORMALS_NOTE = "pix2pix normals network"
 TITLES = {"softras": "softras", "tetnet-gt": "tetnet (GT normals)", "tetnet-pix2pix": "tetnet (pix2pix normals)"}
 SOFTRAS_RECIPE = {"batch_size": 64, "cross_render": False, "lr": 3e-4, "decay_at_budget": 0.75}  # singleview.md
 DECAY_AT_BUDGET = 0.75
@@ -80,6 +81,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the normal map the refine fits besides the mask (default: pix2pix's prediction)")
     parser.add_argument("--tetnet-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="TetNetTrainConfig settings of both tetnet rows")
+    parser.add_argument("--encoder-from-normals", action="store_true",
+                        help="both tetnet rows: the pix2pix encoder started from the normals run (trained first)")
     parser.add_argument("--reuse", action="store_true",
                         help="score the networks already trained in --runs (an earlier call's, same settings) "
                              "instead of training them again; train the others")
@@ -94,7 +97,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--rows refine refines the tetnet-gt row's network: select tetnet-gt too, or name with --runs "
                      "the runs of an earlier call that trained it (and the normals run, for pix2pix normal maps)")
     if ("refine" in args.rows and args.refine_normals == "pix2pix" and "tetnet-pix2pix" not in args.rows
-            and not kept("normals")):
+            and not kept("normals") and not args.encoder_from_normals):
         parser.error("--refine-normals pix2pix needs the normals run of the tetnet-pix2pix row: select it, "
                      "or --refine-normals gt / none")
     return args
@@ -123,10 +126,11 @@ def configs(args: argparse.Namespace, runs: Path) -> dict:
     from zerolevel.learn import train as softras_train
 
     recipe = argparse.Namespace(**SOFTRAS_RECIPE, seed=args.seed, budget=args.budget)
+    encoder = {"encoder": "pix2pix", "encoder_from": str(runs / "normals")} if args.encoder_from_normals else {}
     return {"softras": (softras_train, replace(softras_config(recipe), **_budget_run(args, args.budget))),
             "normals": (pix2pix_train, pix2pix_train.NormalsTrainConfig(**_budget_run(args, args.normals_budget))),
-            "tetnet-gt": (tetnet_train, tetnet_config(args)),
-            "tetnet-pix2pix": (tetnet_train, tetnet_config(args, normals_from=str(runs / "normals")))}
+            "tetnet-gt": (tetnet_train, tetnet_config(args, **encoder)),
+            "tetnet-pix2pix": (tetnet_train, tetnet_config(args, normals_from=str(runs / "normals"), **encoder))}
 
 
 def median_step(run_dir: Path) -> float | None:
@@ -144,13 +148,14 @@ def train_row(key: str, module, config, data: Path, runs: Path, args: argparse.N
     what the table reports of the run."""
     summary = runs / key / "summary.json"
     if args.reuse and summary.is_file():
-        result = argparse.Namespace(**json.loads(summary.read_text()))
+        result = argparse.Namespace(**json.loads(summary.read_text()), reused=True)
         print(f"{key}: reused {runs / key}: {result.summary}", flush=True)
     else:
         result = module.train(data, runs / key, config, "cpu", progress=False, threads=args.threads)
         print(f"{key}: {result.summary()}", flush=True)
     return {"iterations": result.iterations, "seconds": round(result.seconds, 1),
-            "samples_s": round(result.samples_per_s, 2), "step_s": median_step(runs / key)}
+            "samples_s": round(result.samples_per_s, 2), "step_s": median_step(runs / key),
+            "reused": getattr(result, "reused", False)}
 
 
 # ---------------------------------------------------------------------------------------- scores
@@ -284,9 +289,10 @@ def _timed(owner, attribute: str, clock: dict, key: str):
         setattr(owner, attribute, original)
 
 
-def step_breakdown(data: Path, run_dir: Path | None, args: argparse.Namespace) -> dict[str, float]:
+def step_breakdown(data: Path, run_dir: Path | None, config, args: argparse.Namespace) -> dict[str, float]:
     """Median seconds of the parts of a TetNet training step (`TetNetTraining.step`) at batch --step-batch,
-    of the network of `run_dir` (None: untrained), over --step-repeats steps after a warm-up."""
+    of the network of `run_dir` (None: untrained) trained with `config`, over --step-repeats steps after a
+    warm-up."""
     import torch
 
     from zerolevel.learn import tetnet_train
@@ -295,7 +301,7 @@ def step_breakdown(data: Path, run_dir: Path | None, args: argparse.Namespace) -
     from zerolevel.optim.distributed import Distributed
 
     train_split, _ = open_splits(data, "train", None, normals=True)
-    task = tetnet_train._make_task(train_split, None, replace(tetnet_config(args), batch_size=args.step_batch),
+    task = tetnet_train._make_task(train_split, None, replace(config, batch_size=args.step_batch, normals_from=None),
                                    Distributed(), torch.device("cpu"))
     if run_dir is not None:
         task.net.load_state_dict(load_model(run_dir).state_dict())
@@ -341,13 +347,18 @@ def table_row(row: dict, categories: list[str]) -> list:
             *[row["iou"]["per_category"].get(c) for c in categories], row["iou"]["mean"], *cells]
 
 
+def reuse_note(key: str, trained: dict, runs: Path) -> list[str]:
+    """[a sentence saying that the row's network is an earlier call's] with --reuse, else []."""
+    return [f"{key}: the run an earlier call trained in {runs / key} (--reuse), not retrained."] if trained["reused"] else []
+
+
 def normals_note(run_dir: Path, data: Path, args: argparse.Namespace, trained: dict) -> str:
     """The pix2pix network's test angular error beside the mean normal map's, in words."""
     from zerolevel.learn.normals_eval import evaluate_normals_run
 
     scores = evaluate_normals_run(run_dir, data, "test", views=args.test_views)
     net, base = scores["network"], scores["baseline"]
-    return (f"pix2pix normals network ({trained['iterations']} iterations in {trained['seconds']} s, "
+    return (f"{NORMALS_NOTE} ({trained['iterations']} iterations in {trained['seconds']} s, "
             f"{trained['samples_s']} samples/s): test angular error mean {net['mean']:.2f} deg, median "
             f"{net['median']:.2f} deg, {net['within']['22.5']:.1f}% of pixels within 22.5 deg; the mean normal "
             f"map per view: mean {base['mean']:.2f}, median {base['median']:.2f} deg, {base['within']['22.5']:.1f}%.")
@@ -372,8 +383,11 @@ def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: l
         f"of the budget (singleview.md's recipe), batch {SOFTRAS_RECIPE['batch_size']}, on the 128^2 images.",
         f"tetnet: TetNetTrainConfig defaults (batch {tet.batch_size}, lr {tet.lr:g}, grid {tet.grid}) with the "
         f"decay (x0.3) after {DECAY_AT_BUDGET} of the budget"
-        + (f" and --tetnet-set {' '.join(args.tetnet_set)}" if args.tetnet_set else "") + "; the pix2pix row "
-        "predicts its train split's normal maps before its loop starts (outside the budget).",
+        + (f" and --tetnet-set {' '.join(args.tetnet_set)}" if args.tetnet_set else "")
+        + (f"; both tetnet rows use the pix2pix encoder, started from the normals network's first levels (its "
+           f"{args.normals_budget:g} s are outside their budgets)" if args.encoder_from_normals else "")
+        + "; the pix2pix row predicts its train split's normal maps before its loop starts (outside the budget).",
+
         "\"step s\": median seconds per iteration over the run's log. IoU: voxel IoU at 32^3, "
         f"{'all' if args.test_views is None else args.test_views} ring views per test object (`evaluate_run`), "
         "mean per category over (object, view) pairs, \"mean IoU\" over categories; F@0.5% / F@0.25% (of the GT "
@@ -423,10 +437,13 @@ def run_rows(args: argparse.Namespace, data: Path, runs: Path, cfgs: dict) -> tu
     for key in ("softras", "tetnet-gt", "tetnet-pix2pix"):
         if key not in args.rows:
             continue
-        if key == "tetnet-pix2pix":
+        needs_normals = key == "tetnet-pix2pix" or (key == "tetnet-gt" and args.encoder_from_normals)
+        if needs_normals and not any(note.startswith(NORMALS_NOTE) for note in extra):
             trained = train_row("normals", *cfgs["normals"], data, runs, args)
             extra.append(normals_note(runs / "normals", data, args, trained))
+            extra += reuse_note("normals", trained, runs)
         trained = train_row(key, *cfgs[key], data, runs, args)
+        extra += reuse_note(key, trained, runs)
         rows.append({"name": TITLES[key], **trained, **score_run(key, runs / key, data, args)})
     if "refine" in args.rows:
         refined = refine_rows(runs / "tetnet-gt", data, runs / "normals", args)
@@ -459,7 +476,8 @@ def main(argv: list[str] | None = None) -> None:
         if {"tetnet-gt", "tetnet-pix2pix"} & set(args.rows):
             trained = runs / ("tetnet-gt" if "tetnet-gt" in args.rows else "tetnet-pix2pix")
             write_report(f"{args.name}_step", f"One TetNet training step at batch {args.step_batch}, taken apart",
-                         command, ["part", "median s", "% of step"], step_table(step_breakdown(data, trained, args)),
+                         command, ["part", "median s", "% of step"],
+                         step_table(step_breakdown(data, trained, cfgs[trained.name][1], args)),
                          notes=step_notes(args, trained.name))
     columns = ["row", "iterations", "seconds", "samples/s", "step s", *[f"IoU {c}" for c in categories], "mean IoU",
                "F@0.5%", "F@0.25%", "Chamfer", "normal consistency"]

@@ -68,7 +68,8 @@ class TetNetConfig:
     pixel: int = 0                  # > 0: pixel-aligned features (`PixelAligned`, this many channels
                                     # in its image map) added to the decoder's finest lattice's, read
                                     # at each vertex's projection in the input camera (then needed)
-    init: str = "torch"             # the weights' start: "torch" (PyTorch's defaults) or "he" (`he_init`)
+    init: str = "he"                # the weights' start: "he" (`he_init`) or "torch" (PyTorch's defaults;
+                                    # +0.08 val IoU at 150 iterations for "he": results/tetnet_he_init.md)
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)  # a JSON round trip gives a list

@@ -71,7 +71,7 @@ class TetNetTrainConfig(TrainingConfig):
     norm: str = "none"                 # the decoder's normalisation (tetnet.py)
     basis: int = 0                     # the decoder's linear full-lattice term (tetnet.py; 0: none)
     pixel: int = 0                     # pixel-aligned features' channels (tetnet.py; 0: none)
-    init: str = "torch"                # the network's starting weights (tetnet.py: "torch" or "he")
+    init: str = "he"                   # the network's starting weights (tetnet.py: "he" or "torch")
     batch_size: int = 16
     lr: float = 3e-4
     iterations: int = 50_000
