@@ -1,9 +1,10 @@
 """Wu et al.'s single-view network: an RGBA image to signed distances on a fixed tetrahedral grid.
 
 One job: `TetNet`, an image encoder (`encoders.py`, after a stride-2 stem that brings S = 128 inputs
-to the encoders' 64; "pix2pix", whose first level halves the image itself, has none) and a 3D convolutional decoder to the SDF values at the vertices of a regular
-tet grid (`geometry.tetgrid.TetGrid.regular`, `grid` cubes per axis over [-bounds, bounds]^3, which
-holds the dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
+to the encoders' 64; "pix2pix", whose first level halves the image itself, has none) and a 3D
+convolutional decoder to the SDF values at the vertices of a regular tet grid
+(`geometry.tetgrid.TetGrid.regular`, `grid` cubes per axis over [-bounds, bounds]^3, which holds the
+dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
 
     code (512) -> Linear -> C0 x (g0 + 1)^3 vertex features, g0 = grid / 2^(L + 1)
     L times: trilinear upsampling vertex lattice to vertex lattice ((n + 1)^3 -> (2n + 1)^3, corners
@@ -15,7 +16,8 @@ holds the dataset's objects, normalised into [-0.5, 0.5]^3). The decoder:
              the offset, in grid cells, from the initial sphere's SDF
 
 so its output starts (head convolutions zero) as the signed distance to a sphere of `init_radius`,
-as SoftRas's network starts as its template sphere. The head does at half resolution what a
+as SoftRas's network starts as its template sphere; every other layer starts by He's rule
+(`init="he"`, `he_init`), so the image reaches the head's input at full scale. The head does at half resolution what a
 convolved level of the full lattice (`head="conv"`, with one more entry in `channels`) does at 8x
 the voxels, for a step two thirds as long and a network that learnt more in the same time
 (`benchmarks/results/tetnet_decoder.md`). With `basis` = K > 0 a linear term is added to the
@@ -106,10 +108,10 @@ def he_init(network: nn.Module) -> None:
     N(0, 2 / fan_in), biases zero, but for layers that start at zero on purpose (the decoder's head).
 
     PyTorch's default (uniform, variance 1 / (3 fan_in)) shrinks the mean square of the activations
-    ~6x per ReLU layer: the encoder's code starts ~100x smaller than its input features and the
-    decoder's finest lattice ~1% of unit scale, so the zero-initialised head must grow its weights
-    ~100x (Adam: a few thousand steps) before the image changes the surface. He's variance keeps
-    every layer at the scale of its input.
+    ~6x per ReLU layer: the encoder's code and the decoder's finest lattice start orders of magnitude
+    below their inputs' scale, nearly the same for every image, so the zero-initialised head must grow
+    its weights as many times over (thousands of Adam steps) before the image changes the surface.
+    He's variance keeps every layer at the scale of its input.
     """
     for module in network.modules():
         if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) and module.weight.any():
