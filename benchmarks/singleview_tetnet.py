@@ -63,7 +63,6 @@ from singleview import train_config as softras_config  # noqa: E402
 
 ROWS = ("mean", "mean-category", "softras", "tetnet-gt", "tetnet-pix2pix", "refine")
 TRAINED_ROWS = {"softras", "tetnet-gt", "tetnet-pix2pix"}
-NORMALS_NOTE = "pix2pix normals network"
 TITLES = {"softras": "softras", "tetnet-gt": "tetnet (GT normals)", "tetnet-pix2pix": "tetnet (pix2pix normals)"}
 SOFTRAS_RECIPE = {"batch_size": 64, "cross_render": False, "lr": 3e-4, "decay_at_budget": 0.75}  # singleview.md
 DECAY_AT_BUDGET = 0.75
@@ -90,6 +89,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--step-repeats", type=int, default=3, help="timed steps of the breakdown (default 3)")
     add_run_options(parser, "singleview_tetnet")
     args = parser.parse_args(argv)
+
     def kept(key: str) -> bool:  # trained by an earlier call into the same --runs
         return args.runs is not None and (args.runs / key / "checkpoint.pt").is_file()
 
@@ -145,17 +145,14 @@ def median_step(run_dir: Path) -> float | None:
 
 def train_row(key: str, module, config, data: Path, runs: Path, args: argparse.Namespace) -> dict:
     """Train one network for its budget in runs/<key> (with --reuse, keep a run trained there before);
-    what the table reports of the run."""
-    summary = runs / key / "summary.json"
-    if args.reuse and summary.is_file():
-        result = argparse.Namespace(**json.loads(summary.read_text()), reused=True)
-        print(f"{key}: reused {runs / key}: {result.summary}", flush=True)
-    else:
-        result = module.train(data, runs / key, config, "cpu", progress=False, threads=args.threads)
-        print(f"{key}: {result.summary()}", flush=True)
-    return {"iterations": result.iterations, "seconds": round(result.seconds, 1),
-            "samples_s": round(result.samples_per_s, 2), "step_s": median_step(runs / key),
-            "reused": getattr(result, "reused", False)}
+    what the table reports of the run (its summary.json)."""
+    reused = args.reuse and (runs / key / "summary.json").is_file()
+    if not reused:
+        module.train(data, runs / key, config, "cpu", progress=False, threads=args.threads)
+    run = json.loads((runs / key / "summary.json").read_text())
+    print(f"{key}: {'reused ' if reused else ''}{run['summary']}", flush=True)
+    return {"iterations": run["iterations"], "seconds": round(run["seconds"], 1),
+            "samples_s": round(run["samples_per_s"], 2), "step_s": median_step(runs / key), "reused": reused}
 
 
 # ---------------------------------------------------------------------------------------- scores
@@ -349,7 +346,9 @@ def table_row(row: dict, categories: list[str]) -> list:
 
 def reuse_note(key: str, trained: dict, runs: Path) -> list[str]:
     """[a sentence saying that the row's network is an earlier call's] with --reuse, else []."""
-    return [f"{key}: the run an earlier call trained in {runs / key} (--reuse), not retrained."] if trained["reused"] else []
+    if not trained["reused"]:
+        return []
+    return [f"{key}: the run an earlier call trained in {runs / key} (--reuse), not retrained."]
 
 
 def normals_note(run_dir: Path, data: Path, args: argparse.Namespace, trained: dict) -> str:
@@ -358,7 +357,7 @@ def normals_note(run_dir: Path, data: Path, args: argparse.Namespace, trained: d
 
     scores = evaluate_normals_run(run_dir, data, "test", views=args.test_views)
     net, base = scores["network"], scores["baseline"]
-    return (f"{NORMALS_NOTE} ({trained['iterations']} iterations in {trained['seconds']} s, "
+    return (f"pix2pix normals network ({trained['iterations']} iterations in {trained['seconds']} s, "
             f"{trained['samples_s']} samples/s): test angular error mean {net['mean']:.2f} deg, median "
             f"{net['median']:.2f} deg, {net['within']['22.5']:.1f}% of pixels within 22.5 deg; the mean normal "
             f"map per view: mean {base['mean']:.2f}, median {base['median']:.2f} deg, {base['within']['22.5']:.1f}%.")
@@ -433,12 +432,13 @@ def _fscore_change(predicted: dict, refined: dict) -> str:
 # ---------------------------------------------------------------------------------------- main
 def run_rows(args: argparse.Namespace, data: Path, runs: Path, cfgs: dict) -> tuple[list[dict], list[str]]:
     """Train and score the selected network rows; (row dicts, notes)."""
-    rows, extra = [], []
+    rows, extra, normals_trained = [], [], False
     for key in ("softras", "tetnet-gt", "tetnet-pix2pix"):
         if key not in args.rows:
             continue
         needs_normals = key == "tetnet-pix2pix" or (key == "tetnet-gt" and args.encoder_from_normals)
-        if needs_normals and not any(note.startswith(NORMALS_NOTE) for note in extra):
+        if needs_normals and not normals_trained:
+            normals_trained = True
             trained = train_row("normals", *cfgs["normals"], data, runs, args)
             extra.append(normals_note(runs / "normals", data, args, trained))
             extra += reuse_note("normals", trained, runs)

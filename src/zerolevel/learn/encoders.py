@@ -232,6 +232,8 @@ class Pix2PixEncoder(nn.Module):
     """pix2pix's encoder levels, then the baseline's head: (B, in_channels, S, S) -> (B, latent), see the
     module docstring. `features[i]` has the layout of `NormalsNet.downs[i]`."""
 
+    takes_full_image = True  # its first level halves the image: a network puts no stem before it
+
     def __init__(self, image_size: int = 64, in_channels: int = 4, latent: int = LATENT,
                  channels: tuple[int, ...] = PIX2PIX_CHANNELS):
         super().__init__()
@@ -263,13 +265,21 @@ def load_pix2pix_trunk(encoder: Pix2PixEncoder, downs: nn.ModuleList) -> None:
         mine.load_state_dict(source)
 
 
+ENCODER_CLASSES: dict[str, type[nn.Module]] = {"baseline": BaselineEncoder, "resnet": ResNetEncoder,
+                                               "attention": AttentionEncoder, "pix2pix": Pix2PixEncoder}
+
+
+def takes_full_image(name: str) -> bool:
+    """Whether the encoder called `name` reads the image itself (its first level halves it), where the
+    others follow a network's own stride-2 stem."""
+    return getattr(ENCODER_CLASSES[name], "takes_full_image", False)
+
+
 def make_encoder(name: str, image_size: int = 64, in_channels: int = 4, latent: int = LATENT) -> nn.Module:
     """The encoder called `name` (one of `ENCODERS`) for S = `image_size` inputs."""
-    classes = {"baseline": BaselineEncoder, "resnet": ResNetEncoder, "attention": AttentionEncoder,
-               "pix2pix": Pix2PixEncoder}
-    if name not in classes:
+    if name not in ENCODER_CLASSES:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
-    return classes[name](image_size=image_size, in_channels=in_channels, latent=latent)
+    return ENCODER_CLASSES[name](image_size=image_size, in_channels=in_channels, latent=latent)
 
 
 def config_from_dict(cls: type, data: dict) -> Any:

@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from ..cameras import Cameras
 from ..geometry.marching import PackedMeshes, marching_tetrahedra, marching_tetrahedra_batch
 from ..geometry.tetgrid import TetGrid
-from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_from_dict, make_encoder
+from .encoders import (ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_from_dict, make_encoder,
+                       takes_full_image)
 
 
 @dataclass
@@ -250,7 +251,7 @@ class TetNet(nn.Module):
         self.config = TetNetConfig(encoder=encoder, **settings)
         c = self.config
         self.grid = TetGrid.regular(c.grid, bounds=(-c.bounds, c.bounds))
-        if c.encoder == "pix2pix":  # its first level is pix2pix's stride-2 convolution: no stem of ours
+        if takes_full_image(c.encoder):  # pix2pix's: its first level is the stride-2 convolution
             self.stem: nn.Module = nn.Identity()
             self.encoder = make_encoder(c.encoder, c.image_size, c.in_channels, c.latent)
         else:
