@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import re
 import statistics
 import sys
 import tempfile
@@ -44,6 +45,7 @@ VARIANTS = {
     "carve-wide": {"w_carve": 20.0, "channels": "128,64,32", "norm": "group", "lr": 1e-3},
     "basis-128": {"basis": 128},              # + a linear full-lattice term (tetnet.py)
     "pixel-16": {"pixel": 16},                # + pixel-aligned features (tetnet.py)
+    "wide-96": {"channels": "96,48,24"},       # the decoder's lattices 1.5x wider
     "lr-1e-3": {"lr": 1e-3},
     "conv-head": {"head": "conv", "channels": "64,32,16,8"},  # the finest lattice convolved (tetnet.py)
     "views-1": {"views": 1},                 # each sample rendered in its input view only
@@ -69,13 +71,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def parse_variant(text: str) -> tuple[str, dict[str, str]]:
-    """NAME (predefined) or NAME=KEY=VALUE,KEY=VALUE -> (name, settings as text)."""
+    """NAME (predefined) or NAME=KEY=VALUE,KEY=VALUE -> (name, settings as text); a VALUE may hold
+    commas (a tuple's items)."""
     name, _, rest = text.partition("=")
     if not rest:
         if name not in VARIANTS:
             raise SystemExit(f"unknown variant {name!r}: predefined are {', '.join(VARIANTS)}, or NAME=KEY=VALUE,...")
         return name, {k: str(v) for k, v in VARIANTS[name].items()}
-    return name, dict(pair.split("=", 1) for pair in rest.split(","))
+    # a comma starts a new pair only before KEY=: a tuple's value keeps its own (channels=96,48,24)
+    return name, dict(pair.split("=", 1) for pair in re.split(r",(?=\w+=)", rest))
 
 
 def train_variant(job: tuple) -> dict:
