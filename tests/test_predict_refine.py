@@ -281,7 +281,7 @@ def test_cli_refine_errors_are_one_line_and_no_mesh(capsys, tetrun, tmp_path):
 
 def test_cli_a_pixel_aligned_network_takes_each_images_camera(capsys, tetrun, tmp_path):
     """A tet network with pixel-aligned features predicts only with --dataset and --views (one line and
-    exit 2 without, naming the run); eval-set takes each test image's camera from the dataset."""
+    exit 2 without, naming the image); eval-set takes each test image's camera from the dataset."""
     r = tetrun
     config = TetNetTrainConfig(batch_size=2, iterations=1, val_split=None, checkpoint_every=1000, grid=16,
                                channels=SMALL["channels"], pixel=4)
@@ -289,7 +289,7 @@ def test_cli_a_pixel_aligned_network_takes_each_images_camera(capsys, tetrun, tm
     run, v0 = str(tmp_path / "run"), str(r / "view0.png")
     code, _, err = cli(capsys, "predict", run, v0, "-o", str(tmp_path / "m.ply"))
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert code == 2 and len(lines) == 1 and "run" in lines[0] and "--views" in lines[0], err
+    assert code == 2 and len(lines) == 1 and v0 in lines[0] and "--views" in lines[0], err
     assert not (tmp_path / "m.ply").exists()
     code, stdout, _ = cli(capsys, "predict", run, v0, "-o", str(tmp_path / "m.ply"), "--dataset", str(r / "set"),
                           "--views", "0")

@@ -371,6 +371,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     from ..atomic import atomic_path
     from ..learn.predict import default_fusion, load_run
     from ..learn.refine import ring_cameras
+    from ..learn.sampling import needs_cameras
     from ..learn.tetnet import TetNet
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
@@ -389,12 +390,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
                          "SoftRas's meshes are averaged (--fuse mean)", args.run)
     args.fuse = args.fuse or default_fusion(net)
     cameras = None if args.views is None else ring_cameras(args.dataset, args.views, size)  # checks the indices
-    needs_cameras = getattr(net, "needs_cameras", False)  # pixel-aligned features
-    if needs_cameras and cameras is None:
-        raise InputError("this network reads each image at its grid vertices' projections: give each image's "
-                         "camera, --dataset DATA --views K (its view index on the dataset's ring)", args.run)
-    if args.refine is None:
-        seen_from = {"cameras": cameras} if needs_cameras else {}
+    if args.refine is None:  # a network that needs the cameras (and lacks them) says so, naming the image
+        seen_from = {"cameras": cameras} if needs_cameras(net) else {}
         mesh = parts.predict(net, images if len(images) > 1 else images[0],
                              source=args.images if len(images) > 1 else args.images[0], fusion=args.fuse, **seen_from)
         done = f"predicted from {_count(len(images), 'image')}" + (f", fused ({args.fuse})" if len(images) > 1 else "")

@@ -28,6 +28,7 @@ from ..errors import InputError
 from ..optim.loop import load_checkpoint
 from .phorhum import PhorhumNet
 from .pix2pix import NormalsNet
+from .sampling import needs_cameras
 from .softras_net import SoftRasNet
 from .tetnet import TetNet
 
@@ -134,7 +135,7 @@ def network_outputs(net: torch.nn.Module, images: list[np.ndarray] | np.ndarray,
     sources = sources or [f"image {k}" for k in range(len(images))]
     for image, source in zip(images, sources):
         check_image(image, net.config.image_size, source)
-    needs = getattr(net, "needs_cameras", False)
+    needs = needs_cameras(net)
     if needs and (cameras is None or len(cameras) != len(images)):
         raise InputError("this network reads each image at its grid vertices' projections: it needs each "
                          "image's camera (zerolevel predict: --dataset DATA --views K)", sources[0])

@@ -92,7 +92,13 @@ def input_cameras(net: Any, split: Any, views: np.ndarray, device: torch.device 
                   dtype: torch.dtype = torch.float32) -> Cameras | None:
     """The cameras of the input views when the network reads them (pixel-aligned features,
     `needs_cameras`), else None (a network that predicts in the world frame whatever the view)."""
-    return split_cameras(split, views, device, dtype) if getattr(net, "needs_cameras", False) else None
+    return split_cameras(split, views, device, dtype) if needs_cameras(net) else None
+
+
+def needs_cameras(net: Any) -> bool:
+    """Whether a network reads its input images' cameras (TetNet's pixel-aligned features); a network
+    without the property (SoftRas's, the head network) predicts in its own frame and does not."""
+    return bool(getattr(net, "needs_cameras", False))
 
 
 def split_normals(split: Any, objects: np.ndarray, views: np.ndarray, device: torch.device | str,
