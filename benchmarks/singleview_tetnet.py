@@ -85,10 +85,14 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--reuse", action="store_true",
                         help="score the networks already trained in --runs (an earlier call's, same settings) "
                              "instead of training them again; train the others")
+    parser.add_argument("--train-seed", type=int, default=None,
+                        help="the networks' seed (default --seed, which also makes the dataset): a second "
+                             "seed's runs on the same data")
     parser.add_argument("--step-batch", type=int, default=16, help="batch of the step breakdown (default 16)")
     parser.add_argument("--step-repeats", type=int, default=3, help="timed steps of the breakdown (default 3)")
     add_run_options(parser, "singleview_tetnet")
     args = parser.parse_args(argv)
+    args.train_seed = args.seed if args.train_seed is None else args.train_seed
 
     def kept(key: str) -> bool:  # trained by an earlier call into the same --runs
         return args.runs is not None and (args.runs / key / "checkpoint.pt").is_file()
@@ -116,7 +120,7 @@ def tetnet_config(args: argparse.Namespace, **settings):
 def _budget_run(args: argparse.Namespace, budget: float) -> dict:
     """The run settings of every budget run: seed, budget, no validation, no checkpoint before the end,
     a log line per iteration (for the median step)."""
-    return {"seed": args.seed, "budget_s": budget, "iterations": 10**9, "val_split": None,
+    return {"seed": args.train_seed, "budget_s": budget, "iterations": 10**9, "val_split": None,
             "checkpoint_every": 10**9, "log_every": 1}
 
 
@@ -125,7 +129,7 @@ def configs(args: argparse.Namespace, runs: Path) -> dict:
     from zerolevel.learn import pix2pix_train, tetnet_train
     from zerolevel.learn import train as softras_train
 
-    recipe = argparse.Namespace(**SOFTRAS_RECIPE, seed=args.seed, budget=args.budget)
+    recipe = argparse.Namespace(**SOFTRAS_RECIPE, seed=args.train_seed, budget=args.budget)
     encoder = {"encoder": "pix2pix", "encoder_from": str(runs / "normals")} if args.encoder_from_normals else {}
     return {"softras": (softras_train, replace(softras_config(recipe), **_budget_run(args, args.budget))),
             "normals": (pix2pix_train, pix2pix_train.NormalsTrainConfig(**_budget_run(args, args.normals_budget))),
@@ -375,7 +379,7 @@ def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: l
                          *extra, f"Benchmark wall time {seconds:.0f} s."])
     tet = cfgs["tetnet-gt"][1]
     return " ".join([
-        f"{data_note} Every network from scratch, seed {args.seed}, "
+        f"{data_note} Every network from scratch, seed {args.train_seed}, "
         f"until {args.budget:g} s of its loop's wall-clock time, no validation; torch {torch.__version__}, "
         f"{args.threads} thread(s).",
         f"softras: SoftRas's settings but one render per sample, Adam lr 3e-4 and the decay (x0.3) after 0.75 "
