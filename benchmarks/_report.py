@@ -63,7 +63,9 @@ def source_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
                               text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../src"],
+        # the library and the benchmark scripts (not their results, which a run rewrites)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "../src", ".",
+                                ":(exclude)results"],
                                cwd=here, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
