@@ -41,7 +41,6 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-ENCODERS = ("baseline", "resnet", "attention", "pix2pix")
 CONV_CHANNELS = (64, 128, 256)  # SoftRas Encoder dim_hidden[:3] = [dim1, dim1 * 2, dim1 * 4], dim1 = 64
 FC_HIDDEN = (1024, 1024)        # SoftRas Encoder dim_hidden[3:] = [dim2, dim2], dim2 = 1024
 LATENT = 512                    # SoftRas Encoder dim_out = Decoder dim_in = 512
@@ -267,6 +266,7 @@ def load_pix2pix_trunk(encoder: Pix2PixEncoder, downs: nn.ModuleList) -> None:
 
 ENCODER_CLASSES: dict[str, type[nn.Module]] = {"baseline": BaselineEncoder, "resnet": ResNetEncoder,
                                                "attention": AttentionEncoder, "pix2pix": Pix2PixEncoder}
+ENCODERS = tuple(ENCODER_CLASSES)  # the names a config accepts
 
 
 def takes_full_image(name: str) -> bool:
