@@ -79,6 +79,14 @@ def _tetnet() -> TrainParts:
     return TrainParts(train, TetNetTrainConfig, partial(load_model, network=TetNet), predict, eval_set)
 
 
+def _sdfnet() -> TrainParts:
+    from .learn.evaluate import eval_set
+    from .learn.predict import load_model, predict
+    from .learn.sdfnet import SDFNet
+    from .learn.sdfnet_train import SDFNetTrainConfig, train
+    return TrainParts(train, SDFNetTrainConfig, partial(load_model, network=SDFNet), predict, eval_set)
+
+
 def _normals() -> TrainParts:
     from .learn.normals_eval import eval_set
     from .learn.normals_predict import predict_no_mesh
@@ -111,6 +119,8 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
           250_000, _softras),
     Entry("tetnet", "train", "image to SDF values on a tet grid, marching tetrahedra, trained on normal maps and "
           "masks (Wu et al.)", 50_000, _tetnet),
+    Entry("sdfnet", "train", "image to a coarse SDF lattice refined to a finer one, sphere-traced, trained on "
+          "shaded images and silhouettes (SDFDiff)", 50_000, _sdfnet),
     Entry("normals", "train", "pix2pix: RGBA image to normal map, U-Net and PatchGAN, L1 + GAN (the "
           "normal maps Wu et al. train tetnet on; zerolevel predict-normals)", 20_000, _normals),
     Entry("phorhum", "train", "PHORHUM for heads: a photograph to a pixel-aligned SDF + albedo and a shading "

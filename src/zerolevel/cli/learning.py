@@ -160,6 +160,7 @@ EPILOG_TRAIN = """examples:
   zerolevel train tetnet shapes128 -o tetrun --budget 1800     # image -> tet-grid SDF, from normals + masks
   zerolevel train normals shapes128 -o normrun --budget 1800   # pix2pix: image -> normal map
   zerolevel train tetnet shapes128 -o tetrun2 --normals-from normrun   # tetnet on pix2pix's normal maps
+  zerolevel train sdfnet shapes128 -o sdfrun --budget 1800     # image -> SDF lattices, sphere-traced (SDFDiff)
 
 RUN gets checkpoint.pt (resumable: an interrupted run continues exactly), log.jsonl (losses, validation IoU),
 training.svg (their curves) and summary.json. The defaults are SoftRas's (Adam lr 1e-4, batch 64, 250k
@@ -168,13 +169,16 @@ iterations, cross-render, lr and sigma x0.3 from 150k): on a CPU stop earlier wi
 marching tetrahedra, rasterised normal maps and masks of two views per sample; zerolevel.learn.tetnet_train)
 needs a dataset with normal maps (version 2) and defaults to Adam lr 3e-4, batch 16, 50k iterations; with
 --normals-from RUN it trains on a normals run's predicted normal maps of the train split instead (Wu et al.).
+sdfnet (SDFDiff: a 32^3 SDF lattice refined to 64^3, sphere-traced shaded images and soft silhouettes of two
+views per sample, coarse level alone for the first 5k iterations; zerolevel.learn.sdfnet_train) reads the
+dataset's lighting record (dataset.json "light") for the shading: Adam lr 3e-4, batch 16, 50k iterations.
 normals (pix2pix: U-Net generator, PatchGAN discriminator, L1 x100 + GAN; zerolevel.learn.pix2pix_train)
 learns the normal maps of a version-2 dataset from its images: Adam lr 2e-4, betas 0.5, batch 16, 20k
 iterations; its validation is the mean angular error in degrees. Validation (voxel IoU on the val split) runs once
 per epoch unless --set eval_every=N. --resume keeps the run's own settings; options given with it may change
 only iterations, epochs, budget and the validation / checkpoint / log intervals. --set KEY=VALUE sets any field
 of the network's settings (zerolevel.learn.train.TrainConfig, learn.tetnet_train.TetNetTrainConfig,
-learn.pix2pix_train.NormalsTrainConfig), after the options (an unknown key lists them).
+learn.sdfnet_train.SDFNetTrainConfig, learn.pix2pix_train.NormalsTrainConfig), after the options (an unknown key lists them).
 Distributed: under torchrun (or `python -m torch.distributed.run`) every process draws the same global batch and
 trains on its share (--batch-size is the global batch, divisible by the process count); gradients are averaged,
 BatchNorm statistics are global, and only rank 0 writes RUN and prints. Without --threads each process takes
@@ -369,10 +373,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_predict(args: argparse.Namespace) -> None:
     from ..atomic import atomic_path
-    from ..learn.predict import default_fusion, load_run
+    from ..learn.predict import SDF_NETWORKS, default_fusion, load_run
     from ..learn.refine import ring_cameras
     from ..learn.sampling import needs_cameras
-    from ..learn.tetnet import TetNet
 
     suffix = Path(args.output).suffix.lower().lstrip(".")
     if suffix not in MESH_FORMATS:
@@ -385,8 +388,8 @@ def cmd_predict(args: argparse.Namespace) -> None:
     masks = args.mask or [None] * len(args.images)
     premultiply = getattr(net, "premultiplied_input", True)  # the head network sees photographs as they are
     images = [_network_input(image, mask, size, premultiply) for image, mask in zip(args.images, masks)]
-    if args.fuse == "max" and not isinstance(net, TetNet):
-        raise InputError("--fuse max takes the intersection of predicted solids (SDF values): a tetnet run's; "
+    if args.fuse == "max" and not isinstance(net, SDF_NETWORKS):
+        raise InputError("--fuse max takes the intersection of predicted solids (SDF values): a tetnet or sdfnet run's; "
                          "SoftRas's meshes are averaged (--fuse mean)", args.run)
     args.fuse = args.fuse or default_fusion(net)
     cameras = None if args.views is None else ring_cameras(args.dataset, args.views, size)  # checks the indices
@@ -431,7 +434,6 @@ def _refine(args: argparse.Namespace, net, images: list, cameras) -> tuple:
     from ..images import read_normal_map
     from ..learn.predict import fuse, network_outputs, output_mesh
     from ..learn.refine import DEFAULT_RADIUS, input_scene, refine
-    from ..learn.tetnet import TetNet
     from ..scene import validate_normals
 
     normals = None
@@ -446,7 +448,7 @@ def _refine(args: argparse.Namespace, net, images: list, cameras) -> tuple:
     output = fuse(network_outputs(net, images, args.images, cameras), args.fuse)
     if len(output_mesh(net, output).faces) == 0:
         raise InputError("the network sees no object in these images (its surface is empty)", args.images[0])
-    radius = float(net.config.bounds) if isinstance(net, TetNet) else DEFAULT_RADIUS
+    radius = float(getattr(net.config, "bounds", DEFAULT_RADIUS))  # an SDF network's box, else SoftRas's frame
     scene = input_scene(images, cameras, normals, radius)
     refined = refine(net, output, scene, args.refine, device=args.device, seed=args.seed, progress=not args.quiet,
                      source=args.images[0])

@@ -32,3 +32,14 @@ def ray_sphere_interval(origins: Array, directions: Array, radius: float = 1.0) 
         near = np.maximum(-b - root, 0.0)
     far = -b + root
     return near, far, (disc > 0) & (far > 0)
+
+
+def ray_box_interval(origins: torch.Tensor, directions: torch.Tensor, bound: float
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where rays cross the cube [-bound, bound]^3 (the slab test), as `ray_sphere_interval` returns
+    it: near clamped to >= 0, far, and whether the ray meets the cube ahead of its origin."""
+    inverse = 1.0 / torch.where(directions.abs() < 1e-12, torch.full_like(directions, 1e-12), directions)
+    first, second = (-bound - origins) * inverse, (bound - origins) * inverse
+    near = torch.minimum(first, second).amax(dim=-1).clamp_min(0.0)
+    far = torch.maximum(first, second).amin(dim=-1)
+    return near, far, far > near

@@ -29,10 +29,12 @@ from ..optim.loop import load_checkpoint
 from .phorhum import PhorhumNet
 from .pix2pix import NormalsNet
 from .sampling import needs_cameras
+from .sdfnet import SDFNet
 from .softras_net import SoftRasNet
 from .tetnet import TetNet
 
-NETWORKS: dict[str, type] = {cls.__name__: cls for cls in (SoftRasNet, TetNet, NormalsNet, PhorhumNet)}
+NETWORKS: dict[str, type] = {cls.__name__: cls for cls in (SoftRasNet, TetNet, SDFNet, NormalsNet, PhorhumNet)}
+SDF_NETWORKS = (TetNet, SDFNet)  # raw outputs: (N,) SDF values per image, meshed by the network's `mesh`
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -83,7 +85,7 @@ def default_fusion(net: torch.nn.Module) -> str:
     0.177 vs the mean's 0.173, F@2% 0.160 vs 0.115, Chamfer 0.074 vs 0.080; benchmarks/results/
     predict_fusion.md; one object of four lost parts to it, more with 6 views: to measure again with
     a well-trained network), SoftRas's vertices by their mean (the only fusion of vertex positions)."""
-    return "max" if isinstance(net, TetNet) else "mean"
+    return "max" if isinstance(net, SDF_NETWORKS) else "mean"
 
 
 def fuse(outputs: torch.Tensor, how: str = "mean") -> torch.Tensor:
@@ -116,9 +118,10 @@ def fuse(outputs: torch.Tensor, how: str = "mean") -> torch.Tensor:
 
 def output_mesh(net: torch.nn.Module, output: torch.Tensor) -> trimesh.Trimesh:
     """The mesh of one raw output of `net` (or a fused one): TetNet's (N,) SDF values by marching
-    tetrahedra on its grid, SoftRas's (V, 3) vertices on its template's faces."""
+    tetrahedra on its grid, SDFNet's by marching cubes of its lattice, SoftRas's (V, 3) vertices on
+    its template's faces."""
     with torch.no_grad():
-        if isinstance(net, TetNet):
+        if isinstance(net, SDF_NETWORKS):
             verts, faces = net.mesh(output)
         else:
             verts, faces = output, net.faces

@@ -122,9 +122,13 @@ def he_init(network: nn.Module) -> None:
 
 
 class GridDecoder(nn.Module):
-    """(B, latent) code -> (B, (grid + 1)^3) SDF values at the tet grid's vertices."""
+    """(B, latent) code -> (B, (grid + 1)^3) SDF values at the vertices of a regular lattice of `grid`
+    cubes per axis over [-bounds, bounds]^3, indexed [x, y, z] (the tet grid's vertex order).
 
-    def __init__(self, config: TetNetConfig, grid: TetGrid):
+    `config` is any network config with the decoder's settings (latent, grid, bounds, channels, head,
+    norm, basis, init_radius): TetNet's, or SDFNet's coarse lattice."""
+
+    def __init__(self, config: TetNetConfig):
         super().__init__()
         channels = config.channels
         self.shuffle = config.head == "shuffle"
@@ -141,30 +145,27 @@ class GridDecoder(nn.Module):
             self.basis = nn.Sequential(nn.Linear(config.latent, config.basis), nn.Linear(config.basis, n ** 3, bias=False))
         for conv in (self.out, self.sub, None if self.basis is None else self.basis[1]):
             if conv is not None:
-                nn.init.zeros_(conv.weight)
-                if conv.bias is not None:
-                    nn.init.zeros_(conv.bias)
-        self.cell = grid.cell
-        start = grid.vertices.norm(dim=1) - config.init_radius
-        coords = grid.coords
-        boundary = ((coords == 0) | (coords == config.grid)).any(dim=1)
-        self.register_buffer("start", start.reshape(1, n, n, n).clone(), persistent=False)
-        self.register_buffer("boundary", boundary.reshape(1, n, n, n).clone(), persistent=False)
+                zero_init(conv)
+        self.cell = 2.0 * config.bounds / config.grid
+        start, boundary = sphere_lattice(config.grid, config.bounds, config.init_radius)
+        self.register_buffer("start", start[None], persistent=False)
+        self.register_buffer("boundary", boundary[None], persistent=False)
 
     @property
     def finest(self) -> int:
         """Vertices per axis of the lattice the head reads (the grid's, or its half's with "shuffle")."""
         return (self.coarse << (len(self.convs))) + 1
 
-    def forward(self, code: Tensor, pixel: Tensor | None = None) -> Tensor:
-        """code (B, latent), and with `pixel` > 0 the (B, channels[-1], m, m, m) pixel-aligned features
-        of the finest lattice (m = `finest`), added to its own -> (B, (grid + 1)^3) values."""
+    def features(self, code: Tensor) -> Tensor:
+        """(B, latent) -> (B, channels[-1], m, m, m) features of the lattice the head reads (m = `finest`)."""
         m = self.coarse + 1
         x = F.relu(self.norms[0](self.fc(code).reshape(len(code), -1, m, m, m)))
         for conv, norm in zip(self.convs, self.norms[1:]):
             x = F.relu(norm(conv(_refine_lattice(x))))
-        if pixel is not None:
-            x = x + pixel
+        return x
+
+    def values(self, x: Tensor, code: Tensor) -> Tensor:
+        """The head: `features` (and the code, for `basis`) -> (B, (grid + 1)^3) values."""
         offset = self.out(x)
         if self.shuffle:
             offset = _refine_lattice(offset) + _sub_vertices(self.sub(x))
@@ -175,6 +176,29 @@ class GridDecoder(nn.Module):
         values = torch.where(self.boundary, values.clamp_min(0.5 * self.cell), values)
         return values.reshape(len(code), -1)
 
+    def forward(self, code: Tensor, pixel: Tensor | None = None) -> Tensor:
+        """code (B, latent), and with `pixel` > 0 the (B, channels[-1], m, m, m) pixel-aligned features
+        of the finest lattice (m = `finest`), added to its own -> (B, (grid + 1)^3) values."""
+        x = self.features(code)
+        return self.values(x if pixel is None else x + pixel, code)
+
+
+def zero_init(conv: nn.Module) -> None:
+    """Weights and bias zero: a head whose output starts at 0 (the starting surface)."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
+def sphere_lattice(grid: int, bounds: float, radius: float) -> tuple[Tensor, Tensor]:
+    """The (grid + 1)^3 lattice over [-bounds, bounds]^3, indexed [x, y, z]: the signed distance to
+    the sphere of `radius` at its vertices, and which vertices lie on the box's boundary."""
+    axis = torch.linspace(-bounds, bounds, grid + 1)
+    points = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1)
+    index = torch.arange(grid + 1)
+    coords = torch.stack(torch.meshgrid(index, index, index, indexing="ij"), dim=-1)
+    return points.norm(dim=-1) - radius, ((coords == 0) | (coords == grid)).any(dim=-1)
+
 
 def _refine_lattice(x: Tensor) -> Tensor:
     """(B, C, n + 1, n + 1, n + 1) vertex features -> those of the halved grid, (B, C, 2n + 1, ...),
@@ -183,12 +207,25 @@ def _refine_lattice(x: Tensor) -> Tensor:
     return F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=True)
 
 
-def _sub_vertices(x: Tensor) -> Tensor:
-    """(B, 8, m, m, m) -> (B, 1, 2m - 1, ...): channel 4a + 2b + c of coarse vertex (i, j, k) is the
-    value of fine vertex (2i + a, 2j + b, 2k + c) (a 3D pixel shuffle, cropped to the fine lattice)."""
+def _sub_vertices(x: Tensor, factor: int = 2) -> Tensor:
+    """(B, f^3, m, m, m) -> (B, 1, f (m - 1) + 1, ...), f = `factor`: channel f^2 a + f b + c of coarse
+    vertex (i, j, k) is the value of fine vertex (f i + a, f j + b, f k + c) (a 3D pixel shuffle,
+    cropped to the fine lattice)."""
     B, _, m = x.shape[:3]
-    fine = x.reshape(B, 2, 2, 2, m, m, m).permute(0, 4, 1, 5, 2, 6, 3).reshape(B, 1, 2 * m, 2 * m, 2 * m)
-    return fine[..., :-1, :-1, :-1]
+    f = factor
+    fine = x.reshape(B, f, f, f, m, m, m).permute(0, 4, 1, 5, 2, 6, 3).reshape(B, 1, f * m, f * m, f * m)
+    end = f * (m - 1) + 1
+    return fine[..., :end, :end, :end]
+
+
+def _owned_vertices(x: Tensor) -> Tensor:
+    """The inverse of `_sub_vertices` (factor 2): (B, C, 2m - 1, ...) -> (B, 8 C, m, m, m), channel
+    8 k + 4 a + 2 b + c of vertex (i, j, k) holding channel k of fine vertex (2i + a, 2j + b, 2k + c)
+    (the last vertex's missing neighbours repeat the edge)."""
+    B, C, n = x.shape[:3]
+    m = (n + 1) // 2
+    padded = F.pad(x, (0, 1, 0, 1, 0, 1), mode="replicate")
+    return padded.reshape(B, C, m, 2, m, 2, m, 2).permute(0, 1, 3, 5, 7, 2, 4, 6).reshape(B, 8 * C, m, m, m)
 
 
 class PixelAligned(nn.Module):
@@ -257,7 +294,7 @@ class TetNet(nn.Module):
         else:
             self.stem = nn.Sequential(nn.Conv2d(c.in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
             self.encoder = make_encoder(c.encoder, (c.image_size + 1) // 2, 32, c.latent)
-        self.decoder = GridDecoder(c, self.grid)
+        self.decoder = GridDecoder(c)
         self.pixel = None
         if c.pixel:
             with torch.no_grad():  # the maps' channels, from a dry run of the stem and encoder

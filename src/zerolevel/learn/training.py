@@ -214,6 +214,12 @@ class TrainingTask:
         """Validation values of the run's summary besides the IoU (a task that validates otherwise)."""
         return {}
 
+    def budget_events(self) -> list[tuple[float, Any]]:
+        """(fraction of the budget, callback(iterations done)) pairs the loop calls once that much of
+        the budget has passed: the budget-triggered decay (a task may add its own)."""
+        decay_at = self.config.decay_at_budget
+        return [] if decay_at is None else [(decay_at, self.start_decay)]
+
     def start_decay(self, iterations_done: int) -> None:
         """The budget-triggered decay: from the next step on."""
         self.decay_from = iterations_done
@@ -316,7 +322,7 @@ def _run(task: TrainingTask, run_dir: Path, config: TrainingConfig, dist: Distri
                       log_every=config.log_every, progress=progress, desc=desc)
     hooks = Hooks(evaluate=task.evaluate if task.val_split is not None else None,
                   evaluate_every=config.eval_every or per_epoch, after_checkpoint=plot,
-                  budget_events=[] if config.decay_at_budget is None else [(config.decay_at_budget, task.start_decay)])
+                  budget_events=task.budget_events())
     task.wrap()  # a resumed run's weights are loaded into the wrapped network's own parameters
     result = run_loop(task, run_dir, loop, resume=resume, hooks=hooks, dist=dist, name=name)
     done = result.iterations - result.resumed_from

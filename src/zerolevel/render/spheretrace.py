@@ -47,7 +47,7 @@ from ..geometry.rays import ray_sphere_interval
 from .lights import LightSpec
 from .shading import lambertian, light_tensors
 
-__all__ = ["sphere_trace", "render_sdf", "march", "field_gradient",
+__all__ = ["sphere_trace", "render_sdf", "march", "field_gradient", "implicit_hit", "golden_section",
            "DEFAULT_SOFT_K"]
 
 Field = Callable[[Tensor], Tensor]
@@ -327,7 +327,7 @@ def _surface(field: Field, o: Tensor, d: Tensor, hit: Tensor, t0: Tensor, mode: 
     Returns mask (N,), distance (N,), position (N, 3), normal (N, 3).
     """
     idx = torch.nonzero(hit).squeeze(1)
-    t, x = _implicit_hit(field, o[idx], d[idx], t0[idx], guard)
+    t, x = implicit_hit(field, o[idx], d[idx], t0[idx], guard)
     g = field_gradient(field, x, mode, step)
     n = g / torch.linalg.vector_norm(g, dim=-1, keepdim=True).clamp_min(1e-12)
     N, dtype = len(o), o.dtype
@@ -337,7 +337,7 @@ def _surface(field: Field, o: Tensor, d: Tensor, hit: Tensor, t0: Tensor, mode: 
             "normal": torch.zeros(N, 3, dtype=dtype, device=o.device).index_put((idx,), n)}
 
 
-def _implicit_hit(field: Field, o: Tensor, d: Tensor, t0: Tensor, guard: float
+def implicit_hit(field: Field, o: Tensor, d: Tensor, t0: Tensor, guard: float
                   ) -> tuple[Tensor, Tensor]:
     """t = t0 - (f(x0) - sg f(x0)) / sg(grad f . d) and x = o + t d, for (M,) hits.
 
@@ -402,12 +402,12 @@ def _argmin_along_rays(field: Field, o: Tensor, d: Tensor, front: dict[str, Tens
         hi[rows] = ts[better].gather(1, j + 1)[:, 0]
     rows = torch.nonzero((k * f_best).abs() < band).squeeze(1)
     if len(rows) and steps > 0:
-        t_best[rows], f_best[rows] = _golden_section(field, o[rows], d[rows], lo[rows], hi[rows],
+        t_best[rows], f_best[rows] = golden_section(field, o[rows], d[rows], lo[rows], hi[rows],
                                                      t_best[rows], f_best[rows], steps)
     return t_best, f_best
 
 
-def _golden_section(field: Field, o: Tensor, d: Tensor, a: Tensor, b: Tensor, t_best: Tensor,
+def golden_section(field: Field, o: Tensor, d: Tensor, a: Tensor, b: Tensor, t_best: Tensor,
                     f_best: Tensor, steps: int) -> tuple[Tensor, Tensor]:
     """(M,) argmin of f(o + t d) on [a, b] by `steps` golden-section steps (one evaluation each),
     and (M,) f there.
