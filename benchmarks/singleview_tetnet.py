@@ -1,5 +1,6 @@
-"""Single-view reconstruction with the tet-grid SDF network (Wu et al.) beside SoftRas's, on the CPU:
-training speed and test quality of each network after the same wall-clock budget (issue 17, point 6).
+"""Single-view reconstruction with every network of the project side by side, on the CPU: the tet-grid SDF
+network (Wu et al.), SDFDiff's lattice network and SoftRas's; training speed and test quality of each
+network after the same wall-clock budget (issue 17, point 6; issue 19).
 
 1. Data: `write_dataset(generated_sources(categories, --count))` made as `zerolevel dataset --for tetnet`
    makes it (`cli.learning.dataset_defaults("tetnet")`: 128^2, varied lighting; normal maps; the 24-view
@@ -17,6 +18,9 @@ training speed and test quality of each network after the same wall-clock budget
      `--normals-budget` s, scored on the test split beside the mean-normal-map baseline
      (`normals_eval.evaluate_normals_run`: angular error, in the notes); then TetNet trained on its predicted
      normal maps of the train split (`normals_from`) for `--budget` s;
+   - "sdfnet": SDFDiff's network (`learn.sdfnet_train`, its defaults; `--sdfnet-set KEY=VALUE` overrides)
+     with the decay (x0.3) after 0.75 of the budget, one run scored twice: meshes of its coarse 32^3
+     lattice and of its refined 64^3 one (`evaluate_run(level=...)`);
    - "tetnet + refine S": the GT-normals TetNet's prediction (this call's, or with `--runs` of an earlier call
      and no tetnet-gt row, that call's network) from view 0 of each of the first
      `--refine-objects` test objects of each category, continued for `--refine-seconds` by the tet-grid fit
@@ -61,9 +65,11 @@ from _report import limit_threads, write_report  # noqa: E402
 from singleview import add_run_options, make_dataset, per_category_mean_shape  # noqa: E402
 from singleview import train_config as softras_config  # noqa: E402
 
-ROWS = ("mean", "mean-category", "softras", "tetnet-gt", "tetnet-pix2pix", "refine")
-TRAINED_ROWS = {"softras", "tetnet-gt", "tetnet-pix2pix"}
-TITLES = {"softras": "softras", "tetnet-gt": "tetnet (GT normals)", "tetnet-pix2pix": "tetnet (pix2pix normals)"}
+ROWS = ("mean", "mean-category", "softras", "tetnet-gt", "tetnet-pix2pix", "refine", "sdfnet")
+TRAINED_ROWS = {"softras", "tetnet-gt", "tetnet-pix2pix", "sdfnet"}
+TITLES = {"softras": "softras", "tetnet-gt": "tetnet (GT normals)", "tetnet-pix2pix": "tetnet (pix2pix normals)",
+          "sdfnet": "sdfnet"}
+SDFNET_LEVELS = {"coarse": "sdfnet (coarse 32^3)", "fine": "sdfnet (refined 64^3)"}  # one run, two rows
 SOFTRAS_RECIPE = {"batch_size": 64, "cross_render": False, "lr": 3e-4, "decay_at_budget": 0.75}  # singleview.md
 DECAY_AT_BUDGET = 0.75
 
@@ -80,6 +86,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="the normal map the refine fits besides the mask (default: pix2pix's prediction)")
     parser.add_argument("--tetnet-set", nargs="*", default=[], metavar="KEY=VALUE",
                         help="TetNetTrainConfig settings of both tetnet rows")
+    parser.add_argument("--sdfnet-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="SDFNetTrainConfig settings of the sdfnet rows")
     parser.add_argument("--encoder-from-normals", action="store_true",
                         help="both tetnet rows: the pix2pix encoder started from the normals run (trained first)")
     parser.add_argument("--reuse", action="store_true",
@@ -117,6 +125,15 @@ def tetnet_config(args: argparse.Namespace, **settings):
     return apply_overrides(config, parse_assignments(args.tetnet_set))
 
 
+def sdfnet_config(args: argparse.Namespace):
+    """The sdfnet rows' SDFNetTrainConfig: its defaults, a budget run with the decay, `--sdfnet-set` on top."""
+    from zerolevel.learn.sdfnet_train import SDFNetTrainConfig
+    from zerolevel.settings import apply_overrides, parse_assignments
+
+    config = SDFNetTrainConfig(**_budget_run(args, args.budget), decay_at_budget=DECAY_AT_BUDGET)
+    return apply_overrides(config, parse_assignments(args.sdfnet_set))
+
+
 def _budget_run(args: argparse.Namespace, budget: float) -> dict:
     """The run settings of every budget run: seed, budget, no validation, no checkpoint before the end,
     a log line per iteration (for the median step)."""
@@ -126,7 +143,7 @@ def _budget_run(args: argparse.Namespace, budget: float) -> dict:
 
 def configs(args: argparse.Namespace, runs: Path) -> dict:
     """{row: (training module, config)} of the trained rows, and "normals" for the pix2pix network."""
-    from zerolevel.learn import pix2pix_train, tetnet_train
+    from zerolevel.learn import pix2pix_train, sdfnet_train, tetnet_train
     from zerolevel.learn import train as softras_train
 
     recipe = argparse.Namespace(**SOFTRAS_RECIPE, seed=args.train_seed, budget=args.budget)
@@ -134,7 +151,8 @@ def configs(args: argparse.Namespace, runs: Path) -> dict:
     return {"softras": (softras_train, replace(softras_config(recipe), **_budget_run(args, args.budget))),
             "normals": (pix2pix_train, pix2pix_train.NormalsTrainConfig(**_budget_run(args, args.normals_budget))),
             "tetnet-gt": (tetnet_train, tetnet_config(args, **encoder)),
-            "tetnet-pix2pix": (tetnet_train, tetnet_config(args, normals_from=str(runs / "normals"), **encoder))}
+            "tetnet-pix2pix": (tetnet_train, tetnet_config(args, normals_from=str(runs / "normals"), **encoder)),
+            "sdfnet": (sdfnet_train, sdfnet_config(args))}
 
 
 def median_step(run_dir: Path) -> float | None:
@@ -160,14 +178,16 @@ def train_row(key: str, module, config, data: Path, runs: Path, args: argparse.N
 
 
 # ---------------------------------------------------------------------------------------- scores
-def score_run(key: str, run_dir: Path, data: Path, args: argparse.Namespace) -> dict:
-    """`evaluate_run` on the test split (surface metrics on view 0), with a gallery picture."""
+def score_run(key: str, run_dir: Path, data: Path, args: argparse.Namespace, level: str | None = None) -> dict:
+    """`evaluate_run` on the test split (surface metrics on view 0), with a gallery picture; `level`: an
+    SDFNet's lattice."""
     from zerolevel.learn.evaluate import evaluate_run
 
-    gallery = HERE / "results" / f"{args.name}_gallery_{key.replace('-', '_')}.png"
+    stem = key.replace("-", "_") + ("" if level is None else f"_{level}")
+    gallery = HERE / "results" / f"{args.name}_gallery_{stem}.png"
     scores = evaluate_run(run_dir, data, "test", views=args.test_views, surface_views=1, progress=False,
-                          gallery=gallery)
-    print(f"{key}: test IoU {scores['iou']['mean']} ({scores['seconds']:.0f} s to evaluate)", flush=True)
+                          gallery=gallery, level=level)
+    print(f"{stem}: test IoU {scores['iou']['mean']} ({scores['seconds']:.0f} s to evaluate)", flush=True)
     return {"iou": scores["iou"], "surface": scores["surface"]}
 
 
@@ -390,6 +410,7 @@ def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: l
         + (f"; both tetnet rows use the pix2pix encoder, started from the normals network's first levels (its "
            f"{args.normals_budget:g} s are outside their budgets)" if args.encoder_from_normals else "")
         + "; the pix2pix row predicts its train split's normal maps before its loop starts (outside the budget).",
+        *([sdfnet_note(args, cfgs["sdfnet"][1])] if "sdfnet" in args.rows else []),
 
         "\"step s\": median seconds per iteration over the run's log. IoU: voxel IoU at 32^3, "
         f"{'all' if args.test_views is None else args.test_views} ring views per test object (`evaluate_run`), "
@@ -398,6 +419,14 @@ def notes(args: argparse.Namespace, data: Path, info: dict, cfgs: dict, extra: l
         *extra,
         f"Pictures: {args.name}_gallery_<row>.png; the step breakdown: {args.name}_step.md. Benchmark wall time "
         f"{seconds:.0f} s."])
+
+
+def sdfnet_note(args: argparse.Namespace, cfg) -> str:
+    return (f"sdfnet (SDFDiff): SDFNetTrainConfig defaults (batch {cfg.batch_size}, lr {cfg.lr:g}, the {cfg.encoder} "
+            f"encoder, renders at {cfg.render_size}^2, the coarse {cfg.grid}^3 lattice alone for the first "
+            f"{cfg.fine_at_budget:g} of the budget, then both) with the decay (x0.3) after {DECAY_AT_BUDGET} of the budget"
+            + (f" and --sdfnet-set {' '.join(args.sdfnet_set)}" if args.sdfnet_set else "")
+            + "; one run, scored on its coarse lattice and on its refined one (marching cubes of each).")
 
 
 def kept_runs_note(runs: Path) -> str:
@@ -453,6 +482,11 @@ def run_rows(args: argparse.Namespace, data: Path, runs: Path, cfgs: dict) -> tu
         refined = refine_rows(runs / "tetnet-gt", data, runs / "normals", args)
         rows += refined
         extra.append(refine_note(args, refined))
+    if "sdfnet" in args.rows:
+        trained = train_row("sdfnet", *cfgs["sdfnet"], data, runs, args)
+        extra += reuse_note("sdfnet", trained, runs)
+        rows += [{"name": title, **trained, **score_run("sdfnet", runs / "sdfnet", data, args, level)}
+                 for level, title in SDFNET_LEVELS.items()]
     return rows, extra
 
 
@@ -485,8 +519,8 @@ def main(argv: list[str] | None = None) -> None:
                          notes=step_notes(args, trained.name))
     columns = ["row", "iterations", "seconds", "samples/s", "step s", *[f"IoU {c}" for c in categories], "mean IoU",
                "F@0.5%", "F@0.25%", "Chamfer", "normal consistency"]
-    write_report(args.name, "Single-view reconstruction: the tet-grid SDF network (Wu et al.) beside SoftRas's, "
-                 "after a fixed training budget", command, columns, [table_row(r, categories) for r in rows],
+    write_report(args.name, "Single-view reconstruction: the tet-grid SDF network (Wu et al.), SDFDiff's lattice "
+                 "network and SoftRas's, after a fixed training budget", command, columns, [table_row(r, categories) for r in rows],
                  notes=notes(args, data, info, cfgs, extra, time.perf_counter() - t_start, runs))
     print((HERE / "results" / f"{args.name}.md").read_text())
     if (HERE / "results" / f"{args.name}_step.md").is_file():

@@ -320,6 +320,8 @@ def _add_learn_parsers(sub: argparse._SubParsersAction, formatter: type) -> None
                    "the input, the prediction from it and from +90/+180 degrees, the truth from there")
     p.add_argument("--gallery-objects", type=int, default=2, metavar="N",
                    help="objects per category in the gallery (default: 2)")
+    p.add_argument("--level", choices=["coarse", "fine"],
+                   help="sdfnet: the lattice the meshes come from (default: fine, the refined one)")
     add_common(p)
 
 
@@ -525,7 +527,8 @@ def cmd_eval_set(args: argparse.Namespace) -> None:
     parts = methods.get(load_run(args.run)["name"], "train").parts()
     request = EvalRequest(split=args.split, views=views, surface_views=args.surface_views, taus=tuple(args.tau),
                           points=args.points, batch_size=args.batch_size, device=args.device, seed=args.seed,
-                          progress=not args.quiet, gallery=args.gallery, gallery_objects=args.gallery_objects)
+                          progress=not args.quiet, gallery=args.gallery, gallery_objects=args.gallery_objects,
+                          level=args.level)
     result, table = parts.evaluate(args.run, args.dataset, request)
     print(table)
     if args.json:

@@ -286,6 +286,7 @@ class EvalRequest:
     progress: bool = True
     gallery: str | None = None         # a PNG of predictions beside the truth
     gallery_objects: int = 2           # objects per category (heads: heads in all)
+    level: str | None = None           # an SDFNet's lattice ("coarse" or "fine"; None: its default)
 
 
 def eval_set(run: str | Path, dataset: str | Path, request: EvalRequest) -> tuple[dict[str, Any], str]:
@@ -295,7 +296,7 @@ def eval_set(run: str | Path, dataset: str | Path, request: EvalRequest) -> tupl
     result = evaluate_run(run, dataset, split=request.split, views=request.views, surface_views=request.surface_views,
                           taus=request.taus, points=request.points, batch_size=request.batch_size,
                           device=request.device, seed=request.seed, progress=request.progress,
-                          gallery=request.gallery, gallery_objects=request.gallery_objects)
+                          gallery=request.gallery, gallery_objects=request.gallery_objects, level=request.level)
     table = format_table(result)
     if request.gallery:
         table += f"\nwrote {request.gallery}: per row {', '.join(COLUMNS)}"
@@ -306,7 +307,7 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
                  surface_views: int = 1, taus: Sequence[float] = DEFAULT_TAUS, points: int = SURFACE_POINTS,
                  batch_size: int = 32, device: str | torch.device = "cpu", seed: int = 0,
                  progress: bool = True, gallery: str | Path | None = None,
-                 gallery_objects: int = 2) -> dict[str, Any]:
+                 gallery_objects: int = 2, level: str | None = None) -> dict[str, Any]:
     """Score a trained network on a split of a dataset folder (see the module docstring).
 
     Args:
@@ -318,6 +319,8 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
         taus: F-score thresholds, fractions of the GT bounding-box diagonal; points: samples per surface.
         gallery: also write a PNG of predictions beside the truth here (`gallery.prediction_sheet`, the
             first `gallery_objects` objects of each category, from view 0).
+        level: the lattice an SDFNet's meshes come from ("coarse" or "fine", its default); None for
+            another network.
     Returns:
         A JSON-ready dict: "format", "run", "dataset", "split", "checkpoint" {"iteration", "encoder",
         "image_size"}, "objects", "views" (ids), "voxels" (n), "iou" and "mean_shape" {"threshold",
@@ -332,6 +335,11 @@ def evaluate_run(run: str | Path, dataset: str | Path, split: str = "test", view
 
     start = time.perf_counter()
     net, meta = _load_network(run, device)
+    if level is not None:
+        if not hasattr(net, "level"):
+            raise InputError(f"a {type(net).__name__} has one output: --level chooses an sdfnet's lattice", run)
+        net.level = level
+        meta["level"] = level
     test, train = load_split(dataset, split), load_split(dataset, "train")
     size = test.images.shape[2]
     if meta["image_size"] != size:

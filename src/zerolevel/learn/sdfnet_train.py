@@ -21,8 +21,8 @@ in views a and b at `render_size` pixels and compared with the dataset's images:
                   2 cell / r)
 
 each averaged over the samples, per level. Coarse to fine (the seed's multi-resolution idea): the
-coarse lattice alone until `fine_at` iterations (or the `fine_at_budget` fraction of the budget),
-then both levels, the coarse one's terms weighted `w_coarse`. Supervision is the split's images and
+coarse lattice alone until `fine_at` iterations or the `fine_at_budget` fraction of the budget
+(whichever comes first), then both levels, the coarse one's terms weighted `w_coarse`. Supervision is the split's images and
 their masks (alpha) with the dataset's lighting record — never a mesh, voxels or normal maps
 (`tests/test_sdfnet.py` checks it).
 """
@@ -78,7 +78,7 @@ class SDFNetTrainConfig(TrainingConfig):
     soft_k: float = 2.0                # soft silhouette sharpness, per cell of the level's lattice
     max_steps: int = 48                # sphere-tracing steps per ray
     fine_at: int = 5_000               # iterations of the coarse level alone, then both ...
-    fine_at_budget: float | None = None  # ... or, with budget_s, until this fraction of it
+    fine_at_budget: float | None = 0.5  # ... or, with budget_s, until this fraction of it (the sooner)
     encoder_from: str | None = None    # a normals run (pix2pix) whose generator's first levels start
                                        # the "pix2pix" encoder (a fresh run only)
 
@@ -222,21 +222,32 @@ class SDFNetTraining(TrainingTask):
 def near_surface_regularisers(values: Tensor, cell: float, band: float) -> tuple[Tensor, Tensor]:
     """(eikonal, Laplacian) terms of (B, n, n, n) lattices: the mean of (|grad f| - 1)^2 over the cubes
     whose first corner lies within `band` cells of the surface (forward differences), and of the
-    squared 7-point Laplacian (times the cell: in cells) over the interior nodes within the band."""
+    squared 7-point Laplacian (times the cell: in cells) over the interior nodes within the band.
+    Only those nodes are read (gathered from the flattened lattices): a band is a small part of a
+    fine lattice."""
+    n = values.shape[-1]
+    flat = values.reshape(-1)
     near = values.detach().abs() < band * cell
-    corner = values[:, :-1, :-1, :-1]
-    gradient = torch.stack([values[:, 1:, :-1, :-1] - corner, values[:, :-1, 1:, :-1] - corner,
-                            values[:, :-1, :-1, 1:] - corner], dim=-1) / cell
-    eikonal = _masked_mean((gradient.norm(dim=-1) - 1.0).square(), near[:, :-1, :-1, :-1])
-    inner = values[:, 1:-1, 1:-1, 1:-1]
-    laplacian = (values[:, 2:, 1:-1, 1:-1] + values[:, :-2, 1:-1, 1:-1] + values[:, 1:-1, 2:, 1:-1]
-                 + values[:, 1:-1, :-2, 1:-1] + values[:, 1:-1, 1:-1, 2:] + values[:, 1:-1, 1:-1, :-2]
-                 - 6.0 * inner) / cell
-    return eikonal, _masked_mean(laplacian.square(), near[:, 1:-1, 1:-1, 1:-1])
+    steps = (n * n, n, 1)  # the flat index's step along x, y, z
 
+    def nodes(region: Tensor, offset: int) -> Tensor:  # flat indices of a sub-block's near nodes
+        index = torch.nonzero(region)
+        b, i, j, k = (index + torch.tensor([0, offset, offset, offset], device=index.device)).unbind(1)
+        return ((b * n + i) * n + j) * n + k
 
-def _masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask, x, 0.0).sum() / mask.sum().clamp_min(1)
+    def at(index: Tensor) -> Tensor:  # index_select: its backward is an index_add, not a sort
+        return flat.index_select(0, index)
+
+    corner = nodes(near[:, :-1, :-1, :-1], 0)
+    f = at(corner)
+    gradient = torch.stack([at(corner + s) - f for s in steps], dim=-1) / cell
+    eikonal = (gradient.norm(dim=-1) - 1.0).square().mean() if len(corner) else values.sum() * 0
+    inner = nodes(near[:, 1:-1, 1:-1, 1:-1], 1)
+    if not len(inner):
+        return eikonal, values.sum() * 0
+    around = sum(at(inner + s) + at(inner - s) for s in steps)
+    laplacian = ((around - 6.0 * at(inner)) / cell).square().mean()
+    return eikonal, laplacian
 
 
 def _make_task(train_split: Any, val_split: Any, config: SDFNetTrainConfig, dist: Distributed,
