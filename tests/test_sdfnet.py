@@ -189,3 +189,21 @@ def test_cli_trains_and_predicts_an_sdfnet(varied_dataset, tmp_path, capsys):
     assert len(trimesh.load(mesh).faces) > 0
     code = main(["train", "sdfnet", str(varied_dataset), "-o", str(tmp_path / "r2"), "--normals-from", str(run_dir), "-q"])
     assert code == 2 and "--normals-from does not apply to sdfnet" in capsys.readouterr().err
+
+
+def test_bad_input_gets_one_line_and_exit_2(varied_dataset, tmp_path, capsys):
+    """A render size that does not divide the images; --level on a network with one output."""
+    out = tmp_path / "run"
+    code = main(["train", "sdfnet", str(varied_dataset), "-o", str(out), "--iters", "1", "-q",
+                 "--set", "render_size=24"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "render_size=24 does not divide" in lines[0], lines
+    assert not out.exists()
+    tet = tmp_path / "tet"
+    assert main(["train", "tetnet", str(varied_dataset), "-o", str(tet), "--iters", "1", "-q", "--set", "grid=16",
+                 "--set", "channels=16,8,8", "--set", "val_split=none"]) == 0
+    capsys.readouterr()
+    code = main(["eval-set", str(tet), str(varied_dataset), "--level", "coarse", "--views", "1",
+                 "--surface-views", "0", "-q"])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "--level chooses an sdfnet's lattice" in lines[0], lines
