@@ -207,3 +207,32 @@ def test_bad_input_gets_one_line_and_exit_2(varied_dataset, tmp_path, capsys):
                  "--surface-views", "0", "-q"])
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "--level chooses an sdfnet's lattice" in lines[0], lines
+
+
+def test_the_carve_term_reads_both_lattices_at_the_coarse_nodes():
+    """carve: per sample the mean hinge over the lattice nodes outside its object's visual hull
+    (`tetnet_train.hull_outside` at the coarse nodes), the fine lattice read at its even nodes, the
+    same points; the starting sphere pokes out of the flat ellipsoids' hulls, so the term acts."""
+    from zerolevel.learn.sdfnet_train import _make_task
+    from zerolevel.learn.tetnet_train import hull_outside
+    from zerolevel.optim.distributed import Distributed
+
+    split = ellipsoids([(0.35, 0.1, 0.25), (0.15, 0.3, 0.15)], views=6)
+    task = _make_task(split, None, config(w_carve=1.0), Distributed(), torch.device("cpu"))
+    axis = torch.linspace(-0.55, 0.55, 17)
+    nodes = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    assert torch.equal(task.outside_hull, hull_outside(split, nodes))
+    with torch.no_grad():
+        lattices = task.net(torch.rand(2, 4, 32, 32), levels=("coarse", "fine"))
+    objects = np.array([1, 0])
+    margin = 0.1 * 1.1 / 16
+    hinge = (margin - lattices["coarse"].reshape(2, -1)).clamp_min(0)
+    expected = sum(hinge[i][task.outside_hull[o]].mean() for i, o in enumerate(objects)) / 2
+    coarse = task.carve(lattices["coarse"], objects)
+    torch.testing.assert_close(coarse, expected)
+    assert coarse > 0
+    # the fine lattice starts as the coarse one upsampled: at its even nodes, the coarse values; its
+    # margin is in its own (half) cells
+    fine_hinge = (margin / 2 - lattices["coarse"].reshape(2, -1)).clamp_min(0)
+    fine_expected = sum(fine_hinge[i][task.outside_hull[o]].mean() for i, o in enumerate(objects)) / 2
+    torch.testing.assert_close(task.carve(lattices["fine"], objects), fine_expected)

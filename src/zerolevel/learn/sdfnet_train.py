@@ -19,6 +19,9 @@ in views a and b at `render_size` pixels and compared with the dataset's images:
     w_laplacian * mean of (lap f)^2              over the interior nodes within `band` cells, lap f the
                   7-point Laplacian times the cell (in cells: a plane's is 0, a sphere's of radius r
                   2 cell / r)
+    w_carve     * carve (off by default): the lattice nodes outside the object's visual hull, carved
+                  from the masks of all its training views once before the loop (tetnet_train's
+                  `hull_outside`), pushed past +carve_margin cells
 
 each averaged over the samples, per level. Coarse to fine (the seed's multi-resolution idea): the
 coarse lattice alone until `fine_at` iterations or the `fine_at_budget` fraction of the budget
@@ -48,9 +51,10 @@ from .encoders import ENCODERS, load_pix2pix_trunk
 from .pix2pix import NormalsNet
 from .predict import load_model
 from .sdfnet import LEVELS, SDFNet
+from .tetnet_train import hull_outside
 from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
 
-TERMS = ("image", "mask", "eikonal", "laplacian")
+TERMS = ("image", "mask", "eikonal", "laplacian", "carve")
 
 
 @dataclass
@@ -73,6 +77,9 @@ class SDFNetTrainConfig(TrainingConfig):
     w_mask: float = 1.0
     w_eikonal: float = 0.1
     w_laplacian: float = 0.01
+    w_carve: float = 0.0               # lattice nodes outside the object's visual hull pushed past
+                                       # +carve_margin cells (tetnet_train's carve; 0: off)
+    carve_margin: float = 0.1
     w_coarse: float = 1.0              # the coarse level's terms once both levels train
     band: float = 3.0                  # eikonal and Laplacian within this many cells of the surface
     soft_k: float = 2.0                # soft silhouette sharpness, per cell of the level's lattice
@@ -141,6 +148,14 @@ class SDFNetTraining(TrainingTask):
         super().__init__(*args, **kwargs)
         self.lighting = SplitLighting.of(self.train_split)
         self.fine_from: int | None = None  # the iteration the budget-triggered fine level started at
+        # (objects, n^3) coarse lattice nodes outside each training object's visual hull (the carve term);
+        # the fine lattice's even nodes are the same points
+        self.outside_hull = None
+        if self.config.w_carve:
+            c = self.net.config
+            axis = torch.linspace(-c.bounds, c.bounds, c.grid + 1, device=self.device)
+            nodes = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+            self.outside_hull = hull_outside(self.train_split, nodes)
 
     def budget_events(self) -> list[tuple[float, Any]]:
         events = super().budget_events()
@@ -177,13 +192,27 @@ class SDFNetTraining(TrainingTask):
         zero = batch.images_a.new_zeros(())
         for level in LEVELS:
             terms = self.level_terms(lattices[level], *targets) if level in lattices else {}
+            if level in lattices and self.outside_hull is not None:
+                terms["carve"] = self.carve(lattices[level], batch.objects)
             for term in TERMS:
                 parts[f"{level}_{term}"] = terms.get(term, zero)
-        weights = {"image": cfg.w_image, "mask": cfg.w_mask, "eikonal": cfg.w_eikonal, "laplacian": cfg.w_laplacian}
+        weights = {"image": cfg.w_image, "mask": cfg.w_mask, "eikonal": cfg.w_eikonal, "laplacian": cfg.w_laplacian,
+                   "carve": cfg.w_carve}
         scale = {"coarse": cfg.w_coarse if "fine" in lattices else 1.0, "fine": 1.0}
         parts["loss"] = sum(scale[level] * weights[term] * parts[f"{level}_{term}"]
                             for level in LEVELS for term in TERMS)
         return parts
+
+    def carve(self, values: Tensor, objects: np.ndarray) -> Tensor:
+        """The carve term of one level's (B, n, n, n) lattices: per sample, the mean hinge pushing its
+        nodes outside the object's visual hull past +carve_margin cells, averaged over the samples
+        (the fine lattice is read at its even nodes, the coarse lattice's points)."""
+        step = (values.shape[-1] - 1) // self.net.config.grid
+        cell = 2.0 * self.net.config.bounds / (values.shape[-1] - 1)
+        nodes = values[:, ::step, ::step, ::step].reshape(len(values), -1)
+        outside = self.outside_hull[torch.as_tensor(objects, dtype=torch.long)].to(values.device)
+        hinge = torch.where(outside, (self.config.carve_margin * cell - nodes).clamp_min(0.0), 0.0)
+        return (hinge.sum(dim=1) / outside.sum(dim=1).clamp_min(1)).mean()
 
     def targets(self, batch: Batch) -> tuple[Cameras, Tensor, Tensor, tuple[Tensor, ...]]:
         """The (2B) views a then b at `render_size`: cameras, masks (2B, s, s), colours (2B, s, s, 3)
