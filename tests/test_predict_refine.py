@@ -213,6 +213,27 @@ def test_refine_starts_from_a_softras_mesh():
     assert after > before + 0.1, (before, after)
 
 
+def test_refine_starts_from_an_sdfnet_lattice():
+    """SDFDiff's network (untrained: a sphere of radius 0.3 on its lattices) is meshed by marching
+    cubes and the fit starts from that mesh's signed distance; the refine then moves it towards the box."""
+    from zerolevel.learn.sdfnet import SDFNet
+
+    torch.manual_seed(0)
+    net = SDFNet(**SMALL).eval()
+    images, _, cameras, box = _box_views([0, 3, 5])
+    output = fuse(network_outputs(net, images), default_fusion(net))
+    assert default_fusion(net) == "max" and output.shape == (33 ** 3,)
+    truth = solid_voxels(box, VOXEL_BOUNDS, 32)
+    start = output_mesh(net, output)
+    assert start.is_watertight
+    before = voxel_iou(start.vertices, start.faces, truth)
+    scene = input_scene(images, cameras, radius=0.55)
+    config = TetSDFConfig(resolutions=(16,), level_shares=(1.0,), lr=0.3)
+    refined = refine(net, output, scene, seconds=60, config=config, progress=False, iters=40)
+    after = voxel_iou(refined.mesh.vertices, refined.mesh.faces, truth)
+    assert after > before + 0.1, (before, after)
+
+
 # ------------------------------------------------------------------------------------------------ command line
 @pytest.fixture(scope="module")
 def tetrun(tmp_path_factory):
