@@ -282,6 +282,16 @@ def make_encoder(name: str, image_size: int = 64, in_channels: int = 4, latent: 
     return ENCODER_CLASSES[name](image_size=image_size, in_channels=in_channels, latent=latent)
 
 
+def image_trunk(name: str, image_size: int, in_channels: int, latent: int = LATENT) -> tuple[nn.Module, nn.Module]:
+    """(stem, encoder) of a network that reads (B, in_channels, S, S) images: a stride-2 stem (5x5
+    convolution to 32 channels, BatchNorm, ReLU) to the encoders' S / 2, or none (identity) for an
+    encoder that halves the image itself ("pix2pix")."""
+    if takes_full_image(name):
+        return nn.Identity(), make_encoder(name, image_size, in_channels, latent)
+    stem = nn.Sequential(nn.Conv2d(in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
+    return stem, make_encoder(name, (image_size + 1) // 2, 32, latent)
+
+
 def config_from_dict(cls: type, data: dict) -> Any:
     """A network's settings dataclass rebuilt from `asdict` output (e.g. read back from a checkpoint);
     ValueError for unknown keys."""

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..geometry.extract import mesh_from_grid
-from .encoders import ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_from_dict, make_encoder, takes_full_image
+from .encoders import ENCODERS, LATENT, check_images, config_from_dict, image_trunk
 from .tetnet import GridDecoder, _owned_vertices, _refine_lattice, _sub_vertices, he_init, sphere_lattice, zero_init
 
 LEVELS = ("coarse", "fine")
@@ -117,12 +117,7 @@ class SDFNet(nn.Module):
         super().__init__()
         self.config = SDFNetConfig(encoder=encoder, **settings)
         c = self.config
-        if takes_full_image(c.encoder):  # pix2pix's: its first level is the stride-2 convolution
-            self.stem: nn.Module = nn.Identity()
-            self.encoder = make_encoder(c.encoder, c.image_size, c.in_channels, c.latent)
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(c.in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
-            self.encoder = make_encoder(c.encoder, (c.image_size + 1) // 2, 32, c.latent)
+        self.stem, self.encoder = image_trunk(c.encoder, c.image_size, c.in_channels, c.latent)
         self.decoder = GridDecoder(c)
         self.refiner = Refiner(c)
         if c.init == "he":

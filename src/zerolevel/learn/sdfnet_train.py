@@ -43,16 +43,14 @@ from torch import Tensor
 
 from .. import losses as L
 from ..cameras import Cameras
-from ..errors import InputError
 from ..optim.distributed import Distributed
 from ..render.lattice_trace import Lattices, lattice_shading, render_lattices
 from .dataset.views import object_lighting
-from .encoders import ENCODERS, load_pix2pix_trunk
-from .pix2pix import NormalsNet
-from .predict import load_model
+from .encoders import ENCODERS
 from .sdfnet import LEVELS, SDFNet
 from .tetnet_train import hull_outside
-from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
+from .training import (Batch, TrainingConfig, TrainingTask, TrainResult, check_render_size,
+                       encoder_from_normals_run, run_training)
 
 TERMS = ("image", "mask", "eikonal", "laplacian", "carve")
 
@@ -148,6 +146,7 @@ class SDFNetTraining(TrainingTask):
         super().__init__(*args, **kwargs)
         self.lighting = SplitLighting.of(self.train_split)
         self.fine_from: int | None = None  # the iteration the budget-triggered fine level started at
+        self.current_levels: tuple[str, ...] = LEVELS  # the levels of the step being taken (`step` sets them)
         # (objects, n^3) coarse lattice nodes outside each training object's visual hull (the carve term);
         # the fine lattice's even nodes are the same points
         self.outside_hull = None
@@ -185,8 +184,7 @@ class SDFNetTraining(TrainingTask):
 
     def batch_losses(self, batch: Batch) -> dict[str, Tensor]:
         cfg = self.config
-        levels = getattr(self, "current_levels", LEVELS)
-        lattices = self.model(batch.images_a, levels=levels)
+        lattices = self.model(batch.images_a, levels=self.current_levels)
         targets = self.targets(batch)
         parts: dict[str, Tensor] = {}
         zero = batch.images_a.new_zeros(())
@@ -281,17 +279,11 @@ def near_surface_regularisers(values: Tensor, cell: float, band: float) -> tuple
 
 def _make_task(train_split: Any, val_split: Any, config: SDFNetTrainConfig, dist: Distributed,
                device: torch.device) -> SDFNetTraining:
+    check_render_size(train_split, config.render_size)
     size = train_split.images.shape[2]
-    if config.render_size is not None and (size % config.render_size or config.render_size > size):
-        raise InputError(f"render_size={config.render_size} does not divide the dataset's {size}-pixel images",
-                         getattr(train_split, "root", None))
     net = SDFNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
                  refine=config.refine, init=config.init)
-    if config.encoder_from is not None:
-        try:
-            load_pix2pix_trunk(net.encoder, load_model(config.encoder_from, network=NormalsNet).downs)
-        except ValueError as error:
-            raise InputError(str(error), config.encoder_from) from None
+    encoder_from_normals_run(net.encoder, config.encoder_from)
     net = net.to(device, config.torch_dtype)
     return SDFNetTraining(net, train_split, val_split, config, dist, device)
 

@@ -46,8 +46,7 @@ from torch import Tensor, nn
 from ..cameras import Cameras
 from ..geometry.marching import PackedMeshes, marching_tetrahedra, marching_tetrahedra_batch
 from ..geometry.tetgrid import TetGrid
-from .encoders import (ENCODERS, LATENT, GlobalBatchNorm2d, check_images, config_from_dict, make_encoder,
-                       takes_full_image)
+from .encoders import ENCODERS, LATENT, check_images, config_from_dict, image_trunk
 
 
 @dataclass
@@ -288,12 +287,7 @@ class TetNet(nn.Module):
         self.config = TetNetConfig(encoder=encoder, **settings)
         c = self.config
         self.grid = TetGrid.regular(c.grid, bounds=(-c.bounds, c.bounds))
-        if takes_full_image(c.encoder):  # pix2pix's: its first level is the stride-2 convolution
-            self.stem: nn.Module = nn.Identity()
-            self.encoder = make_encoder(c.encoder, c.image_size, c.in_channels, c.latent)
-        else:
-            self.stem = nn.Sequential(nn.Conv2d(c.in_channels, 32, 5, 2, 2), GlobalBatchNorm2d(32), nn.ReLU(inplace=True))
-            self.encoder = make_encoder(c.encoder, (c.image_size + 1) // 2, 32, c.latent)
+        self.stem, self.encoder = image_trunk(c.encoder, c.image_size, c.in_channels, c.latent)
         self.decoder = GridDecoder(c)
         self.pixel = None
         if c.pixel:

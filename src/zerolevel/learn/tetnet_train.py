@@ -48,13 +48,12 @@ from ..geometry.tetgrid import inside_ends, lattice_evaluate, lattice_trilinear
 from ..geometry.visual_hull import mask_coverage
 from ..optim.distributed import Distributed
 from ..render.raster import ViewMeshes, render_normals
-from .encoders import ENCODERS, load_pix2pix_trunk
+from .encoders import ENCODERS
 from .normals_predict import with_predicted_normals
-from .pix2pix import NormalsNet
-from .predict import load_model
 from .sampling import split_cameras, split_images, split_normals
 from .tetnet import TetNet
-from .training import Batch, TrainingConfig, TrainingTask, TrainResult, run_training
+from .training import (Batch, TrainingConfig, TrainingTask, TrainResult, check_render_size,
+                       encoder_from_normals_run, run_training)
 
 SURFACE_TERMS = ("normal", "mask", "shrink", "curvature")  # of each sample's mesh
 TERMS = ("normal", "mask", "shrink", "expand", "carve", "eikonal", "curvature")
@@ -311,17 +310,11 @@ def _make_task(train_split: Any, val_split: Any, config: TetNetTrainConfig, dist
                device: torch.device) -> TetNetTraining:
     if config.normals_from is not None:
         train_split = with_predicted_normals(train_split, config.normals_from, device)
+    check_render_size(train_split, config.render_size)
     size = train_split.images.shape[2]
-    if config.render_size is not None and (size % config.render_size or config.render_size > size):
-        raise InputError(f"render_size={config.render_size} does not divide the dataset's {size}-pixel images",
-                         getattr(train_split, "root", None))
     net = TetNet(config.encoder, image_size=size, grid=config.grid, channels=config.channels,
                  head=config.head, norm=config.norm, basis=config.basis, pixel=config.pixel, init=config.init)
-    if config.encoder_from is not None:
-        try:
-            load_pix2pix_trunk(net.encoder, load_model(config.encoder_from, network=NormalsNet).downs)
-        except ValueError as error:
-            raise InputError(str(error), config.encoder_from) from None
+    encoder_from_normals_run(net.encoder, config.encoder_from)
     net = net.to(device, config.torch_dtype)
     return TetNetTraining(net, train_split, val_split, config, dist, device)
 

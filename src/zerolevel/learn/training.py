@@ -251,6 +251,30 @@ class TrainingTask:
         self.decay_from, self.step_scale = state["decay_from"], float(state["step_scale"])
 
 
+def check_render_size(split: Any, render_size: int | None) -> None:
+    """InputError (naming the dataset) unless `render_size` (the loss renders' pixels per side; None:
+    the images') divides the split's images."""
+    size = split.images.shape[2]
+    if render_size is not None and (size % render_size or render_size > size):
+        raise InputError(f"render_size={render_size} does not divide the dataset's {size}-pixel images",
+                         getattr(split, "root", None))
+
+
+def encoder_from_normals_run(encoder: nn.Module, run: str | None) -> None:
+    """Start a pix2pix encoder from a normals run's generator (its first levels); nothing without `run`.
+    InputError naming the run when it does not fit."""
+    if run is None:
+        return
+    from .encoders import load_pix2pix_trunk
+    from .pix2pix import NormalsNet
+    from .predict import load_model
+
+    try:
+        load_pix2pix_trunk(encoder, load_model(run, network=NormalsNet).downs)
+    except ValueError as error:
+        raise InputError(str(error), run) from None
+
+
 def total_iterations(config: TrainingConfig, num_objects: int) -> tuple[int, int]:
     """(iterations, iterations per epoch) where an epoch is num_objects samples."""
     per_epoch = max(1, math.ceil(num_objects / config.batch_size))
