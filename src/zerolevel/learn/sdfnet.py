@@ -31,7 +31,8 @@ from torch import Tensor, nn
 
 from ..geometry.extract import mesh_from_grid
 from .encoders import ENCODERS, LATENT, check_images, config_from_dict, image_trunk
-from .tetnet import GridDecoder, _owned_vertices, _refine_lattice, _sub_vertices, he_init, sphere_lattice, zero_init
+from .tetnet import (GridDecoder, _owned_vertices, _refine_lattice, _sub_vertices, boundary_floor, he_init,
+                     sphere_lattice, zero_init)
 
 LEVELS = ("coarse", "fine")
 
@@ -94,13 +95,13 @@ class Refiner(nn.Module):
         self.coarse_cell = 2.0 * config.bounds / config.grid
         self.cell = self.coarse_cell / 2
         _, boundary = sphere_lattice(2 * config.grid, config.bounds, config.init_radius)
-        self.register_buffer("boundary", boundary[None], persistent=False)
+        self.register_buffer("floor", boundary_floor(boundary, 0.5 * self.cell)[None], persistent=False)
 
     def forward(self, coarse: Tensor, features: Tensor) -> Tensor:
         x = torch.cat([features, _owned_vertices(coarse[:, None] / self.coarse_cell)], dim=1)
         offset = _sub_vertices(self.sub(F.relu(self.conv(x))), factor=4)
         values = (_refine_lattice(coarse[:, None]) + self.cell * offset)[:, 0]
-        return torch.where(self.boundary, values.clamp_min(0.5 * self.cell), values)
+        return values.clamp(min=self.floor)
 
 
 class SDFNet(nn.Module):

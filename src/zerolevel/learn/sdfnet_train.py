@@ -19,7 +19,7 @@ in views a and b at `render_size` pixels and compared with the dataset's images:
     w_laplacian * mean of (lap f)^2              over the interior nodes within `band` cells, lap f the
                   7-point Laplacian times the cell (in cells: a plane's is 0, a sphere's of radius r
                   2 cell / r)
-    w_carve     * carve (off by default): the lattice nodes outside the object's visual hull, carved
+    w_carve     * carve: the lattice nodes outside the object's visual hull, carved
                   from the masks of all its training views once before the loop (tetnet_train's
                   `hull_outside`), pushed past +carve_margin cells
 
@@ -75,7 +75,7 @@ class SDFNetTrainConfig(TrainingConfig):
     w_mask: float = 1.0
     w_eikonal: float = 0.1
     w_laplacian: float = 0.01
-    w_carve: float = 0.0               # lattice nodes outside the object's visual hull pushed past
+    w_carve: float = 20.0              # lattice nodes outside the object's visual hull pushed past
                                        # +carve_margin cells (tetnet_train's carve; 0: off)
     carve_margin: float = 0.1
     w_coarse: float = 1.0              # the coarse level's terms once both levels train
@@ -250,30 +250,27 @@ def near_surface_regularisers(values: Tensor, cell: float, band: float) -> tuple
     """(eikonal, Laplacian) terms of (B, n, n, n) lattices: the mean of (|grad f| - 1)^2 over the cubes
     whose first corner lies within `band` cells of the surface (forward differences), and of the
     squared 7-point Laplacian (times the cell: in cells) over the interior nodes within the band.
-    Only those nodes are read (gathered from the flattened lattices): a band is a small part of a
-    fine lattice."""
+    Only those nodes are read, in one gather from the flattened lattices (a band is a small part of a
+    fine lattice, and one gather's backward is one dense gradient, not one per neighbour)."""
     n = values.shape[-1]
-    flat = values.reshape(-1)
     near = values.detach().abs() < band * cell
-    steps = (n * n, n, 1)  # the flat index's step along x, y, z
+    steps = torch.tensor([n * n, n, 1], device=values.device)  # the flat index's step along x, y, z
+    zero = steps.new_zeros(1)
 
     def nodes(region: Tensor, offset: int) -> Tensor:  # flat indices of a sub-block's near nodes
-        index = torch.nonzero(region)
-        b, i, j, k = (index + torch.tensor([0, offset, offset, offset], device=index.device)).unbind(1)
-        return ((b * n + i) * n + j) * n + k
+        b, i, j, k = torch.nonzero(region).unbind(1)
+        return ((b * n + i + offset) * n + j + offset) * n + k + offset
 
-    def at(index: Tensor) -> Tensor:  # index_select: its backward is an index_add, not a sort
-        return flat.index_select(0, index)
-
-    corner = nodes(near[:, :-1, :-1, :-1], 0)
-    f = at(corner)
-    gradient = torch.stack([at(corner + s) - f for s in steps], dim=-1) / cell
-    eikonal = (gradient.norm(dim=-1) - 1.0).square().mean() if len(corner) else values.sum() * 0
-    inner = nodes(near[:, 1:-1, 1:-1, 1:-1], 1)
-    if not len(inner):
-        return eikonal, values.sum() * 0
-    around = sum(at(inner + s) + at(inner - s) for s in steps)
-    laplacian = ((around - 6.0 * at(inner)) / cell).square().mean()
+    corner, inner = nodes(near[:, :-1, :-1, :-1], 0), nodes(near[:, 1:-1, 1:-1, 1:-1], 1)
+    # each corner and its 3 forward neighbours, each inner node and its 6 neighbours
+    index = torch.cat([(corner[:, None] + torch.cat([zero, steps])).reshape(-1),
+                       (inner[:, None] + torch.cat([zero, steps, -steps])).reshape(-1)])
+    read = values.reshape(-1).index_select(0, index)  # index_select: its backward is an index_add
+    cube, star = read[: 4 * len(corner)].reshape(-1, 4), read[4 * len(corner):].reshape(-1, 7)
+    nothing = values.sum() * 0
+    gradient = (cube[:, 1:] - cube[:, :1]) / cell
+    eikonal = (gradient.norm(dim=-1) - 1.0).square().mean() if len(corner) else nothing
+    laplacian = ((star[:, 1:].sum(dim=1) - 6.0 * star[:, 0]) / cell).square().mean() if len(inner) else nothing
     return eikonal, laplacian
 
 

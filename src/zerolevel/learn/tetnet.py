@@ -148,7 +148,7 @@ class GridDecoder(nn.Module):
         self.cell = 2.0 * config.bounds / config.grid
         start, boundary = sphere_lattice(config.grid, config.bounds, config.init_radius)
         self.register_buffer("start", start[None], persistent=False)
-        self.register_buffer("boundary", boundary[None], persistent=False)
+        self.register_buffer("floor", boundary_floor(boundary, 0.5 * self.cell)[None], persistent=False)
 
     @property
     def finest(self) -> int:
@@ -172,7 +172,7 @@ class GridDecoder(nn.Module):
             offset = offset + self.basis(code).reshape(offset.shape)
         values = self.start + self.cell * offset[:, 0]
         # boundary vertices stay outside: every surface is closed inside the grid
-        values = torch.where(self.boundary, values.clamp_min(0.5 * self.cell), values)
+        values = values.clamp(min=self.floor)
         return values.reshape(len(code), -1)
 
     def forward(self, code: Tensor, pixel: Tensor | None = None) -> Tensor:
@@ -199,11 +199,23 @@ def sphere_lattice(grid: int, bounds: float, radius: float) -> tuple[Tensor, Ten
     return points.norm(dim=-1) - radius, ((coords == 0) | (coords == grid)).any(dim=-1)
 
 
+def boundary_floor(boundary: Tensor, floor: float) -> Tensor:
+    """The lower bound of a lattice's values: `floor` on its `boundary` vertices, -inf elsewhere
+    (`values.clamp(min=...)` keeps the boundary outside; one pass, cheaper than a where)."""
+    return torch.where(boundary, floor, -torch.inf)
+
+
 def _refine_lattice(x: Tensor) -> Tensor:
     """(B, C, n + 1, n + 1, n + 1) vertex features -> those of the halved grid, (B, C, 2n + 1, ...),
-    trilinearly (corners aligned: the finer lattice nests the coarser one)."""
-    size = 2 * x.shape[-1] - 1
-    return F.interpolate(x, size=(size,) * 3, mode="trilinear", align_corners=True)
+    trilinearly (corners aligned: the finer lattice nests the coarser one). Separably, axis by axis:
+    each axis's nodes interleaved with the midpoints between them (F.interpolate's trilinear backward
+    is 3-4x slower on 2 cores)."""
+    for dim in (2, 3, 4):
+        last = x.shape[dim] - 1
+        low, high = x.narrow(dim, 0, last), x.narrow(dim, 1, last)
+        pairs = torch.stack([low, 0.5 * (low + high)], dim=dim + 1).flatten(dim, dim + 1)
+        x = torch.cat([pairs, x.narrow(dim, last, 1)], dim=dim)
+    return x
 
 
 def _sub_vertices(x: Tensor, factor: int = 2) -> Tensor:
