@@ -113,7 +113,7 @@ def fit_variant(job: tuple) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = _parse(argv)
     limit_threads(args.threads)
-    from tetnet_ablation import parse_variant  # noqa: E402  (predefined names: the training ablation's)
+    from singleview_ablation import parse_variant  # noqa: E402  (predefined names: the training ablation's)
 
     from zerolevel.cli.learning import dataset_defaults
     from zerolevel.learn.dataset.settings import DatasetSettings
