@@ -172,7 +172,7 @@ needs a dataset with normal maps (version 2) and defaults to Adam lr 3e-4, batch
 sdfnet (SDFDiff: a 32^3 SDF lattice refined to 64^3, sphere-traced shaded images and soft silhouettes of two
 views per sample, the coarse level alone for the first 5k iterations or half the --budget, whichever is sooner;
 zerolevel.learn.sdfnet_train) reads the dataset's lighting record (dataset.json "light") for the shading: Adam
-lr 3e-4, batch 16, 50k iterations, the visual-hull carve term at weight 20 (--set w_carve=0: off).
+lr 3e-4, batch 16, 50k iterations; --set w_carve=20 adds the visual-hull carve term (off by default).
 normals (pix2pix: U-Net generator, PatchGAN discriminator, L1 x100 + GAN; zerolevel.learn.pix2pix_train)
 learns the normal maps of a version-2 dataset from its images: Adam lr 2e-4, betas 0.5, batch 16, 20k
 iterations; its validation is the mean angular error in degrees. Validation (voxel IoU on the val split) runs once

@@ -34,9 +34,11 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 import trimesh
 
 from ..errors import InputError
+from ..geometry.tetgrid import lattice_trilinear
 
 MODEL_PATH = Path(__file__).resolve().parents[1] / "data" / "head_model.npz"
 HEAD_GENERATOR_VERSION = 1  # bump whenever what a seed makes changes (dataset caches key on it)
@@ -262,6 +264,21 @@ class SDFLattice:
     values: np.ndarray
     lo: np.ndarray
     hi: np.ndarray
+
+
+def lattice_distance(values: torch.Tensor, box: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """A signed-distance lattice's value at points (..., 3): trilinear inside its box ((2, 3) lo, hi;
+    values (n, n, n) as `SDFLattice`'s), the box's value plus the distance to the box outside it (so
+    a point far off still reads a distance that grows towards it). Differentiable in the points and
+    values (a zero gradient, not a NaN, inside the box)."""
+    lo, hi = box.to(points.dtype)
+    margin = 1e-5 * (hi - lo)  # clamped points stay inside the box when rounded (outside: +inf)
+    inner = torch.minimum(torch.maximum(points, lo + margin), hi - margin)
+    outside = (points - inner).square().sum(dim=-1)
+    beyond = torch.where(outside > 0, outside.clamp_min(1e-20).sqrt(), torch.zeros_like(outside))
+    within = lattice_trilinear(values.to(points.dtype).reshape(1, -1), inner.reshape(1, -1, 3), len(values) - 1,
+                               (lo, hi))
+    return within.reshape(points.shape[:-1]) + beyond
 
 
 @lru_cache(maxsize=2)

@@ -43,9 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cameras import Cameras
-from ..geometry.tetgrid import lattice_trilinear
 from .encoders import check_images, config_from_dict
-from .heads import mean_head_sdf
+from .heads import lattice_distance, mean_head_sdf
 
 
 @dataclass
@@ -204,15 +203,7 @@ class PhorhumNet(nn.Module):
         """The prior's signed distance at points (..., 3) (`PhorhumNetConfig.base`)."""
         if self.config.base == "sphere":
             return points.norm(dim=-1) - self.config.sphere_radius
-        lo, hi = self.base_box.to(points.dtype)
-        margin = 1e-5 * (hi - lo)  # clamped points stay inside the box when rounded (outside: +inf)
-        inner = torch.minimum(torch.maximum(points, lo + margin), hi - margin)
-        outside = (points - inner).square().sum(dim=-1)
-        # the distance to the box, with a zero gradient (not a NaN) inside it
-        beyond = torch.where(outside > 0, outside.clamp_min(1e-20).sqrt(), torch.zeros_like(outside))
-        values = self.base_values.to(points.dtype).reshape(1, -1)
-        within = lattice_trilinear(values, inner.reshape(1, -1, 3), len(self.base_values) - 1, (lo, hi))
-        return within.reshape(points.shape[:-1]) + beyond
+        return lattice_distance(self.base_values, self.base_box, points)
 
     def shade(self, normals: Tensor, codes: Tensor) -> Tensor:
         """(B, N, 3) RGB shading of unit normals (B, N, 3) under the images' light codes (B, Z)."""

@@ -65,32 +65,37 @@ def photograph(split: HeadSplit, index: int, view: int = 0) -> tuple[np.ndarray,
 def network_predictions(net: Any, split: HeadSplit, indices: list[int], resolution: int = 128
                         ) -> list[HeadPrediction]:
     """The head network's predictions from the first photograph of each head."""
+    return [network_prediction(net, *photograph(split, index), resolution) for index in indices]
+
+
+def network_prediction(net: Any, image: np.ndarray, camera: Cameras, resolution: int = 128) -> HeadPrediction:
+    """The head network's prediction from one (S, S, 4) uint8 photograph and its camera."""
     from .phorhum_predict import head_field, predict_head
 
-    out = []
     parameter = next(net.parameters())
-    for index in indices:
-        image, camera = photograph(split, index)
-        mesh = predict_head(net, image, camera=camera, resolution=resolution)
-        camera = camera.to(device=parameter.device, dtype=parameter.dtype)
-        batch = torch.from_numpy(image).to(parameter.device).permute(2, 0, 1)[None].to(parameter.dtype) / 255
-        features = head_field(net, batch, camera).features
+    mesh = predict_head(net, image, camera=camera, resolution=resolution)
+    camera = camera.to(device=parameter.device, dtype=parameter.dtype)
+    batch = torch.from_numpy(image).to(parameter.device).permute(2, 0, 1)[None].to(parameter.dtype) / 255
+    features = head_field(net, batch, camera).features
 
-        def albedo(points: np.ndarray, features=features, camera=camera) -> np.ndarray:
-            with torch.no_grad():
-                p = torch.from_numpy(np.asarray(points)).to(parameter.device, parameter.dtype)[None]
-                return net.query(features, camera, p)[1][0].double().cpu().numpy()
+    def albedo(points: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            p = torch.from_numpy(np.asarray(points)).to(parameter.device, parameter.dtype)[None]
+            return net.query(features, camera, p)[1][0].double().cpu().numpy()
 
-        out.append(HeadPrediction(mesh, albedo))
-    return out
+    return HeadPrediction(mesh, albedo)
 
 
 def mean_head_predictions(split: HeadSplit, indices: list[int], train: HeadSplit) -> list[HeadPrediction]:
     """The baseline: the model's mean head (identity and expression 0) where the camera puts every head,
     with the training heads' mean surface albedo everywhere."""
-    mesh = mean_head().mesh()
-    colour = np.asarray(train.surface[:, :, 6:9]).reshape(-1, 3).mean(0)
+    mesh, colour = mean_head().mesh(), mean_albedo(train)
     return [HeadPrediction(mesh, lambda p, c=colour: np.broadcast_to(c, (len(p), 3))) for _ in indices]
+
+
+def mean_albedo(train: HeadSplit) -> np.ndarray:
+    """(3,) the training heads' mean surface albedo: the colour of the baselines that estimate none."""
+    return np.asarray(train.surface[:, :, 6:9]).reshape(-1, 3).mean(0)
 
 
 def evaluate_heads(predictions: list[HeadPrediction], split: HeadSplit, indices: list[int],
@@ -115,11 +120,18 @@ def _true_samples(head: Head, face: np.ndarray, count: int, seed: int) -> np.nda
 
 
 def score_head(prediction: HeadPrediction, truth: np.ndarray, mask: np.ndarray, camera: Cameras,
-               samples: int, seed: int) -> dict[str, float]:
-    """The figures of one prediction against the true samples (point, normal, albedo, face weight)."""
+               samples: int, seed: int, box: np.ndarray | None = None) -> dict[str, float]:
+    """The figures of one prediction against the true samples (point, normal, albedo, face weight);
+    with a (2, 3) `box`, only the prediction's samples inside it are scored (the truth's are already
+    cut to it: `head_scans`), its silhouette whole."""
     if len(prediction.mesh.faces) == 0 or not prediction.mesh.area > 0:
         raise InputError("the prediction has no surface")
     points, normals = sample_surface(prediction.mesh, samples, seed + 1)
+    if box is not None:
+        inside = ((points >= box[0]) & (points <= box[1])).all(axis=1)
+        if not inside.any():
+            raise InputError("the prediction has no surface where the head is")
+        points, normals = points[inside], normals[inside]
     lo, hi = truth[:, :3].min(0), truth[:, :3].max(0)
     scale = 1.0 / float(np.linalg.norm(hi - lo))
     true_face = truth[:, 9] > 0.5

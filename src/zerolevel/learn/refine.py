@@ -192,16 +192,22 @@ def refine(net: torch.nn.Module, output: torch.Tensor, scene: Scene, seconds: fl
     else:
         start = start_from_mesh(output_mesh(net, output), radius)
     fit = TetSDF(scene, 1_000_000, config, device=device, seed=seed, source=source, start=start)
+    result = fit_within(fit, seconds, iters, progress)
+    mesh = fit.extract()
+    return Refined(mesh, result, config, len(scene.views), tuple(sorted(scene.modalities() & {"normal", "mask"})))
+
+
+def fit_within(fit: TetSDF, seconds: float, iters: int | None = None, progress: bool = True,
+               desc: str = "refining") -> LoopResult:
+    """Run a tet fit for `seconds` of its loop: `iters` steps (the budget still stops it) or, with None,
+    as many as the budget allows, the schedule's length set by the pace of its first `PACE_SHARE` (so
+    that the cosine decay and any finer level fit the budget; the budget counts both runs)."""
     quiet = dict(checkpoint_every=1 << 30, checkpoint_every_s=math.inf, log_every=1 << 30)
-    with tempfile.TemporaryDirectory(prefix="zerolevel-refine-") as folder:
+    with tempfile.TemporaryDirectory(prefix="zerolevel-fit-") as folder:
         if iters is None:
-            # the pace of the first steps sets the schedule's length, so that the cosine decay (and any
-            # finer level) fits the budget; the loop's budget counts both runs
             probe = run_loop(fit, folder, LoopConfig(iters=1 << 30, budget_s=PACE_SHARE * seconds, progress=False,
                                                      **quiet), name=TetSDF.name)
             iters = max(probe.iterations + 1, round(probe.iterations * seconds / max(probe.seconds, 1e-6)))
         fit.reschedule(iters)
-        result = run_loop(fit, folder, LoopConfig(iters=iters, budget_s=seconds, progress=progress,
-                                                  desc="refining", **quiet), resume=True, name=TetSDF.name)
-    mesh = fit.extract()
-    return Refined(mesh, result, config, len(scene.views), tuple(sorted(scene.modalities() & {"normal", "mask"})))
+        return run_loop(fit, folder, LoopConfig(iters=iters, budget_s=seconds, progress=progress, desc=desc, **quiet),
+                        resume=True, name=TetSDF.name)

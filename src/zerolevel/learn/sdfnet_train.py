@@ -19,7 +19,7 @@ in views a and b at `render_size` pixels and compared with the dataset's images:
     w_laplacian * mean of (lap f)^2              over the interior nodes within `band` cells, lap f the
                   7-point Laplacian times the cell (in cells: a plane's is 0, a sphere's of radius r
                   2 cell / r)
-    w_carve     * carve: the lattice nodes outside the object's visual hull, carved
+    w_carve     * carve (off by default): the lattice nodes outside the object's visual hull, carved
                   from the masks of all its training views once before the loop (tetnet_train's
                   `hull_outside`), pushed past +carve_margin cells
 
@@ -75,7 +75,7 @@ class SDFNetTrainConfig(TrainingConfig):
     w_mask: float = 1.0
     w_eikonal: float = 0.1
     w_laplacian: float = 0.01
-    w_carve: float = 20.0              # lattice nodes outside the object's visual hull pushed past
+    w_carve: float = 0.0               # lattice nodes outside the object's visual hull pushed past
                                        # +carve_margin cells (tetnet_train's carve; 0: off)
     carve_margin: float = 0.1
     w_coarse: float = 1.0              # the coarse level's terms once both levels train
