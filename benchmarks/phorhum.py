@@ -67,7 +67,7 @@ SCANS = {"Lee Perry-Smith": ("lee_perry_smith_head.obj", (0, 1, 0), (0, 0, 1)),
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", nargs="+", default=["mean", "phorhum"], choices=ROWS)
+    parser.add_argument("--rows", nargs="+", default=["mean", "tetfit", "phorhum"], choices=ROWS)
     parser.add_argument("--count", type=int, default=400, help="heads in the dataset (default 400)")
     parser.add_argument("--budget", type=float, default=3600.0, help="training seconds per network (default 3600)")
     parser.add_argument("--test-heads", type=int, default=20, help="test heads scored (default 20)")
