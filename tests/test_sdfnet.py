@@ -237,3 +237,30 @@ def test_the_carve_term_reads_both_lattices_at_the_coarse_nodes():
     fine_hinge = (margin / 2 - lattices["coarse"].reshape(2, -1)).clamp_min(0)
     fine_expected = sum(fine_hinge[i][task.outside_hull[o]].mean() for i, o in enumerate(objects)) / 2
     torch.testing.assert_close(task.carve(lattices["fine"], objects), fine_expected)
+
+
+def test_the_distance_carve_floor_is_a_lower_bound_of_the_distance_that_grows_away_from_the_hull():
+    """carve_floor="distance": a node outside a sphere's visual hull is pushed past its distance to the
+    hull (`hull_distance`: bounded from the masks), never past its distance to the sphere (it lies in its hull),
+    and far nodes are pushed well past the margin."""
+    from zerolevel.learn.sdfnet_train import _make_task
+    from zerolevel.optim.distributed import Distributed
+
+    radius = 0.25
+    split = ellipsoids([(radius,) * 3], views=8)
+    task = _make_task(split, None, config(w_carve=1.0, carve_floor="distance"), Distributed(), torch.device("cpu"))
+    axis = torch.linspace(-0.55, 0.55, 17)
+    nodes = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+    outside = task.outside_hull[0]
+    floor = task.hull_distance[0].float()
+    true = nodes.norm(dim=1) - radius
+    assert (floor[outside] <= true[outside].clamp_min(0) + 1e-3).all()  # (a node on the sphere may count outside)
+    assert (floor[~outside] == 0).all() and floor.max() > 0.15
+    far = outside & (true > 0.15)  # and not loose: most far nodes get most of their distance
+    assert (floor[far] / true[far]).median() > 0.5
+    values = torch.zeros(1, 17, 17, 17)  # every node at 0: the hinge is the floor (at least the margin)
+    margin = 0.1 * 1.1 / 16
+    expected = floor.clamp_min(margin)[outside].mean()
+    torch.testing.assert_close(task.carve(values, np.array([0])), expected)
+    with pytest.raises(ValueError, match="carve_floor"):
+        config(carve_floor="edt")

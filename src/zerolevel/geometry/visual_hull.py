@@ -204,3 +204,50 @@ def _dilate(mask: np.ndarray, radius: float) -> np.ndarray:
     if not mask.any():
         return mask.copy()
     return ndimage.distance_transform_edt(~mask) <= radius
+
+
+@torch.no_grad()
+def hull_distance_bound(cameras: Cameras, masks: Tensor, points: Tensor) -> Tensor:
+    """A lower bound of points' distances to visual hulls: (B, C, H, W) masks of C objects seen by the
+    same B cameras and (N, 3) world points -> (C, N), 0 where a point may lie in a hull.
+
+    A view's silhouette cone (the rays through its foreground pixels) holds the hull, so a point's
+    distance to the hull is at least its distance to every view's cone, and that at least
+    |p - centre| sin(angle to the nearest foreground ray). The angle is bounded below from the pixel
+    distance of p's projection to the nearest foreground pixel (a 2D distance transform of each mask,
+    less sqrt 2 for the two pixels' extents, plus the distance past the image's edge), times the
+    smallest angle a pixel spans on that path (cos^2 of the ray's angle off the axis, over the focal
+    length). The largest bound over the views is kept. Masks are foreground where >= 0.5; a view with
+    no foreground, or a point behind it, says nothing (0). Exact to a pixel's angle for thin parts,
+    unlike a distance transform on a lattice of inside nodes (a thin part may hold none).
+    """
+    B, C, H, W = masks.shape
+    background = (masks < 0.5).cpu().numpy()
+    pixels = np.zeros((B, C, H, W), dtype=np.float32)
+    informative = torch.zeros(B, C, dtype=torch.bool)
+    for b in range(B):
+        for c in range(C):
+            if not background[b, c].all():
+                pixels[b, c] = ndimage.distance_transform_edt(background[b, c])
+                informative[b, c] = True
+    pixels_t = torch.from_numpy(pixels).to(points.device, points.dtype)
+    uv, depth = cameras.project(points.to(cameras.dtype))
+    uv, depth = uv.to(points.dtype), depth.to(points.dtype)
+    size = torch.tensor([W, H], dtype=points.dtype, device=points.device)
+    inside = uv.clamp(min=torch.zeros_like(size), max=size - 1e-4)  # the nearest point of the image
+    past_edge = (uv - inside).norm(dim=-1)  # (B, N) pixels beyond the image
+    column, row = inside[..., 0].long(), inside[..., 1].long()
+    flat = (row * W + column)[:, None, :].expand(B, C, -1)
+    distance = pixels_t.reshape(B, C, H * W).gather(2, flat) + past_edge[:, None]  # (B, C, N) pixels
+    K = cameras.K.to(points.device, points.dtype)
+    focal = torch.minimum(K[:, 0, 0], K[:, 1, 1])
+    centre = K[:, :2, 2]
+    offset = (uv - centre[:, None]) / focal[:, None, None]  # tan of the angle off the axis, per axis
+    corner = torch.maximum(centre, size - centre) / focal[:, None]  # (B, 2) the image corner's
+    tan2 = torch.maximum(offset.square().sum(dim=-1), corner.square().sum(dim=-1)[:, None])
+    angle = (distance - math.sqrt(2.0)).clamp_min(0.0) / (focal[:, None] * (1.0 + tan2))[:, None]  # cos^2 = 1/(1+tan^2)
+    centres = cameras.centers.to(points.device, points.dtype)
+    reach = (points[None] - centres[:, None]).norm(dim=-1)  # (B, N)
+    bound = reach[:, None] * torch.sin(angle.clamp_max(math.pi / 2))
+    bound = torch.where(informative.to(points.device)[..., None] & (depth > 0)[:, None], bound, 0.0)
+    return bound.max(dim=0).values

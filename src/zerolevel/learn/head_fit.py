@@ -20,7 +20,9 @@ from dataclasses import replace
 
 import numpy as np
 import torch
+import trimesh
 
+from ..cameras import Cameras
 from ..geometry.tetgrid import TetGrid
 from ..recon.tetsdf import TetSDF, TetSDFConfig
 from .dataset.heads import HeadSplit
@@ -48,8 +50,8 @@ def start_from_lattice(lattice: SDFLattice, radius: float = RADIUS) -> Callable[
     return start
 
 
-def fit_head(image: np.ndarray, normals: np.ndarray, camera, seconds: float, config: TetSDFConfig = HEAD_FIT,
-             seed: int = 0, progress: bool = False):
+def fit_head(image: np.ndarray, normals: np.ndarray, camera: Cameras, seconds: float,
+             config: TetSDFConfig = HEAD_FIT, seed: int = 0, progress: bool = False) -> trimesh.Trimesh:
     """The surface (trimesh, head units) fitted to one photograph: `image` (S, S, 4) uint8 (the mask as
     alpha), its world-space normal map `normals` (S, S, 3) in [-1, 1] (0 off the head) and its camera,
     for `seconds` of the fit's loop (the schedule sized by the pace of the first tenth)."""

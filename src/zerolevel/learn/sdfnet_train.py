@@ -21,7 +21,10 @@ in views a and b at `render_size` pixels and compared with the dataset's images:
                   2 cell / r)
     w_carve     * carve (off by default): the lattice nodes outside the object's visual hull, carved
                   from the masks of all its training views once before the loop (tetnet_train's
-                  `hull_outside`), pushed past +carve_margin cells
+                  `hull_outside`), pushed past +carve_margin cells, or with carve_floor="distance"
+                  past a lower bound of their distance to the hull (`hull_distance`: so of their
+                  distance to the object, which lies in its hull; the carved field stays one the
+                  sphere tracer may step by, not a plateau at the margin)
 
 each averaged over the samples, per level. Coarse to fine (the seed's multi-resolution idea): the
 coarse lattice alone until `fine_at` iterations or the `fine_at_budget` fraction of the budget
@@ -43,6 +46,7 @@ from torch import Tensor
 
 from .. import losses as L
 from ..cameras import Cameras
+from ..geometry.visual_hull import hull_distance_bound
 from ..optim.distributed import Distributed
 from ..render.lattice_trace import Lattices, lattice_shading, render_lattices
 from .dataset.views import object_lighting
@@ -78,6 +82,8 @@ class SDFNetTrainConfig(TrainingConfig):
     w_carve: float = 0.0               # lattice nodes outside the object's visual hull pushed past
                                        # +carve_margin cells (tetnet_train's carve; 0: off)
     carve_margin: float = 0.1
+    carve_floor: str = "margin"        # "margin": carved nodes pushed to +carve_margin cells; "distance":
+                                       # to their distance to the hull (at least the margin)
     w_coarse: float = 1.0              # the coarse level's terms once both levels train
     band: float = 3.0                  # eikonal and Laplacian within this many cells of the surface
     soft_k: float = 2.0                # soft silhouette sharpness, per cell of the level's lattice
@@ -98,6 +104,8 @@ class SDFNetTrainConfig(TrainingConfig):
             raise ValueError(f"encoder_from initialises the pix2pix encoder, not {self.encoder!r}")
         if self.band <= 0 or self.soft_k <= 0 or self.max_steps < 1 or self.fine_at < 0:
             raise ValueError("band and soft_k must be > 0, max_steps >= 1 and fine_at >= 0")
+        if self.carve_floor not in ("margin", "distance"):
+            raise ValueError(f"carve_floor must be margin or distance, got {self.carve_floor!r}")
         if self.fine_at_budget is not None and not 0 <= self.fine_at_budget <= 1:
             raise ValueError("fine_at_budget must be a fraction of the budget, in [0, 1]")
 
@@ -150,11 +158,14 @@ class SDFNetTraining(TrainingTask):
         # (objects, n^3) coarse lattice nodes outside each training object's visual hull (the carve term);
         # the fine lattice's even nodes are the same points
         self.outside_hull = None
+        self.hull_distance = None  # (objects, n^3) float16 world units, with carve_floor="distance"
         if self.config.w_carve:
             c = self.net.config
             axis = torch.linspace(-c.bounds, c.bounds, c.grid + 1, device=self.device)
             nodes = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
             self.outside_hull = hull_outside(self.train_split, nodes)
+            if self.config.carve_floor == "distance":
+                self.hull_distance = hull_distance(self.train_split, nodes)
 
     def budget_events(self) -> list[tuple[float, Any]]:
         events = super().budget_events()
@@ -203,13 +214,18 @@ class SDFNetTraining(TrainingTask):
 
     def carve(self, values: Tensor, objects: np.ndarray) -> Tensor:
         """The carve term of one level's (B, n, n, n) lattices: per sample, the mean hinge pushing its
-        nodes outside the object's visual hull past +carve_margin cells, averaged over the samples
+        nodes outside the object's visual hull past +carve_margin cells (or past their distance to the
+        hull, `carve_floor="distance"`, at least the margin), averaged over the samples
         (the fine lattice is read at its even nodes, the coarse lattice's points)."""
         step = (values.shape[-1] - 1) // self.net.config.grid
         cell = 2.0 * self.net.config.bounds / (values.shape[-1] - 1)
         nodes = values[:, ::step, ::step, ::step].reshape(len(values), -1)
-        outside = self.outside_hull[torch.as_tensor(objects, dtype=torch.long)].to(values.device)
-        hinge = torch.where(outside, (self.config.carve_margin * cell - nodes).clamp_min(0.0), 0.0)
+        index = torch.as_tensor(objects, dtype=torch.long)
+        outside = self.outside_hull[index].to(values.device)
+        floor = torch.as_tensor(self.config.carve_margin * cell, dtype=values.dtype, device=values.device)
+        if self.hull_distance is not None:
+            floor = self.hull_distance[index].to(values.device, values.dtype).clamp_min(floor)
+        hinge = torch.where(outside, (floor - nodes).clamp_min(0.0), 0.0)
         return (hinge.sum(dim=1) / outside.sum(dim=1).clamp_min(1)).mean()
 
     def targets(self, batch: Batch) -> tuple[Cameras, Tensor, Tensor, tuple[Tensor, ...]]:
@@ -244,6 +260,19 @@ class SDFNetTraining(TrainingTask):
         mask = F.binary_cross_entropy_with_logits(logits, masks.to(logits.dtype))
         eikonal, laplacian = near_surface_regularisers(values, lattices.cell, cfg.band)
         return {"image": image, "mask": mask, "eikonal": eikonal, "laplacian": laplacian}
+
+
+def hull_distance(split: Any, points: Tensor, chunk: int = 64) -> Tensor:
+    """(objects, N) float16: a lower bound of each of the (N, 3) world points' distance to each object's
+    visual hull (`geometry.visual_hull.hull_distance_bound` over the split's masks and cameras; 0
+    where a point may lie in it), so a lower bound of its distance to the object."""
+    cameras = split.cameras.to(device=points.device, dtype=torch.float32)
+    out = []
+    for first in range(0, len(split.images), chunk):  # a chunk's objects as channels of each view
+        masks = torch.from_numpy(np.ascontiguousarray(split.images[first:first + chunk, ..., 3]))
+        masks = masks.to(points.device, torch.float32).div_(255.0).transpose(0, 1)  # (V, C, S, S)
+        out.append(hull_distance_bound(cameras, masks, points.float()).half())
+    return torch.cat(out)
 
 
 def near_surface_regularisers(values: Tensor, cell: float, band: float) -> tuple[Tensor, Tensor]:
