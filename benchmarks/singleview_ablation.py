@@ -12,7 +12,7 @@ median step and the validation IoU at each evaluation and at the end; compare ro
 
     python benchmarks/singleview_ablation.py --count 60 --budget 1500 --jobs 2 --threads 1   # 4 variants, ~55 min
     python benchmarks/singleview_ablation.py --variants default carve=w_carve=1 --budget 600
-    python benchmarks/singleview_ablation.py --network sdfnet --variants default no-carve --budget 900
+    python benchmarks/singleview_ablation.py --network sdfnet --variants default carve-distance --budget 900
     python benchmarks/singleview_ablation.py --count 4 --categories chair table --budget 20   # a quick check
 
 A variant is NAME or NAME=KEY=VALUE,KEY=VALUE (the network's predefined names below, or new ones).
@@ -60,14 +60,15 @@ TETNET_VARIANTS = {
 }
 SDFNET_VARIANTS = {
     "default": {},
-    "no-carve": {"w_carve": 0.0},              # the default before the carve screen (issue 19's notes)
+    "carve": {"w_carve": 20.0},                # the hull carve, nodes pushed to +0.1 cell (a plateau)
+    "carve-distance": {"w_carve": 20.0, "carve_floor": "distance"},  # ... past their distance to the hull
     "coarse-only": {"fine_at": 10**9, "fine_at_budget": None},  # the fine level never trained
     "both-levels": {"fine_at": 0},             # both levels from the first step
     "pix2pix-encoder": {"encoder": "pix2pix"},
 }
 VARIANTS = {"tetnet": TETNET_VARIANTS, "sdfnet": SDFNET_VARIANTS, "softras": {"default": {}}}
 DEFAULT_VARIANTS = {"tetnet": ["default", "silhouette-x5", "silhouette-x1", "carve"],
-                    "sdfnet": ["default", "no-carve"], "softras": ["default"]}
+                    "sdfnet": ["default", "carve", "carve-distance"], "softras": ["default"]}
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
