@@ -202,7 +202,6 @@ def score_scans(args: argparse.Namespace, networks: dict, train_split) -> list[l
     if not args.scans or not args.scans.is_dir():
         print(f"no scans at {args.scans}: the scan table is skipped", flush=True)
         return []
-    import numpy as np
     import trimesh
 
     from zerolevel.learn.head_fit import fit_head
@@ -217,10 +216,10 @@ def score_scans(args: argparse.Namespace, networks: dict, train_split) -> list[l
                          resolution=args.resolution)
         for key in args.rows:
             if key == "mean":
-                prediction = HeadPrediction(mean_head().mesh(), lambda p: np.broadcast_to(colour, (len(p), 3)))
+                prediction = HeadPrediction.uniform(mean_head().mesh(), colour)
             elif key == "tetfit":
-                mesh = fit_head(case.image, case.normals, case.camera, args.fit_seconds)
-                prediction = HeadPrediction(mesh, lambda p: np.broadcast_to(colour, (len(p), 3)))
+                prediction = HeadPrediction.uniform(fit_head(case.image, case.normals, case.camera, args.fit_seconds),
+                                                    colour)
             else:
                 prediction = network_prediction(networks[key], case.image, case.camera, args.resolution)
             figures = score_scan(prediction, case)

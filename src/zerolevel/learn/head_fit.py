@@ -72,5 +72,5 @@ def fit_predictions(split: HeadSplit, indices: list[int], train: HeadSplit, seco
         image, camera = photograph(split, index)
         normals = np.asarray(split.normals[index, 0], dtype=np.float32) / 127.0
         mesh = fit_head(image, normals, camera, seconds, config)
-        out.append(HeadPrediction(mesh, lambda p, c=colour: np.broadcast_to(c, (len(p), 3))))
+        out.append(HeadPrediction.uniform(mesh, colour))
     return out

@@ -49,6 +49,12 @@ class HeadPrediction:
     mesh: trimesh.Trimesh
     albedo: Callable[[np.ndarray], np.ndarray]  # (M, 3) points -> (M, 3) albedo in [0, 1]
 
+    @staticmethod
+    def uniform(mesh: trimesh.Trimesh, colour: np.ndarray) -> "HeadPrediction":
+        """A prediction of one albedo everywhere (the baselines that estimate none)."""
+        colour = np.asarray(colour)
+        return HeadPrediction(mesh, lambda points: np.broadcast_to(colour, (len(points), 3)))
+
 
 def head_seeds(split: HeadSplit) -> dict[str, int]:
     """Each head's generator seed, from the dataset's seed and size (`dataset.heads.head_sources`)."""
@@ -90,7 +96,7 @@ def mean_head_predictions(split: HeadSplit, indices: list[int], train: HeadSplit
     """The baseline: the model's mean head (identity and expression 0) where the camera puts every head,
     with the training heads' mean surface albedo everywhere."""
     mesh, colour = mean_head().mesh(), mean_albedo(train)
-    return [HeadPrediction(mesh, lambda p, c=colour: np.broadcast_to(c, (len(p), 3))) for _ in indices]
+    return [HeadPrediction.uniform(mesh, colour) for _ in indices]
 
 
 def mean_albedo(train: HeadSplit) -> np.ndarray:

@@ -52,7 +52,7 @@ from ..render.lattice_trace import Lattices, lattice_shading, render_lattices
 from .dataset.views import object_lighting
 from .encoders import ENCODERS
 from .sdfnet import LEVELS, SDFNet
-from .tetnet_train import hull_outside
+from .tetnet_train import hull_outside, split_mask_chunks
 from .training import (Batch, TrainingConfig, TrainingTask, TrainResult, check_render_size,
                        encoder_from_normals_run, run_training)
 
@@ -267,12 +267,8 @@ def hull_distance(split: Any, points: Tensor, chunk: int = 64) -> Tensor:
     visual hull (`geometry.visual_hull.hull_distance_bound` over the split's masks and cameras; 0
     where a point may lie in it), so a lower bound of its distance to the object."""
     cameras = split.cameras.to(device=points.device, dtype=torch.float32)
-    out = []
-    for first in range(0, len(split.images), chunk):  # a chunk's objects as channels of each view
-        masks = torch.from_numpy(np.ascontiguousarray(split.images[first:first + chunk, ..., 3]))
-        masks = masks.to(points.device, torch.float32).div_(255.0).transpose(0, 1)  # (V, C, S, S)
-        out.append(hull_distance_bound(cameras, masks, points.float()).half())
-    return torch.cat(out)
+    return torch.cat([hull_distance_bound(cameras, masks, points.float()).half()
+                      for masks in split_mask_chunks(split, points.device, chunk)])
 
 
 def near_surface_regularisers(values: Tensor, cell: float, band: float) -> tuple[Tensor, Tensor]:

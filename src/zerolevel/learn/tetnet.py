@@ -209,7 +209,7 @@ def _refine_lattice(x: Tensor) -> Tensor:
     """(B, C, n + 1, n + 1, n + 1) vertex features -> those of the halved grid, (B, C, 2n + 1, ...),
     trilinearly (corners aligned: the finer lattice nests the coarser one). Separably, axis by axis:
     each axis's nodes interleaved with the midpoints between them (F.interpolate's trilinear backward
-    is 3-4x slower on 2 cores)."""
+    is several times slower on 2 cores)."""
     for dim in (2, 3, 4):
         last = x.shape[dim] - 1
         low, high = x.narrow(dim, 0, last), x.narrow(dim, 1, last)

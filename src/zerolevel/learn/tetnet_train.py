@@ -277,12 +277,16 @@ def hull_outside(split: Any, points: Tensor, chunk: int = 64) -> Tensor:
     project onto the background (mask < 0.5, or off the image) of at least one of the split's views
     of that object. Masks only: the split's alpha channels and cameras."""
     cameras = split.cameras.to(device=points.device, dtype=torch.float32)
-    outside = []
-    for first in range(0, len(split.images), chunk):  # a chunk's objects as channels of each view
+    return torch.cat([(mask_coverage(cameras, masks, points) < 0.5).any(dim=0)
+                      for masks in split_mask_chunks(split, points.device, chunk)])
+
+
+def split_mask_chunks(split: Any, device: torch.device, chunk: int = 64):
+    """The split's masks (alpha / 255), `chunk` objects at a time as channels of each view: (V, C, S, S)
+    float32 tensors on `device`, in object order."""
+    for first in range(0, len(split.images), chunk):
         masks = torch.from_numpy(np.ascontiguousarray(split.images[first:first + chunk, ..., 3]))
-        masks = masks.to(points.device, torch.float32).div_(255.0).transpose(0, 1)  # (V, C, S, S)
-        outside.append((mask_coverage(cameras, masks, points) < 0.5).any(dim=0))
-    return torch.cat(outside)
+        yield masks.to(device, torch.float32).div_(255.0).transpose(0, 1)
 
 
 def downscale_targets(masks: Tensor, normals: Tensor, factor: int) -> tuple[Tensor, Tensor]:
