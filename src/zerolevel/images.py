@@ -42,6 +42,17 @@ def write_normal_png(path: str | Path, normal: np.ndarray) -> None:
     write_png(path, rgb)
 
 
+def write_exr(path: str | Path, image: np.ndarray) -> None:
+    """Write an (H, W, 3) float array as a float32 OpenEXR file with channels R, G, B."""
+    import OpenEXR  # imported here: only NeuS-layout exports write EXR
+
+    image = np.asarray(image, dtype=np.float32)
+    channels = {c: np.ascontiguousarray(image[..., i]) for i, c in enumerate("RGB")}
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    with OpenEXR.File(header, channels) as exr:
+        exr.write(str(path))
+
+
 # ====================================================================== reading files
 def read_mask(path: str | Path) -> np.ndarray:
     """(H, W) bool foreground from a mask image: grey, grey+alpha (grey used), RGB(A) (max of RGB);
