@@ -113,13 +113,18 @@ def run_demo(output: Path, views: int = 24, resolution: int = 128, iters: int = 
 def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, iters: int | None = None,
             budget_s: float | None = None, resume: bool = False, resolution: int = 256,
             gt_path: str | Path | None = None, device: str = "cpu", seed: int = 0,
-            progress: bool = True, settings: dict[str, str] | None = None) -> dict:
+            progress: bool = True, settings: dict[str, str] | None = None,
+            started: float | None = None) -> dict:
     """Fit a scene folder (or NeuS folder) and write `output/mesh.ply` in the input's units, with
     `checkpoint.pt`, `log.jsonl`, `summary.json` (with the silhouette IoU per view when the scene has
     masks) and `report.html`; with `gt_path`, also `metrics.json`.
 
     `method` is a fit of the registry (`zerolevel.methods`); `iters` defaults to its
-    `default_iters`. `settings` overrides fields of the method's config from text
+    `default_iters`. A `budget_s` without `iters` is the whole job's time, counted from `started`
+    (a `time.perf_counter()` value; default: when this is called): the optimisation gets what is
+    left after loading and a reserve for extraction and the report, and a method that can
+    (`set_budget`) runs its whole schedule in that time; with `iters` too, the budget only cuts the
+    optimisation off. `settings` overrides fields of the method's config from text
     (`fit --set KEY=VALUE`, `settings`); a resumed fit keeps the settings it was started with
     and refuses different ones. Returns a summary dict (iterations, seconds, stopped, losses,
     metrics when a GT is given).
@@ -132,7 +137,9 @@ def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, ite
     from .recon.checks import check_scene
     from .importers import load_scene
 
+    started = time.perf_counter() if started is None else started
     entry = methods.get(method, "fit")
+    time_driven = budget_s is not None and iters is None
     iters = entry.default_iters if iters is None else iters
     gt = load_mesh(gt_path) if gt_path else None  # fail on a bad GT before a long fit
     scene = load_scene(scene_path)
@@ -144,7 +151,12 @@ def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, ite
                          settings=settings)
     if resume:
         _check_resumable(output, method, fitter.config)
-    result = run_loop(fitter, output, LoopConfig(iters=iters, budget_s=budget_s, progress=progress),
+    loop_budget = budget_s
+    if time_driven and hasattr(fitter, "set_budget"):
+        loop_budget = max(0.2 * budget_s, budget_s - (time.perf_counter() - started) - finish_reserve_s(resolution))
+        fitter.set_budget(loop_budget)
+    result = run_loop(fitter, output, LoopConfig(iters=None if time_driven and hasattr(fitter, "set_budget")
+                                                 else iters, budget_s=loop_budget, progress=progress),
                       resume=resume, name=method)
     t0 = time.perf_counter()
     mesh = fitter.extract(resolution, progress=progress)
@@ -156,11 +168,12 @@ def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, ite
     if gt is not None:
         summary["metrics"] = evaluate(mesh, gt, seed=seed)
         write_json(output / "metrics.json", summary["metrics"])
-    silhouettes = _silhouettes(scene, mesh) if "mask" in scene.modalities() else None
+    caster = MeshRayCaster(transform_mesh(mesh, np.linalg.inv(scene.to_world)))  # one BVH for every picture
+    silhouettes = _silhouettes(scene, caster) if "mask" in scene.modalities() else None
     if silhouettes is not None:
         summary["silhouette_iou"] = silhouette_iou(scene, silhouettes)
     write_json(output / "summary.json", summary)
-    report = _write_fit_report(output, scene, mesh, summary, fitter.config, scene_path, silhouettes)
+    report = _write_fit_report(output, scene, caster, summary, fitter.config, scene_path, silhouettes)
     print(result.summary())
     if silhouettes is not None:
         ious = summary["silhouette_iou"]
@@ -169,17 +182,23 @@ def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, ite
     return summary
 
 
-def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary: dict, config,
+def finish_reserve_s(resolution: int) -> float:
+    """Seconds a budgeted fit keeps for what follows the optimisation (extraction at `resolution`,
+    writing, silhouettes and the report; measured on the project's 2-core machines)."""
+    return 1.5 + 1.5 * (resolution / 256) ** 3
+
+
+def _write_fit_report(output: Path, scene: Scene, caster: MeshRayCaster, summary: dict, config,
                       scene_path, silhouettes: list[np.ndarray] | None) -> Path:
-    """The fit's report: input views beside the result rendered from the same views, silhouette IoU
-    per view (when the scene has masks), a turntable of the result, losses, settings."""
+    """The fit's report: input views beside the result (`caster`: its working-space mesh) rendered
+    from the same views, silhouette IoU per view (when the scene has masks), a turntable of the
+    result, losses, settings."""
     from dataclasses import asdict
 
     from .recon.fit_report import silhouette_sheet, turntable_frames, write_fit_report
 
-    working = transform_mesh(mesh, np.linalg.inv(scene.to_world))
     shown = _spread(len(scene.views), 6)
-    rendered = render_mesh(working, scene.cameras()[shown])
+    rendered = render_mesh(caster, scene.cameras()[shown])
     method = summary["method"]
     settings = {"scene": str(scene_path), "method": f"{method}: {methods.get(method, 'fit').summary}",
                 "views": len(scene.views),
@@ -200,7 +219,7 @@ def _write_fit_report(output: Path, scene: Scene, mesh: trimesh.Trimesh, summary
                             rendered_normals=list(rendered["normal"]), rendered_masks=list(rendered["mask"] > 0.5),
                             view_indices=shown, settings=settings, timings=timings, metrics=flat,
                             log_path=output / "log.jsonl", silhouette_iou=ious, silhouettes=sheet,
-                            turntable=turntable_frames(working, scene))
+                            turntable=turntable_frames(caster, scene))
 
 
 def _spread(count: int, k: int) -> list[int]:
@@ -208,13 +227,17 @@ def _spread(count: int, k: int) -> list[int]:
     return list(np.linspace(0, count - 1, min(k, count)).round().astype(int))
 
 
-def _silhouettes(scene: Scene, mesh: trimesh.Trimesh) -> list[np.ndarray]:
-    """Coverage of `mesh` (in the scene's world units, as `fit` writes it) in every view."""
-    working = transform_mesh(mesh, np.linalg.inv(scene.to_world))
+def _silhouettes(scene: Scene, mesh: trimesh.Trimesh | MeshRayCaster) -> list[np.ndarray]:
+    """Which pixel centres of every view see `mesh` (in the scene's world units, as `fit` writes it,
+    or a caster of it in working space): (H, W) bool per view, visibility rays only."""
+    if not isinstance(mesh, MeshRayCaster):
+        mesh = MeshRayCaster(transform_mesh(mesh, np.linalg.inv(scene.to_world)))
     cameras = scene.cameras()
     masks = []
-    for start in range(0, len(cameras), 8):
-        masks += list(render_mesh(working, cameras[start:start + 8])["mask"])
+    for view in range(len(cameras)):
+        origins, directions = cameras[view].rays(cameras.pixel_centers().reshape(-1, 2))
+        hit = mesh.first_hit_faces(origins.reshape(-1, 3).numpy(), directions.reshape(-1, 3).numpy()) >= 0
+        masks.append(hit.reshape(cameras.height, cameras.width))
     return masks
 
 

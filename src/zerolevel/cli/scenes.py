@@ -108,7 +108,9 @@ def add_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a setting of the method (repeatable; lists comma-separated), e.g. "
                         "--set lr=0.05 --set resolutions=16,32,64,128; the fit's report lists them all")
-    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop after this much optimisation time")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="seconds for the whole command: the fit's schedule is fitted into what is left after "
+                        "loading (with --iters: stop the optimisation after this much time)")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/checkpoint.pt")
     p.add_argument("--resolution", type=int, default=256,
                    help="marching-cubes resolution (default: 256; tetsdf meshes its own grid)")
@@ -199,6 +201,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from ..pipeline import run_fit
+    from . import STARTED
     from ..settings import parse_assignments
 
     check_positive(args, "resolution")
@@ -209,7 +212,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
         settings = {"schedule": args.schedule, **settings}
     run_fit(args.scene, Path(args.output), method=args.method, iters=args.iters, budget_s=args.budget,
             resume=args.resume, resolution=args.resolution, gt_path=args.gt, device=args.device,
-            seed=args.seed, progress=not args.quiet, settings=settings)
+            seed=args.seed, progress=not args.quiet, settings=settings, started=STARTED)
 
 
 def cmd_extract(args: argparse.Namespace) -> None:

@@ -251,3 +251,38 @@ def hull_distance_bound(cameras: Cameras, masks: Tensor, points: Tensor) -> Tens
     bound = reach[:, None] * torch.sin(angle.clamp_max(math.pi / 2))
     bound = torch.where(informative.to(points.device)[..., None] & (depth > 0)[:, None], bound, 0.0)
     return bound.max(dim=0).values
+
+
+@torch.no_grad()
+def hull_signed_distance(cameras: Cameras, masks: Tensor, points: Tensor, views_per_chunk: int = 8) -> Tensor:
+    """Signed distance to the masks' visual hull, approximately: (N, 3) world points -> (N,),
+    negative inside, in world units (a fit's starting field, and the bound it must stay within).
+
+    Each view's silhouette cone has, near its surface, the signed distance (pixel distance of the
+    point's projection to the mask's boundary) * depth / focal length; the hull is the intersection
+    of the cones, so its signed distance is about the largest of theirs (exact near a face where one
+    cone decides, a bound elsewhere, as a CSG intersection). Pixel distances come from 2D distance
+    transforms of each mask (foreground >= 0.5) with the boundary between pixel centres, sampled
+    bilinearly: sub-pixel, so a lattice started from it places the hull's faces between nodes. A
+    view says nothing where the point projects outside its image or lies behind it, so a view that
+    crops the object does not cut it.
+    """
+    fg = (masks >= 0.5).cpu().numpy()
+    signed = np.stack([ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)
+                       for m in fg]).astype(np.float32)  # (B, H, W) pixels, < 0 inside
+    signed += np.where(fg, 0.5, -0.5).astype(np.float32)  # the boundary midway between pixel centres
+    signed_t = torch.from_numpy(signed).to(cameras.device, cameras.dtype)[:, None]
+    points = points.to(cameras.dtype)
+    focal = cameras.K[:, :2, :2].diagonal(dim1=1, dim2=2).mean(dim=1)  # (B,)
+    best = torch.full((len(points),), -math.inf, dtype=points.dtype, device=points.device)
+    size = torch.tensor([cameras.width, cameras.height], dtype=points.dtype, device=points.device)
+    for start in range(0, len(cameras), views_per_chunk):
+        chunk = slice(start, min(start + views_per_chunk, len(cameras)))
+        uv, depth = cameras[chunk].project(points)
+        grid = (2 * uv / size - 1)[:, :, None, :]
+        pixels = torch.nn.functional.grid_sample(signed_t[chunk], grid, mode="bilinear", padding_mode="border",
+                                                 align_corners=False)[:, 0, :, 0]  # (b, N)
+        seen = (depth > 0) & (uv >= 0).all(dim=-1) & (uv <= size).all(dim=-1)
+        metric = pixels * depth.clamp_min(1e-6) / focal[chunk, None]
+        best = torch.maximum(best, torch.where(seen, metric, -math.inf).max(dim=0).values)
+    return torch.where(torch.isfinite(best), best, torch.zeros_like(best))

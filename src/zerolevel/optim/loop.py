@@ -64,7 +64,8 @@ class Task(Protocol):
 class LoopConfig:
     """When to stop, checkpoint, log and recover."""
 
-    iters: int = 2000                 # stop after this many iterations in all (resumed runs count)
+    iters: int | None = 2000          # stop after this many iterations in all (resumed runs count; None:
+                                      # no limit, only the budget)
     budget_s: float | None = None     # ... or once the loop has run this many seconds in all
     checkpoint_every: int = 500       # iterations between checkpoints (and one at the end)
     checkpoint_every_s: float = 120.0  # ... or seconds, whichever comes first
@@ -172,8 +173,15 @@ def run_loop(task: Task, out_dir: str | Path, config: LoopConfig, resume: bool =
         truncate_log(run.out_dir / LOG, start_iter)
     run.snapshot = _serialise(_payload(run))
     run.last_checkpoint = (run.state.iteration, run.state.elapsed)
-    bar = tqdm(total=config.iters, initial=start_iter, desc=config.desc, unit="it",
-               disable=not (config.progress and run.dist.main), dynamic_ncols=True)
+    if config.iters is None and config.budget_s is None:
+        raise ValueError("a loop needs an iteration count or a budget")
+    # a run without an iteration count shows its budget's seconds
+    bar = tqdm(total=config.iters if config.iters is not None else round(config.budget_s, 1),
+               initial=start_iter if config.iters is not None else round(run.state.elapsed, 1),
+               desc=config.desc, unit="it" if config.iters is not None else "s",
+               disable=not (config.progress and run.dist.main), dynamic_ncols=True,
+               bar_format=None if config.iters is not None else
+               "{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{postfix}]")
     try:
         stopped = _iterate(run, bar)
     except KeyboardInterrupt:
@@ -196,7 +204,7 @@ def _iterate(run: _Run, bar: tqdm) -> str:
     start = time.perf_counter() - s.elapsed
     if s.iteration > 0 and config.budget_s is not None and s.elapsed >= config.budget_s:
         return "budget"  # a resumed run whose budget is spent
-    while s.iteration < config.iters:
+    while config.iters is None or s.iteration < config.iters:
         values = run.task.step(s.iteration)
         s.elapsed = time.perf_counter() - start
         names = list(values)
@@ -210,7 +218,7 @@ def _iterate(run: _Run, bar: tqdm) -> str:
             if not _recover(run, losses):
                 return "diverged"
             s = run.state  # the restored counters
-            bar.n = s.iteration
+            bar.n = s.iteration if config.iters is not None else min(s.elapsed, bar.total)
             continue
         out_of_time, checkpoint_time = agreed[0], agreed[1]
         s.iteration += 1
@@ -223,7 +231,7 @@ def _iterate(run: _Run, bar: tqdm) -> str:
         if s.iteration % config.log_every == 0 or last:
             _log(run, {"iter": s.iteration, "time": round(s.elapsed, 4), **losses})
             bar.set_postfix_str(_format(losses), refresh=False)
-        bar.update(1)
+        bar.update(1 if config.iters is not None else min(s.elapsed, bar.total) - bar.n)
         if hooks.evaluate is not None and hooks.evaluate_every > 0 and (
                 s.iteration % hooks.evaluate_every == 0 or last):
             if run.dist.main:

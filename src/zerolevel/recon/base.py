@@ -10,6 +10,7 @@ state are here. Every method is driven by `optim.loop.run_loop`.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -83,6 +84,8 @@ class LevelledFit:
         self.level_starts: list[int] = [0]
         self.base_lr = 0.0
         self.optimizer: torch.optim.Optimizer | None = None
+        self.budget_s: float | None = None  # set_budget: the schedule follows time, not iterations
+        self.spent_s = 0.0  # seconds spent in `step`, in all (resumed runs count)
 
     def _enter_level(self, level: int, refine: bool = True) -> None:
         raise NotImplementedError
@@ -103,21 +106,38 @@ class LevelledFit:
         else:
             self.skipped_steps += 1
 
+    def set_budget(self, seconds: float | None) -> None:
+        """Drive the schedule by time: with a budget, level changes and learning-rate decay happen at
+        fractions of `seconds` spent in `step`, not of the iteration count, so a fit given 10 s
+        runs every level, shortened, and ends converged rather than cut off mid-schedule."""
+        self.budget_s = None if seconds is None else max(1e-3, float(seconds))
+
+    def schedule_position(self, iteration: int) -> float:
+        """Where the schedule stands, in iterations of `self.iters`: the iteration itself, or with a
+        budget the same fraction of `self.iters` as the fraction of the budget spent."""
+        if self.budget_s is None:
+            return float(iteration)
+        return self.iters * min(1.0, self.spent_s / self.budget_s)
+
     def step(self, iteration: int) -> dict[str, float]:
-        """Move to the iteration's level, set the learning rate, update."""
-        level = max(i for i, start in enumerate(self.level_starts) if start <= iteration)
+        """Move to the schedule position's level, set the learning rate, update."""
+        started = time.perf_counter()
+        at = self.schedule_position(iteration)
+        level = max(i for i, start in enumerate(self.level_starts) if start <= at)
         while self.level < level:
             self._enter_level(self.level + 1)
-        self._set_learning_rate(iteration)
-        return self._update(iteration)
+        self._set_learning_rate(at)
+        values = self._update(iteration)
+        self.spent_s += time.perf_counter() - started
+        return values
 
-    def _set_learning_rate(self, iteration: int) -> None:
+    def _set_learning_rate(self, at: float) -> None:
         """Cosine decay from the level's rate to `lr_floor` of it over the level's iterations: Adam
         moves every value by about the rate per step, so the steps that place the surface coarsely
         would keep shaking it at the end of a level."""
         starts = self.level_starts + [self.iters]
         span = max(1, starts[self.level + 1] - starts[self.level])
-        factor = cosine_factor((iteration - starts[self.level]) / span, self.config.lr_floor)
+        factor = cosine_factor((at - starts[self.level]) / span, self.config.lr_floor)
         for group in self.optimizer.param_groups:
             group["lr"] = self.base_lr * self.step_scale * factor
 
@@ -138,7 +158,7 @@ class LevelledFit:
         return {"method": self.name, "config": asdict(self.config),
                 "to_world": np.asarray(self.scene.to_world).tolist(), "level": self.level,
                 "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "step_scale": self.step_scale, "skipped_steps": self.skipped_steps}
+                "step_scale": self.step_scale, "skipped_steps": self.skipped_steps, "spent_s": self.spent_s}
 
     def load_common_state(self, state: dict[str, Any]) -> None:
         """Enter the saved level (its field already restored by the subclass), then restore the
@@ -149,3 +169,4 @@ class LevelledFit:
         self.generator.set_state(state["generator"])
         self.step_scale = float(state["step_scale"])
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.spent_s = float(state.get("spent_s", 0.0))

@@ -21,7 +21,7 @@ from ..cameras import Cameras
 from ..optim.loop import read_log
 from ..report import (contact_sheet, loss_curves_svg, metrics_table_html, normals_to_rgb, to_uint8_rgb,
                       write_html_report, write_png)
-from ..render.raycast import DirectionalLight, render_mesh
+from ..render.raycast import DirectionalLight, MeshRayCaster, render_mesh
 from ..scene import Scene
 
 REPORT_DIR = "report"
@@ -149,14 +149,17 @@ def turntable_cameras(scene: Scene, frames: int = 24, size: int = 256) -> Camera
     return Cameras.look_at(eyes, up=up, fov_deg=fov, width=size, height=size)
 
 
-def turntable_frames(mesh: trimesh.Trimesh, scene: Scene, frames: int = 24, size: int = 256) -> list[np.ndarray]:
-    """Grey renders on white of a working-space `mesh` turning (`turntable_cameras`), each lit by a
-    light above and to the left of its camera, so that relief reads as it does in a studio shot."""
+def turntable_frames(mesh: trimesh.Trimesh | MeshRayCaster, scene: Scene, frames: int = 24, size: int = 192,
+                     supersample: int = 1) -> list[np.ndarray]:
+    """Grey renders on white of a working-space `mesh` (or a caster of it) turning
+    (`turntable_cameras`), each lit by a light above and to the left of its camera, so that relief
+    reads as it does in a studio shot. One ray per pixel by default: the report is written at the
+    end of every budgeted fit, inside its budget."""
     cameras = turntable_cameras(scene, frames, size)
     R = cameras.R.double().numpy()  # rows: camera right, down, forward in world space
     key = -R[:, 2] - 0.6 * R[:, 1] - 0.4 * R[:, 0]
     lights = [[DirectionalLight(direction=d / np.linalg.norm(d))] for d in key]  # one per view
-    out = render_mesh(mesh, cameras, supersample=2, lights=lights, albedo=0.8, ambient=0.15)
+    out = render_mesh(mesh, cameras, supersample=supersample, lights=lights, albedo=0.8, ambient=0.15)
     grey = out["image"] + (1 - out["mask"])  # shading is premultiplied by coverage: composite on white
     return [to_uint8_rgb(np.clip(frame, 0, 1)) for frame in grey]
 

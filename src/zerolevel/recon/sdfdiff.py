@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,7 +41,8 @@ from .. import losses as L
 from ..cameras import Cameras
 from ..errors import InputError
 from ..fields.analytic import SphereSDF
-from ..fields.grid import DenseGridSDF
+from ..fields.grid import DenseGridSDF, node_positions
+from ..geometry.visual_hull import hull_signed_distance
 from ..geometry.narrowband import marching_cubes_narrow_band
 from ..render.lights import DirectionalLight
 from ..render.shading import lambertian, light_tensors
@@ -81,7 +83,14 @@ class SDFDiffConfig:
                                         # SDFDiff) or "autograd" (the trilinear field's own gradient)
     soft_k: float = 50.0                # soft silhouette sharpness at the first level ...
     soft_k_per_node: float = 1.5        # ... and soft_k = max(soft_k, soft_k_per_node * lattice)
-    init_radius: float = 0.6            # the lattice starts as a sphere of this radius
+    init: str = "sphere"                # the starting lattice: "sphere" (SDFDiff) or "hull" (the masks'
+                                        # visual hull: thin parts and holes are there from the start)
+    init_radius: float = 0.6            # the sphere's radius
+    w_hull: float = 0.0                 # weight of the hull bound: mean over the lattice's nodes of
+                                        # max(0, hull SDF - f) / voxel (the object lies in its visual hull,
+                                        # so its SDF is nowhere below the hull's): pulls in what the masks
+                                        # carve, at every node, not only where a sampled ray passes
+    hull_resolution: int = 96           # the lattice the hull's signed distance is sampled on
     redistance: bool = True             # re-distance the lattice after each upsampling
     greedy_high: int = 20               # greedy: most steps of a view above the mean loss ...
     greedy_low: int = 5                 # ... and of the others
@@ -114,9 +123,30 @@ class SDFDiff(LevelledFit):
         if len(self.level_starts) != len(c.resolutions):
             raise ValueError("level_shares needs one positive share per resolution")
         self.greedy = {"view": 0, "steps": 0, "budget": 0, "last": math.inf, "losses": [], "mean": math.inf}
-        self.field = DenseGridSDF.from_function(SphereSDF((0.0, 0.0, 0.0), c.init_radius), c.resolutions[0],
-                                                device=self.device)
+        self.hull = self._hull_field(source) if c.init == "hull" or c.w_hull > 0 else None
+        self.field = self._initial_field(source)
         self._enter_level(0, refine=False)
+
+    def _hull_field(self, source: str) -> DenseGridSDF:
+        """The masks' visual hull as a signed distance lattice (`hull_signed_distance`)."""
+        if "mask" not in self.targets:
+            raise InputError("init=hull and w_hull need masks (or normal maps, whose background gives them)", source)
+        hull = DenseGridSDF.from_function(partial(hull_signed_distance, self.full_cameras, self.targets["mask"]),
+                                          self.config.hull_resolution, device=self.device)
+        if not bool((hull.values < 0).any()):
+            raise InputError("the masks' visual hull is empty: no point is inside every silhouette "
+                             "(do the masks and cameras agree?)", source)
+        return hull
+
+    def _initial_field(self, source: str) -> DenseGridSDF:
+        """The first level's lattice: a sphere, or the visual hull's signed distance."""
+        c = self.config
+        if c.init == "sphere":
+            return DenseGridSDF.from_function(SphereSDF((0.0, 0.0, 0.0), c.init_radius), c.resolutions[0],
+                                              device=self.device)
+        if c.init != "hull":
+            raise ValueError(f"init must be 'sphere' or 'hull', got {c.init!r}")
+        return DenseGridSDF.from_function(self.hull, c.resolutions[0], device=self.device)
 
     # ------------------------------------------------------------------ levels
     def _enter_level(self, level: int, refine: bool = True) -> None:
@@ -132,6 +162,11 @@ class SDFDiff(LevelledFit):
         self.optimizer = torch.optim.Adam([self.field.values], lr=self.base_lr, betas=(0.9, 0.99))
         self.cameras, self.level_targets = self._level_views(c.resolutions[level])
         self.pixels = self.cameras.pixel_centers().reshape(-1, 2)  # a whole view, for the greedy schedule
+        self.hull_nodes = None
+        if self.hull is not None and c.w_hull > 0:
+            with torch.no_grad():
+                nodes = node_positions(self.field.values.shape, self.field.lo, self.field.hi)
+                self.hull_nodes = self.hull(nodes.reshape(-1, 3)).reshape(self.field.values.shape)
         self.soft_k = max(c.soft_k, c.soft_k_per_node * c.resolutions[level])
 
     def _level_views(self, lattice: int) -> tuple[Cameras, dict[str, torch.Tensor]]:
@@ -209,7 +244,10 @@ class SDFDiff(LevelledFit):
         if "mask" in target:
             pixel_weight = 1.0 + (c.mask_background_weight - 1.0) * (1.0 - target["mask"])
             losses["mask"] = c.w_mask * L.mask_bce(out["soft_mask"], target["mask"], pixel_weight)
-        eikonal, laplacian = lattice_regularisers(self.field.values, float(self.field.voxel_size.max()))
+        voxel = float(self.field.voxel_size.max())
+        if self.hull_nodes is not None:
+            losses["hull"] = c.w_hull * (self.hull_nodes - self.field.values).clamp_min(0.0).mean() / voxel
+        eikonal, laplacian = lattice_regularisers(self.field.values, voxel)
         losses["eikonal"] = c.w_eikonal * eikonal
         losses["laplacian"] = c.w_laplacian * laplacian
         return losses, sum(losses.values())
