@@ -30,7 +30,7 @@ from zerolevel.importers import load_scene
 LEVELS = ((32, 0.15), (64, 0.35), (128, 0.50))  # (grid nodes per axis, share of the budget)
 RAYS = 12288
 LR_VOXELS = 0.3  # Adam step in voxels of the current level
-W_NORMAL, W_MASK, W_EIKONAL, W_LAPLACIAN = 0.1, 0.5, 0.1, 0.02
+W_NORMAL, W_MASK, W_EIKONAL, W_LAPLACIAN = 0.3, 0.5, 0.1, 0.02
 MARCH_STEPS = 40
 
 

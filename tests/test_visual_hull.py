@@ -45,3 +45,21 @@ def test_visual_hull_cells_keep_every_cell_the_object_touches():
     assert cells[radius < 0.6 + half_diagonal].all()          # conservative: nothing touched is carved
     assert not cells[radius > 0.6 + 6 * half_diagonal].any()  # ... but it is a hull, not the box
     assert cells.float().mean() < 2.0 * (radius < 0.6 + half_diagonal).float().mean()
+
+
+def test_hull_signed_distance_of_a_sphere_is_a_sub_voxel_distance():
+    from zerolevel.geometry.visual_hull import hull_signed_distance
+
+    sphere = trimesh.creation.icosphere(subdivisions=4, radius=0.6)
+    cameras = Cameras.sphere(20, distance=3.0, fov_deg=40, width=96, height=96)
+    masks = torch.as_tensor(render_mesh(sphere, cameras, supersample=2)["mask"])
+    g = torch.Generator().manual_seed(0)
+    dirs = torch.nn.functional.normalize(torch.randn(400, 3, generator=g), dim=-1)
+    radii = torch.rand(400, 1, generator=g) * 0.4 + 0.4  # 0.4 to 0.8: both sides, near the surface
+    values = hull_signed_distance(cameras, masks, dirs * radii)
+    true = radii[:, 0] - 0.6
+    # one pixel is ~0.013 here: the hull of 20 views is within about a pixel of the sphere, and
+    # the distance is continuous (not a count of cells)
+    assert (values - true).abs().median() < 0.01
+    assert ((values < 0) == (true < -0.02))[true.abs() > 0.02].all()
+    assert (values >= true - 0.02).all()  # the hull holds the object: its distance is never far above

@@ -58,6 +58,11 @@ def _sdfdiff() -> FitParts:
     return FitParts(SDFDiff, SDFDiffConfig, mesh_from_state)
 
 
+def _dense() -> FitParts:
+    from .recon.dense import DenseFit, DenseFitConfig, mesh_from_state
+    return FitParts(DenseFit, DenseFitConfig, mesh_from_state)
+
+
 def _tetsdf() -> FitParts:
     from .recon.tetsdf import TetSDF, TetSDFConfig, mesh_from_state
     return FitParts(TetSDF, TetSDFConfig, mesh_from_state)
@@ -109,6 +114,9 @@ def _phorhum() -> TrainParts:
 # Default iterations: where the benchmarks of record (benchmarks/results/multiview*.md) reach their
 # goals; the tet-grid fit's steps are ~3x dearer at its finest level, so it takes fewer.
 REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
+    Entry("dense", "fit", "the fast default: a dense SDF lattice started from the masks' visual hull and kept "
+          "within it, sphere-traced normals and silhouettes, coarse to fine by elapsed time (SDFDiff's machinery); "
+          "normals and/or masks", 1000, _dense),
     Entry("supernormal", "fit", "hash-grid SDF, NeuS patch volume rendering, directional finite differences "
           "(SuperNormal); normals and/or masks", 1000, _supernormal),
     Entry("sdfdiff", "fit", "dense SDF lattice, differentiable sphere tracing, coarse to fine (SDFDiff); "
@@ -128,7 +136,7 @@ REGISTRY: dict[str, Entry] = {entry.name: entry for entry in [
           20_000, _phorhum),
 ]}
 
-DEFAULT_FIT = "supernormal"
+DEFAULT_FIT = "dense"  # what wins benchmarks/results/fit_speed.md
 
 
 def names(kind: str) -> list[str]:
