@@ -1,4 +1,4 @@
-"""The demo's own figures: `zerolevel demo` (the bundled Spot cow, 24 views at 128^2, SuperNormal,
+"""The demo's own figures: `zerolevel demo` (the bundled Spot cow, 24 views at 128^2, the default fit,
 400 iterations, extraction at 192^3) run end to end, `--repeats` times; the quality of each run
 against the ground truth and its times. Every run is the same seeded job, so the quality columns
 agree run to run; the times are what varies (quote the median). Writes results/demo.md and .json.

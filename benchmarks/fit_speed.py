@@ -30,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from _report import write_report  # noqa: E402
+from _report import RESULTS_DIR, previous_invocations, write_report  # noqa: E402
 
 SHARED = HERE.parents[1] / "shared" / "data" / "meshes"
 BUNDLED = HERE.parent / "src" / "zerolevel" / "data"
@@ -84,6 +84,19 @@ def run_row(row: str, neus: Path, gt: Path, out: Path, budget: float, threads: i
     return {"wall": wall, "metrics": metrics, "command": shlex.join(command)}
 
 
+def merge_rows(name: str, rows: list[list]) -> tuple[list[list], list[dict]]:
+    """The rows of an earlier results/NAME.json that `rows` do not redo (same mesh, row, budget), with
+    `rows`, in mesh, budget, row order; and the earlier invocations, listed in the table."""
+    path = RESULTS_DIR / f"{name}.json"
+    if not path.is_file():
+        return rows, []
+    redone = {tuple(r[:3]) for r in rows}
+    kept = [r for r in json.loads(path.read_text())["rows"] if tuple(r[:3]) not in redone]
+    meshes = {mesh: i for i, mesh in enumerate(MESHES)}
+    merged = sorted(kept + rows, key=lambda r: (meshes.get(r[0], len(meshes)), r[2], r[1] != "default"))
+    return merged, previous_invocations(name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--meshes", nargs="+", default=list(MESHES), choices=list(MESHES))
@@ -95,6 +108,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/zerolevel-bench/fit_speed"))
     parser.add_argument("--name", default="fit_speed")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the rows of an earlier results/NAME.json that this run does not redo")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="`fit --set` for the zerolevel rows (screening settings)")
     args = parser.parse_args()
@@ -122,8 +137,11 @@ def main() -> None:
              "uncapped) with the project's metrics, 100k points, F at fractions of the GT bounding-box "
              "diagonal. 'baseline' is benchmarks/dense_baseline.py; 'default' is `zerolevel fit` with no option.")
     command = "python benchmarks/fit_speed.py " + shlex.join(sys.argv[1:])
+    earlier = None
+    if args.merge:
+        rows, earlier = merge_rows(args.name, rows)
     write_report(args.name, "The default multi-view fit by time budget, against a plain dense-grid fitter",
-                 command, COLUMNS, rows, notes)
+                 command, COLUMNS, rows, notes, earlier=earlier)
     (args.work / f"{args.name}_records.json").write_text(json.dumps(records, indent=1))
 
 

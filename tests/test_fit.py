@@ -27,7 +27,7 @@ def small_scene(tmp_path_factory):
 
 def test_short_fit_reaches_a_modest_fscore(small_scene, tmp_path, capsys):
     out = tmp_path / "fit"
-    code = main(["fit", str(small_scene), "-o", str(out), "--iters", "60", "--resolution", "96",
+    code = main(["fit", str(small_scene), "-o", str(out), "--method", "supernormal", "--iters", "60", "--resolution", "96",
                  "--gt", str(example_mesh_path()), "-q", "--threads", "2"])
     assert code == 0, capsys.readouterr().err
     for name in ("mesh.ply", "checkpoint.pt", "log.jsonl", "report.html", "report/normals.png",
@@ -46,7 +46,7 @@ def test_short_fit_reaches_a_modest_fscore(small_scene, tmp_path, capsys):
     spot = load_mesh(example_mesh_path())
     assert np.allclose(mesh.bounds, spot.bounds, atol=0.1 * np.linalg.norm(spot.extents))  # input units
 
-    code = main(["fit", str(small_scene), "-o", str(out), "--iters", "70", "--resolution", "64",
+    code = main(["fit", str(small_scene), "-o", str(out), "--method", "supernormal", "--iters", "70", "--resolution", "64",
                  "--resume", "-q", "--threads", "2"])
     assert code == 0
     assert json.loads((out / "summary.json").read_text())["iterations"] == 70
@@ -180,7 +180,7 @@ def test_a_diverging_fit_stops_with_one_line_and_exit_1(small_scene, tmp_path, c
 
     monkeypatch.setattr(SuperNormal, "step", step)
     out = tmp_path / "out"
-    code = main(["fit", str(small_scene), "-o", str(out), "--iters", "10", "-q", "--threads", "2"])
+    code = main(["fit", str(small_scene), "-o", str(out), "--method", "supernormal", "--iters", "10", "-q", "--threads", "2"])
     err = capsys.readouterr().err
     assert code == 1 and "diverged at iteration 4" in err and len(err.strip().splitlines()) == 1
     assert not (out / "mesh.ply").exists()

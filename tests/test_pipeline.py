@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 
+from zerolevel import methods
 from zerolevel.geometry.mesh import load_mesh
 from zerolevel.pipeline import run_demo
 
@@ -30,7 +31,7 @@ def test_demo_end_to_end_small(tmp_path):
     assert 0.5 < metrics["normal_consistency"] <= 1
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["method"] == "supernormal" and summary["iterations"] == 15
+    assert summary["method"] == methods.DEFAULT_FIT and summary["iterations"] == 15
     assert summary["stopped"] == "iterations" and summary["resolution"] == 64
     assert summary["metrics"] == metrics
     ious = summary["silhouette_iou"]

@@ -181,3 +181,24 @@ def test_hull_start_and_bound_keep_a_thin_plate(tmp_path):
         scores[init] = evaluate(method.extract(96), plate, taus=(0.02,))["fscore"]["0.02"]
     # measured: sphere 0.11, hull 0.85 (F at 2% of the diagonal; the plate is 2 cells thick at 48^3)
     assert scores["hull"] > 0.75 and scores["hull"] > scores["sphere"] + 0.5
+
+
+def test_the_default_fit_keeps_its_budget_and_ends_converged(tmp_path, capsys):
+    """`zerolevel fit SCENE --budget 8`: the default method (the hull-started lattice) runs its whole
+    schedule in the time left after loading and finishes the command within the budget's margin."""
+    import time
+
+    scene = tmp_path / "scene"
+    render_scene(load_mesh(example_mesh_path()), views=16, resolution=96, progress=False).write(scene)
+    out = tmp_path / "fit"
+    started = time.perf_counter()
+    code = main(["fit", str(scene), "-o", str(out), "--budget", "8", "--resolution", "128",
+                 "--gt", str(example_mesh_path()), "-q", "--threads", "2"])
+    wall = time.perf_counter() - started
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"] == "dense" and summary["stopped"] == "budget"
+    state = torch.load(out / "checkpoint.pt", weights_only=False)["state"]
+    assert state["level"] == len(state["config"]["resolutions"]) - 1  # every level, not cut off
+    assert wall < 8 * 1.5  # the evaluation against the GT (--gt) is outside the budget's reserve
+    assert summary["metrics"]["fscore"]["0.005"] > 0.95

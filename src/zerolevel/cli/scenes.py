@@ -30,8 +30,9 @@ EPILOG_IMPORT = """examples:
   zerolevel import middlebury templeSparseRing -o temple_scene
 """
 EPILOG_FIT = """examples:
-  zerolevel fit spot_scene -o spot_fit                     # SuperNormal on normals + masks
-  zerolevel fit spot_scene -o spot_fit --budget 120 --gt spot.obj
+  zerolevel fit spot_scene -o spot_fit --budget 30         # the default fit, done in about 30 s
+  zerolevel fit DiLiGenT-MV/bearPNG -o bear_fit --budget 60 # a NeuS folder as it is
+  zerolevel fit spot_scene -o spot_fit --method supernormal --gt spot.obj
   zerolevel fit spot_scene -o spot_fit --resume            # continue an interrupted fit
   zerolevel fit spot_scene -o spot_fit --method tetsdf     # Wu et al.'s tet-grid SDF
   zerolevel fit temple_scene -o temple_fit --method sdfdiff --set resolutions=16,24,32,48,64,96,128
@@ -44,7 +45,7 @@ EPILOG_INFO = """examples:
   zerolevel info DiLiGenT-MV/bearPNG
 """
 EPILOG_DEMO = """examples:
-  zerolevel demo -o demo_out       # render Spot, fit it (SuperNormal), evaluate, write demo_out/report.html
+  zerolevel demo -o demo_out       # render Spot, fit it (default fit), evaluate, write demo_out/report.html
   zerolevel demo -o demo_out --budget 60
 """
 
@@ -145,8 +146,9 @@ def add_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
     p.add_argument("-o", "--output", required=True, help="folder for the scene, mesh and report")
     p.add_argument("--views", type=int, default=24, help="number of views (default: 24)")
     p.add_argument("--res", type=int, default=128, help="image resolution (default: 128)")
-    p.add_argument("--iters", type=int, default=400, help="fit iterations (default: 400)")
-    p.add_argument("--budget", type=float, metavar="SECONDS", help="stop the fit after this much time")
+    p.add_argument("--iters", type=int, help="fit iterations (default: 400, or what --budget allows)")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help="seconds for the fit, its schedule fitted into them (with --iters: stop it after them)")
     p.add_argument("--grid", type=int, default=192, help="extraction resolution (default: 192)")
     add_common(p)
 
@@ -260,8 +262,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from ..pipeline import run_demo
 
-    check_positive(args, "views", "res", "iters", "grid")
-    run_demo(Path(args.output), views=args.views, resolution=args.res, iters=args.iters,
+    check_positive(args, "views", "res", "grid")
+    if args.iters is not None:
+        check_positive(args, "iters")
+    iters = args.iters if args.iters is not None or args.budget is not None else 400
+    run_demo(Path(args.output), views=args.views, resolution=args.res, iters=iters,
              budget_s=args.budget, grid=args.grid, device=args.device, progress=not args.quiet)
 
 

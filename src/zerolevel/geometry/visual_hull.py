@@ -257,6 +257,7 @@ def hull_distance_bound(cameras: Cameras, masks: Tensor, points: Tensor) -> Tens
 def hull_signed_distance(cameras: Cameras, masks: Tensor, points: Tensor, views_per_chunk: int = 8) -> Tensor:
     """Signed distance to the masks' visual hull, approximately: (N, 3) world points -> (N,),
     negative inside, in world units (a fit's starting field, and the bound it must stay within).
+    `HullDistance(cameras, masks)` does the same for many calls, transforming the masks once.
 
     Each view's silhouette cone has, near its surface, the signed distance (pixel distance of the
     point's projection to the mask's boundary) * depth / focal length; the hull is the intersection
@@ -267,22 +268,35 @@ def hull_signed_distance(cameras: Cameras, masks: Tensor, points: Tensor, views_
     view says nothing where the point projects outside its image or lies behind it, so a view that
     crops the object does not cut it.
     """
-    fg = (masks >= 0.5).cpu().numpy()
-    signed = np.stack([ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)
-                       for m in fg]).astype(np.float32)  # (B, H, W) pixels, < 0 inside
-    signed += np.where(fg, 0.5, -0.5).astype(np.float32)  # the boundary midway between pixel centres
-    signed_t = torch.from_numpy(signed).to(cameras.device, cameras.dtype)[:, None]
-    points = points.to(cameras.dtype)
-    focal = cameras.K[:, :2, :2].diagonal(dim1=1, dim2=2).mean(dim=1)  # (B,)
-    best = torch.full((len(points),), -math.inf, dtype=points.dtype, device=points.device)
-    size = torch.tensor([cameras.width, cameras.height], dtype=points.dtype, device=points.device)
-    for start in range(0, len(cameras), views_per_chunk):
-        chunk = slice(start, min(start + views_per_chunk, len(cameras)))
-        uv, depth = cameras[chunk].project(points)
-        grid = (2 * uv / size - 1)[:, :, None, :]
-        pixels = torch.nn.functional.grid_sample(signed_t[chunk], grid, mode="bilinear", padding_mode="border",
-                                                 align_corners=False)[:, 0, :, 0]  # (b, N)
-        seen = (depth > 0) & (uv >= 0).all(dim=-1) & (uv <= size).all(dim=-1)
-        metric = pixels * depth.clamp_min(1e-6) / focal[chunk, None]
-        best = torch.maximum(best, torch.where(seen, metric, -math.inf).max(dim=0).values)
-    return torch.where(torch.isfinite(best), best, torch.zeros_like(best))
+    return HullDistance(cameras, masks, views_per_chunk)(points)
+
+
+class HullDistance:
+    """`hull_signed_distance` as a field: the masks' signed distance transforms made once."""
+
+    def __init__(self, cameras: Cameras, masks: Tensor, views_per_chunk: int = 8):
+        fg = (torch.as_tensor(masks) >= 0.5).cpu().numpy()
+        signed = np.stack([ndimage.distance_transform_edt(~m) - ndimage.distance_transform_edt(m)
+                           for m in fg]).astype(np.float32)  # (B, H, W) pixels, < 0 inside
+        signed += np.where(fg, 0.5, -0.5).astype(np.float32)  # the boundary midway between pixel centres
+        self.cameras = cameras
+        self.pixels = torch.from_numpy(signed).to(cameras.device, cameras.dtype)[:, None]
+        self.focal = cameras.K[:, :2, :2].diagonal(dim1=1, dim2=2).mean(dim=1)  # (B,)
+        self.views_per_chunk = views_per_chunk
+
+    @torch.no_grad()
+    def __call__(self, points: Tensor) -> Tensor:
+        cameras = self.cameras
+        points = points.to(cameras.dtype)
+        best = torch.full((len(points),), -math.inf, dtype=points.dtype, device=points.device)
+        size = torch.tensor([cameras.width, cameras.height], dtype=points.dtype, device=points.device)
+        for start in range(0, len(cameras), self.views_per_chunk):
+            chunk = slice(start, min(start + self.views_per_chunk, len(cameras)))
+            uv, depth = cameras[chunk].project(points)
+            grid = (2 * uv / size - 1)[:, :, None, :]
+            pixels = torch.nn.functional.grid_sample(self.pixels[chunk], grid, mode="bilinear",
+                                                     padding_mode="border", align_corners=False)[:, 0, :, 0]
+            seen = (depth > 0) & (uv >= 0).all(dim=-1) & (uv <= size).all(dim=-1)
+            metric = pixels * depth.clamp_min(1e-6) / self.focal[chunk, None]
+            best = torch.maximum(best, torch.where(seen, metric, -math.inf).max(dim=0).values)
+        return torch.where(torch.isfinite(best), best, torch.zeros_like(best))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -42,7 +41,7 @@ from ..cameras import Cameras
 from ..errors import InputError
 from ..fields.analytic import SphereSDF
 from ..fields.grid import DenseGridSDF, node_positions
-from ..geometry.visual_hull import hull_signed_distance
+from ..geometry.visual_hull import HullDistance
 from ..geometry.narrowband import marching_cubes_narrow_band
 from ..render.lights import DirectionalLight
 from ..render.shading import lambertian, light_tensors
@@ -134,7 +133,7 @@ class SDFDiff(LevelledFit):
         """The masks' visual hull as a signed distance lattice (`hull_signed_distance`)."""
         if "mask" not in self.targets:
             raise InputError("init=hull and w_hull need masks (or normal maps, whose background gives them)", source)
-        hull = DenseGridSDF.from_function(partial(hull_signed_distance, self.full_cameras, self.targets["mask"]),
+        hull = DenseGridSDF.from_function(HullDistance(self.full_cameras, self.targets["mask"]),
                                           self.config.hull_resolution, device=self.device)
         if not bool((hull.values < 0).any()):
             raise InputError("the masks' visual hull is empty: no point is inside every silhouette "
