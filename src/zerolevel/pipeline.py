@@ -86,8 +86,8 @@ def render_scene(mesh: trimesh.Trimesh, cameras_of: Scene | None = None, views: 
     return Scene.from_render(cameras, arrays, to_world, names=names, light=light_dicts)
 
 
-def run_demo(output: Path, views: int = 24, resolution: int = 128, iters: int | None = 400,
-             budget_s: float | None = None, grid: int = 192, device: str = "cpu",
+def run_demo(output: Path, views: int = 32, resolution: int = 256, iters: int | None = None,
+             budget_s: float | None = 30.0, grid: int = 256, device: str = "cpu",
              progress: bool = True) -> dict:
     """The main job on the bundled Spot cow: render a scene, fit it (the default method), evaluate, report.
 

@@ -46,7 +46,7 @@ EPILOG_INFO = """examples:
 """
 EPILOG_DEMO = """examples:
   zerolevel demo -o demo_out       # render Spot, fit it (default fit), evaluate, write demo_out/report.html
-  zerolevel demo -o demo_out --budget 60
+  zerolevel demo -o demo_out --budget 60 # a longer fit
 """
 
 
@@ -144,12 +144,13 @@ def add_parsers(sub: argparse._SubParsersAction, formatter: type) -> None:
     p = sub.add_parser("demo", help="the main job on the bundled example, end to end, with a report",
                        epilog=EPILOG_DEMO, formatter_class=formatter)
     p.add_argument("-o", "--output", required=True, help="folder for the scene, mesh and report")
-    p.add_argument("--views", type=int, default=24, help="number of views (default: 24)")
-    p.add_argument("--res", type=int, default=128, help="image resolution (default: 128)")
-    p.add_argument("--iters", type=int, help="fit iterations (default: 400, or what --budget allows)")
+    p.add_argument("--views", type=int, default=32, help="number of views (default: 32)")
+    p.add_argument("--res", type=int, default=256, help="image resolution (default: 256)")
+    p.add_argument("--iters", type=int, help="fit iterations (default: as many as --budget allows)")
     p.add_argument("--budget", type=float, metavar="SECONDS",
-                   help="seconds for the fit, its schedule fitted into them (with --iters: stop it after them)")
-    p.add_argument("--grid", type=int, default=192, help="extraction resolution (default: 192)")
+                   help="seconds for the fit, its schedule fitted into them (default: 30 without --iters; "
+                        "with --iters: stop it after them)")
+    p.add_argument("--grid", type=int, default=256, help="extraction resolution (default: 256)")
     add_common(p)
 
 
@@ -265,9 +266,9 @@ def cmd_demo(args: argparse.Namespace) -> None:
     check_positive(args, "views", "res", "grid")
     if args.iters is not None:
         check_positive(args, "iters")
-    iters = args.iters if args.iters is not None or args.budget is not None else 400
-    run_demo(Path(args.output), views=args.views, resolution=args.res, iters=iters,
-             budget_s=args.budget, grid=args.grid, device=args.device, progress=not args.quiet)
+    budget = 30.0 if args.iters is None and args.budget is None else args.budget
+    run_demo(Path(args.output), views=args.views, resolution=args.res, iters=args.iters,
+             budget_s=budget, grid=args.grid, device=args.device, progress=not args.quiet)
 
 
 VERBS = {"render": cmd_render, "import": cmd_import, "fit": cmd_fit, "extract": cmd_extract,
