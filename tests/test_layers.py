@@ -21,7 +21,7 @@ LAYERS = {
     "errors": 0, "atomic": 0, "images": 0, "cameras": 0, "settings": 0, "data": 0,
     "geometry": 1,
     "metrics": 2, "report": 2,
-    "scene": 3, "importers": 3,
+    "scene": 3, "importers": 3, "exporters": 3,
     "fields": 4,
     "render": 5,
     "losses": 6,

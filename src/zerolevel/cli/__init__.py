@@ -16,7 +16,6 @@ import time
 # numpy's OpenBLAS threads fight torch's for the same cores and make small products many times
 # slower (seen in the ray caster); the heavy numeric work here is torch's or Embree's.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-STARTED = time.perf_counter()  # a budget (`fit --budget`) counts the whole command's time from here
 
 from ..errors import InputError  # noqa: E402
 from . import learning, scenes  # noqa: E402

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import numpy as np
 
 from ..errors import InputError
+
+STARTED = time.perf_counter()  # a budget (`fit --budget`) counts the whole command's time from here
 
 
 def default_threads() -> int:

@@ -204,7 +204,7 @@ def cmd_import(args: argparse.Namespace) -> None:
 
 def cmd_fit(args: argparse.Namespace) -> None:
     from ..pipeline import run_fit
-    from . import STARTED
+    from .common import STARTED
     from ..settings import parse_assignments
 
     check_positive(args, "resolution")
