@@ -151,13 +151,13 @@ def run_fit(scene_path: str | Path, output: Path, method: str = DEFAULT_FIT, ite
                          settings=settings)
     if resume:
         _check_resumable(output, method, fitter.config)
+    by_time = time_driven and hasattr(fitter, "set_budget")  # the schedule fitted into the budget
     loop_budget = budget_s
-    if time_driven and hasattr(fitter, "set_budget"):
+    if by_time:
         loop_budget = max(0.2 * budget_s, budget_s - (time.perf_counter() - started) - finish_reserve_s(resolution))
         fitter.set_budget(loop_budget)
-    result = run_loop(fitter, output, LoopConfig(iters=None if time_driven and hasattr(fitter, "set_budget")
-                                                 else iters, budget_s=loop_budget, progress=progress),
-                      resume=resume, name=method)
+    result = run_loop(fitter, output, LoopConfig(iters=None if by_time else iters, budget_s=loop_budget,
+                                                 progress=progress), resume=resume, name=method)
     t0 = time.perf_counter()
     mesh = fitter.extract(resolution, progress=progress)
     with atomic_path(output / "mesh.ply") as tmp:
