@@ -13,7 +13,7 @@ import numpy as np
 
 from .atomic import atomic_dir
 from .images import write_exr, write_image, write_mask
-from .scene import Scene
+from .scene import Scene, transform_normals
 
 
 def export_neus(scene: Scene, path: str | Path, overwrite: bool = True) -> None:
@@ -27,6 +27,7 @@ def export_neus(scene: Scene, path: str | Path, overwrite: bool = True) -> None:
     """
     A = np.asarray(scene.to_world, dtype=np.float64)
     from_world = np.linalg.inv(A)
+    normals_to_world = np.linalg.inv(A[:3, :3])
     modalities = scene.modalities()
     arrays: dict[str, np.ndarray] = {}
     with atomic_dir(path, overwrite=overwrite) as tmp:
@@ -43,16 +44,10 @@ def export_neus(scene: Scene, path: str | Path, overwrite: bool = True) -> None:
             arrays[f"scale_mat_{i}"] = A
             stem = f"{i:03d}"
             if "normal" in modalities:
-                write_exr(folders["normal"] / f"{stem}.exr", _normals_to_world(view.normal, A))
+                write_exr(folders["normal"] / f"{stem}.exr", transform_normals(view.normal, normals_to_world))
             if "mask" in modalities:
                 write_mask(folders["mask"] / f"{stem}.png", view.mask > 0.5)
             if "image" in modalities:
                 write_image(folders["image"] / f"{stem}.png", view.image)
         np.savez(tmp / "cameras_sphere.npz", **arrays)
 
-
-def _normals_to_world(normal: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """Working-space normals -> world: n_world ~ A^-T n_work, unit length, background kept (0, 0, 0)."""
-    out = np.asarray(normal, dtype=np.float64) @ np.linalg.inv(A[:3, :3])  # rows: (A^-T n)^T = n^T A^-1
-    length = np.linalg.norm(out, axis=-1, keepdims=True)
-    return np.where(length > 0, out / np.maximum(length, 1e-300), 0.0).astype(np.float32)

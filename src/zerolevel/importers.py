@@ -21,7 +21,7 @@ from .errors import InputError
 from .images import read_image, read_mask, read_normal_map
 from .geometry.visual_hull import hull_silhouettes, visual_hull_points
 from .scene import (Scene, View, check_camera, check_sees_object, check_similarity, normalize_scene,
-                    read_scene, validate_normals)
+                    read_scene, transform_normals, validate_normals)
 
 
 def load_scene(path: str | Path, load_images: bool = True) -> Scene:
@@ -157,7 +157,7 @@ def _neus_view(index: int, P: np.ndarray, files: dict, A: np.ndarray) -> View:
         if mask is not None and normal.shape[:2] != mask.shape:
             raise InputError(f"normal map is {normal.shape[1]}x{normal.shape[0]} but the mask is "
                              f"{mask.shape[1]}x{mask.shape[0]}", paths["normal"])
-        normal = _normals_to_working(validate_normals(normal, mask, paths["normal"]), A)
+        normal = transform_normals(validate_normals(normal, mask, paths["normal"]), A)
     shape = next(a.shape[:2] for a in (normal, mask, image) if a is not None)
     if image is not None and image.shape[:2] != shape:
         raise InputError(f"image is {image.shape[1]}x{image.shape[0]}, other maps are "
@@ -174,13 +174,6 @@ def _neus_view(index: int, P: np.ndarray, files: dict, A: np.ndarray) -> View:
     name = next(iter(paths.values())).stem if paths else f"{index:03d}"
     return View(name, K, cam.world_to_camera[0].numpy().copy(), shape[1], shape[0],
                 normal=normal, mask=mask, image=image)
-
-
-def _normals_to_working(normal: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """World normals -> working space: n_work ~ A^T n_world (inverse transpose of A^-1), unit length."""
-    out = normal.astype(np.float64) @ A  # row vectors: (A^T n)^T = n^T A
-    length = np.linalg.norm(out, axis=-1, keepdims=True)
-    return np.where(length > 0, out / np.maximum(length, 1e-300), 0.0).astype(np.float32)
 
 
 def _check_same_size(views: list[View], root: Path) -> None:

@@ -444,6 +444,16 @@ def validate_normals(normal: np.ndarray, mask: np.ndarray | None, path=None) -> 
     return out
 
 
+def transform_normals(normal: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """(..., 3) normals as rows times a 3x3 `matrix` (n -> M^T n), renormalised to unit length, zero
+    vectors (background) kept zero; float32. A linear map L of points moves normals by L^-T, i.e.
+    matrix = L^-1: into working space (L = A^-1, A the linear part of `to_world`) the importers pass
+    A, back to the input's units (L = A) the exporters pass A^-1."""
+    out = np.asarray(normal, dtype=np.float64) @ np.asarray(matrix, dtype=np.float64)
+    length = np.linalg.norm(out, axis=-1, keepdims=True)
+    return np.where(length > 0, out / np.maximum(length, 1e-300), 0.0).astype(np.float32)
+
+
 # ====================================================================== writing modalities
 def _write_modality(folder: Path, view: View, modality: str, normal_format: str,
                     normal_space: str) -> None:
